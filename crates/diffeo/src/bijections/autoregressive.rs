@@ -1,0 +1,148 @@
+//! Masked autoregressive layers (MAF, Papamakarios et al. 2017; IAF, Kingma et al. 2016).
+//!
+//! The layer defines `x_i = τ(u_i; θ_i(x_{<i}, c))` with θ from MADE: the conditioner reads
+//! the *data* side. Hence:
+//! - `inverse` (data → base) is one pass: `u = τ⁻¹(x; θ(x, c))` (fast: MAF's density).
+//! - `forward` (base → data) needs D sequential passes (exact).
+//!
+//! IAF is the same layer inverted ([`crate::bijections::Invert`], or `inverted: true` in a
+//! [`crate::bijections::LayerConfig`]): fast sampling, sequential density.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use super::{Bijection, Cost, Directions, Mapped};
+use crate::error::{FlowError, Result};
+use crate::nn::{Activation, Made};
+use crate::tensor::sum_rows;
+use crate::transformer::Transformer;
+
+/// Configuration of one masked autoregressive layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MaskedAutoregressiveConfig {
+    /// Features D.
+    pub dim: usize,
+    /// Context width C (0: unconditional).
+    #[serde(default)]
+    pub context_dim: usize,
+    /// Hidden layer widths of MADE.
+    pub hidden: Vec<usize>,
+    /// Autoregressive order: `order[i]` ∈ 1..=D is the position of feature `i`
+    /// (a permutation of 1..=D).
+    pub order: Vec<usize>,
+    /// The elementwise transformer.
+    #[serde(default)]
+    pub transformer: Transformer,
+    /// Hidden nonlinearity.
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+impl MaskedAutoregressiveConfig {
+    /// Natural order 1..=D.
+    pub fn new(dim: usize, hidden: Vec<usize>) -> Self {
+        Self {
+            dim,
+            context_dim: 0,
+            hidden,
+            order: (1..=dim).collect(),
+            transformer: Transformer::Affine,
+            activation: Activation::Relu,
+        }
+    }
+
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<()> {
+        if self.dim == 0 {
+            return Err(FlowError::InvalidConfig("autoregressive layer with 0 features".into()));
+        }
+        let mut sorted = self.order.clone();
+        sorted.sort_unstable();
+        if sorted != (1..=self.dim).collect::<Vec<_>>() {
+            return Err(FlowError::InvalidConfig(format!(
+                "autoregressive order must be a permutation of 1..={}, got {:?}",
+                self.dim, self.order
+            )));
+        }
+        if self.hidden.contains(&0) {
+            return Err(FlowError::InvalidConfig("hidden layers must have at least one unit".into()));
+        }
+        Ok(())
+    }
+
+    /// Builds the layer with weights drawn from `rng` (last layer zero: identity start).
+    pub fn init_with(&self, rng: &mut StdRng, device: &Device) -> MaskedAutoregressive {
+        let made = Made::new(
+            &self.order,
+            self.context_dim,
+            &self.hidden,
+            self.transformer.params_per_dim(),
+            self.activation,
+            rng,
+            device,
+        );
+        MaskedAutoregressive {
+            made,
+            transformer: self.transformer.clone(),
+            dim: self.dim,
+            context_dim: self.context_dim,
+        }
+    }
+}
+
+/// A masked autoregressive layer: MADE conditioner + elementwise transformer.
+#[derive(Module, Debug)]
+pub struct MaskedAutoregressive {
+    /// The conditioner.
+    pub made: Made,
+    /// The elementwise transformer.
+    #[module(skip)]
+    pub transformer: Transformer,
+    /// Features D.
+    pub dim: usize,
+    /// Context width.
+    pub context_dim: usize,
+}
+
+impl Bijection for MaskedAutoregressive {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn context_dim(&self) -> usize {
+        self.context_dim
+    }
+
+    fn directions(&self) -> Directions {
+        let forward = if self.dim <= 1 { Cost::Fast } else { Cost::Sequential };
+        Directions { forward, inverse: Cost::Fast }
+    }
+
+    fn name(&self) -> String {
+        format!("MaskedAutoregressive({})", self.transformer.name())
+    }
+
+    /// Sequential: D passes, each fixing one more position of the order.
+    fn forward_unchecked(&self, u: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
+        let ctx = if self.context_dim > 0 { context } else { None };
+        let mut x = u.zeros_like();
+        let mut ld = None;
+        for _ in 0..self.dim.max(1) {
+            let params = self.made.forward(x, ctx);
+            let (xn, l) = self.transformer.forward(u.clone(), &params);
+            x = xn;
+            ld = Some(l);
+        }
+        Ok((x, sum_rows(ld.expect("at least one pass"))))
+    }
+
+    /// One pass.
+    fn inverse_unchecked(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
+        let ctx = if self.context_dim > 0 { context } else { None };
+        let params = self.made.forward(x.clone(), ctx);
+        let (u, ld) = self.transformer.inverse(x, &params);
+        Ok((u, sum_rows(ld)))
+    }
+}

@@ -1,0 +1,213 @@
+//! Fixed and learnable elementwise bijections: exp, softplus, sigmoid, tanh, a scaled sigmoid
+//! onto a box, and a learnable diagonal affine map.
+//!
+//! Inputs outside a map's domain (e.g. `y ≤ 0` for the inverse of `exp`) are replaced by safe
+//! values *before* any arithmetic, and their log-determinant is set to −∞, so densities of
+//! out-of-support points are 0 and gradients stay finite.
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::{Bijection, Mapped};
+use crate::error::Result;
+use crate::tensor::{dims2, log_sigmoid, soft_clip, softplus, sum_rows, vector};
+use crate::transformer::AFFINE_LOG_SCALE_BOUND;
+
+/// The fixed elementwise maps. Each is applied to every feature; both directions are fast.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ElementwiseKind {
+    /// `y = exp(x)`, onto (0, ∞). log|dy/dx| = x.
+    Exp,
+    /// `y = log(1 + eˣ)`, onto (0, ∞). log|dy/dx| = log σ(x).
+    Softplus,
+    /// `y = σ(x) = 1/(1 + e⁻ˣ)`, onto (0, 1). log|dy/dx| = log σ(x) + log σ(−x).
+    /// Its inverse is the logit.
+    Sigmoid,
+    /// `y = tanh(x)`, onto (−1, 1). log|dy/dx| = 2(ln 2 − x − softplus(−2x)).
+    Tanh,
+    /// `y = low + (high − low)·σ(x)`, onto the box (low, high) per feature, for bounded data
+    /// and constrained targets.
+    Box {
+        /// Lower bounds, one per feature.
+        low: Vec<f64>,
+        /// Upper bounds, one per feature.
+        high: Vec<f64>,
+    },
+}
+
+/// A fixed elementwise bijection (no parameters).
+#[derive(Module, Debug)]
+pub struct Elementwise {
+    /// The map.
+    #[module(skip)]
+    pub kind: ElementwiseKind,
+    /// Features.
+    pub dim: usize,
+    /// Box lower bounds (zeros for other kinds).
+    low: Tensor<1>,
+    /// Box widths `high − low` (ones for other kinds).
+    width: Tensor<1>,
+}
+
+impl Elementwise {
+    /// A new map on `dim` features. For [`ElementwiseKind::Box`] the bounds must have `dim`
+    /// entries with `low < high` (checked by [`crate::flow::FlowConfig::validate`]).
+    pub fn new(kind: ElementwiseKind, dim: usize, device: &Device) -> Self {
+        let (low, width) = match &kind {
+            ElementwiseKind::Box { low, high } => {
+                (low.clone(), low.iter().zip(high).map(|(l, h)| h - l).collect())
+            }
+            _ => (vec![0.0; dim], vec![1.0; dim]),
+        };
+        Self { kind, dim, low: vector(low, device), width: vector(width, device) }
+    }
+}
+
+/// Replaces entries where `bad` holds by `safe`, returns the cleaned tensor and the mask.
+fn sanitize(y: Tensor<2>, bad: burn::tensor::Tensor<2, burn::tensor::Bool>, safe: f64) -> Tensor<2> {
+    y.mask_fill(bad, safe)
+}
+
+impl Bijection for Elementwise {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn name(&self) -> String {
+        match self.kind {
+            ElementwiseKind::Exp => "Exp".into(),
+            ElementwiseKind::Softplus => "Softplus".into(),
+            ElementwiseKind::Sigmoid => "Sigmoid".into(),
+            ElementwiseKind::Tanh => "Tanh".into(),
+            ElementwiseKind::Box { .. } => "Box".into(),
+        }
+    }
+
+    fn forward_unchecked(&self, x: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
+        let (y, ld) = match &self.kind {
+            ElementwiseKind::Exp => (x.clone().exp(), x),
+            ElementwiseKind::Softplus => (softplus(x.clone()), log_sigmoid(x)),
+            ElementwiseKind::Sigmoid => {
+                let ld = log_sigmoid(x.clone()).add(log_sigmoid(x.clone().neg()));
+                (burn::tensor::activation::sigmoid(x), ld)
+            }
+            ElementwiseKind::Tanh => {
+                let ld = softplus(x.clone().mul_scalar(-2.0))
+                    .add(x.clone())
+                    .neg()
+                    .add_scalar(std::f64::consts::LN_2)
+                    .mul_scalar(2.0);
+                (x.tanh(), ld)
+            }
+            ElementwiseKind::Box { .. } => {
+                let w = self.width.clone().unsqueeze::<2>();
+                let ld = log_sigmoid(x.clone())
+                    .add(log_sigmoid(x.clone().neg()))
+                    .add(w.clone().log());
+                let y = burn::tensor::activation::sigmoid(x).mul(w).add(self.low.clone().unsqueeze());
+                (y, ld)
+            }
+        };
+        Ok((y, sum_rows(ld)))
+    }
+
+    fn inverse_unchecked(&self, y: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
+        let neg_inf = f64::NEG_INFINITY;
+        let (x, ld) = match &self.kind {
+            ElementwiseKind::Exp => {
+                let bad = y.clone().lower_equal_elem(0.0);
+                let ys = sanitize(y, bad.clone(), 1.0);
+                let x = ys.log();
+                (x.clone(), x.neg().mask_fill(bad, neg_inf))
+            }
+            ElementwiseKind::Softplus => {
+                let bad = y.clone().lower_equal_elem(0.0);
+                let ys = sanitize(y, bad.clone(), 1.0);
+                // x = y + log(1 − e^{−y})
+                let x = ys.clone().add(ys.neg().exp().neg().log1p());
+                let ld = log_sigmoid(x.clone()).neg().mask_fill(bad, neg_inf);
+                (x, ld)
+            }
+            ElementwiseKind::Sigmoid => {
+                let bad = y.clone().lower_equal_elem(0.0).bool_or(y.clone().greater_equal_elem(1.0));
+                let ys = sanitize(y, bad.clone(), 0.5);
+                let log_y = ys.clone().log();
+                let log_1my = ys.neg().log1p();
+                let x = log_y.clone().sub(log_1my.clone());
+                (x, log_y.add(log_1my).neg().mask_fill(bad, neg_inf))
+            }
+            ElementwiseKind::Tanh => {
+                let bad = y.clone().lower_equal_elem(-1.0).bool_or(y.clone().greater_equal_elem(1.0));
+                let ys = sanitize(y, bad.clone(), 0.0);
+                let a = ys.clone().log1p();
+                let b = ys.neg().log1p();
+                let x = a.clone().sub(b.clone()).mul_scalar(0.5);
+                (x, a.add(b).neg().mask_fill(bad, neg_inf))
+            }
+            ElementwiseKind::Box { .. } => {
+                let w = self.width.clone().unsqueeze::<2>();
+                let s = y.sub(self.low.clone().unsqueeze()).div(w.clone());
+                let bad = s.clone().lower_equal_elem(0.0).bool_or(s.clone().greater_equal_elem(1.0));
+                let ss = sanitize(s, bad.clone(), 0.5);
+                let log_s = ss.clone().log();
+                let log_1ms = ss.neg().log1p();
+                let x = log_s.clone().sub(log_1ms.clone());
+                let ld = log_s.add(log_1ms).add(w.log()).neg().mask_fill(bad, neg_inf);
+                (x, ld)
+            }
+        };
+        Ok((x, sum_rows(ld)))
+    }
+}
+
+/// Learnable diagonal affine map `y = μ + exp(s) ⊙ x`, `s = soft_clip(a)` as in
+/// [`crate::transformer::Transformer::Affine`]. log|det J| = Σ s. Starts at the identity.
+#[derive(Module, Debug)]
+pub struct ElementwiseAffine {
+    /// Shift μ `[D]`.
+    pub shift: Param<Tensor<1>>,
+    /// Unconstrained log-scale `a` `[D]`.
+    pub raw_scale: Param<Tensor<1>>,
+}
+
+impl ElementwiseAffine {
+    /// The identity on `dim` features.
+    pub fn new(dim: usize, device: &Device) -> Self {
+        Self {
+            shift: Param::from_tensor(Tensor::zeros([dim], device)),
+            raw_scale: Param::from_tensor(Tensor::zeros([dim], device)),
+        }
+    }
+
+    fn log_scale(&self) -> Tensor<1> {
+        soft_clip(self.raw_scale.val(), AFFINE_LOG_SCALE_BOUND)
+    }
+}
+
+impl Bijection for ElementwiseAffine {
+    fn dim(&self) -> usize {
+        self.shift.val().dims()[0]
+    }
+
+    fn name(&self) -> String {
+        "ElementwiseAffine".into()
+    }
+
+    fn forward_unchecked(&self, x: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
+        let (n, _) = dims2(&x);
+        let s = self.log_scale();
+        let y = x.mul(s.clone().exp().unsqueeze()).add(self.shift.val().unsqueeze());
+        let ld = s.sum().expand([n]);
+        Ok((y, ld))
+    }
+
+    fn inverse_unchecked(&self, y: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
+        let (n, _) = dims2(&y);
+        let s = self.log_scale();
+        let x = y.sub(self.shift.val().unsqueeze()).mul(s.clone().neg().exp().unsqueeze());
+        let ld = s.sum().neg().expand([n]);
+        Ok((x, ld))
+    }
+}

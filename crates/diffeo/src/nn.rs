@@ -1,0 +1,257 @@
+//! Conditioner networks: a plain MLP (coupling layers, context embeddings) and MADE
+//! (masked autoregressive networks, Germain et al. 2015).
+//!
+//! Weights are initialised from the caller's seeded RNG, never from a process-wide one, so that
+//! building the same configuration twice gives identical parameters.
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::tensor::{matrix, vector};
+
+/// Hidden-layer nonlinearity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// max(0, x) (the default, as in zuko and the peer benchmarks).
+    #[default]
+    Relu,
+    /// tanh(x).
+    Tanh,
+    /// ELU with α = 1.
+    Elu,
+}
+
+impl Activation {
+    /// Applies the nonlinearity.
+    pub fn apply<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Relu => burn::tensor::activation::relu(x),
+            Activation::Tanh => x.tanh(),
+            Activation::Elu => burn::tensor::activation::elu(x, 1.0),
+        }
+    }
+}
+
+/// How a layer's weights start.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// Uniform(−1/√fan_in, 1/√fan_in) (PyTorch's default for linear layers).
+    Uniform,
+    /// All zeros: used for the last layer of a conditioner so that the flow starts at the
+    /// identity.
+    Zeros,
+}
+
+fn init_values(rows: usize, cols: usize, fan_in: usize, init: Init, rng: &mut StdRng) -> Vec<f64> {
+    match init {
+        Init::Zeros => vec![0.0; rows * cols],
+        Init::Uniform => {
+            let k = 1.0 / (fan_in.max(1) as f64).sqrt();
+            (0..rows * cols).map(|_| rng.random_range(-k..k)).collect()
+        }
+    }
+}
+
+/// Affine layer `y = x W + b`, with `W` of shape `[in, out]`.
+#[derive(Module, Debug)]
+pub struct Dense {
+    /// Weights `[in, out]`.
+    pub weight: Param<Tensor<2>>,
+    /// Bias `[out]`.
+    pub bias: Param<Tensor<1>>,
+}
+
+impl Dense {
+    /// A new layer with weights from `rng`.
+    pub fn new(d_in: usize, d_out: usize, init: Init, rng: &mut StdRng, device: &Device) -> Self {
+        let w = init_values(d_in, d_out, d_in, init, rng);
+        let b = init_values(1, d_out, d_in, init, rng);
+        Self {
+            weight: Param::from_tensor(matrix(w, d_in, d_out, device)),
+            bias: Param::from_tensor(vector(b, device)),
+        }
+    }
+
+    /// `x W + b`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        x.matmul(self.weight.val()).add(self.bias.val().unsqueeze())
+    }
+}
+
+/// A multilayer perceptron `in → hidden… → out`. The last layer starts at zero when
+/// `zero_last` is set.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// The affine layers, in order.
+    pub layers: Vec<Dense>,
+    /// Nonlinearity between layers.
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl Mlp {
+    /// Builds the network.
+    pub fn new(
+        d_in: usize,
+        hidden: &[usize],
+        d_out: usize,
+        activation: Activation,
+        zero_last: bool,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Self {
+        let mut sizes = vec![d_in];
+        sizes.extend_from_slice(hidden);
+        sizes.push(d_out);
+        let n = sizes.len() - 1;
+        let layers = (0..n)
+            .map(|i| {
+                let init = if zero_last && i == n - 1 { Init::Zeros } else { Init::Uniform };
+                Dense::new(sizes[i], sizes[i + 1], init, rng, device)
+            })
+            .collect();
+        Self { layers, activation }
+    }
+
+    /// Applies the network.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let n = self.layers.len();
+        let mut h = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(h);
+            if i + 1 < n {
+                h = self.activation.apply(h);
+            }
+        }
+        h
+    }
+}
+
+/// A linear layer whose weights are multiplied by a fixed binary mask.
+#[derive(Module, Debug)]
+pub struct MaskedDense {
+    /// Weights `[in, out]`.
+    pub weight: Param<Tensor<2>>,
+    /// Bias `[out]`.
+    pub bias: Param<Tensor<1>>,
+    /// Fixed 0/1 mask `[in, out]` (rebuilt from the configuration, not stored in files).
+    pub mask: Tensor<2>,
+}
+
+impl MaskedDense {
+    fn new(mask: Vec<f64>, d_in: usize, d_out: usize, init: Init, rng: &mut StdRng, device: &Device) -> Self {
+        // Fan-in counts the connections each unit actually has.
+        let fan_in = (0..d_out)
+            .map(|j| (0..d_in).filter(|&i| mask[i * d_out + j] > 0.0).count())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut w = init_values(d_in, d_out, fan_in, init, rng);
+        for (wi, mi) in w.iter_mut().zip(&mask) {
+            *wi *= mi;
+        }
+        let b = init_values(1, d_out, fan_in, init, rng);
+        Self {
+            weight: Param::from_tensor(matrix(w, d_in, d_out, device)),
+            bias: Param::from_tensor(vector(b, device)),
+            mask: matrix(mask, d_in, d_out, device),
+        }
+    }
+
+    /// `x (W ⊙ M) + b`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let w = self.weight.val().mul(self.mask.clone());
+        x.matmul(w).add(self.bias.val().unsqueeze())
+    }
+}
+
+/// MADE: a masked MLP whose output block for input `i` depends only on inputs that come before
+/// `i` in the autoregressive order (and on the context, which feeds the first hidden layer
+/// unmasked).
+///
+/// Degrees: input `i` has degree `order[i]` ∈ 1..=D; hidden units cycle through 1..=D−1
+/// (all 0 when D = 1, so the conditioner then sees only the context and its biases); a
+/// connection into a hidden unit of degree `m` is allowed from degree ≤ `m`, and into an output of
+/// degree `d` from degree < `d`. Outputs are laid out as `params_per_dim` blocks of `D`
+/// columns: column `p·D + i` is parameter `p` of dimension `i`.
+#[derive(Module, Debug)]
+pub struct Made {
+    /// Hidden and output layers.
+    pub layers: Vec<MaskedDense>,
+    /// Unmasked context weights `[C, first layer width]` (absent when unconditional).
+    pub context: Option<Param<Tensor<2>>>,
+    /// Nonlinearity.
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl Made {
+    /// Builds MADE for inputs with degrees `order` (a permutation of 1..=D), `params_per_dim`
+    /// outputs per input, and a zero last layer (identity start).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        order: &[usize],
+        context_dim: usize,
+        hidden: &[usize],
+        params_per_dim: usize,
+        activation: Activation,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Self {
+        let d = order.len();
+        let mut degrees: Vec<Vec<usize>> = vec![order.to_vec()];
+        for &h in hidden {
+            let deg = (0..h)
+                .map(|k| if d <= 1 { 0 } else { k % (d - 1) + 1 })
+                .collect();
+            degrees.push(deg);
+        }
+        let out_deg: Vec<usize> = (0..params_per_dim).flat_map(|_| order.iter().copied()).collect();
+        let mut layers = Vec::new();
+        for l in 0..degrees.len() {
+            let din = &degrees[l];
+            let last = l + 1 == degrees.len();
+            let dout: &[usize] = if last { &out_deg } else { &degrees[l + 1] };
+            let mut mask = vec![0.0; din.len() * dout.len()];
+            for (i, &di) in din.iter().enumerate() {
+                for (j, &dj) in dout.iter().enumerate() {
+                    let ok = if last { di < dj } else { di <= dj };
+                    if ok {
+                        mask[i * dout.len() + j] = 1.0;
+                    }
+                }
+            }
+            let init = if last { Init::Zeros } else { Init::Uniform };
+            layers.push(MaskedDense::new(mask, din.len(), dout.len(), init, rng, device));
+        }
+        let first_out = if hidden.is_empty() { out_deg.len() } else { hidden[0] };
+        let context = (context_dim > 0).then(|| {
+            let init = if hidden.is_empty() { Init::Zeros } else { Init::Uniform };
+            let w = init_values(context_dim, first_out, context_dim, init, rng);
+            Param::from_tensor(matrix(w, context_dim, first_out, device))
+        });
+        Self { layers, context, activation }
+    }
+
+    /// Conditioner outputs `[N, params_per_dim · D]` for inputs `[N, D]` and optional context.
+    pub fn forward(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Tensor<2> {
+        let n = self.layers.len();
+        let mut h = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(h);
+            if i == 0 {
+                if let (Some(c), Some(ctx)) = (&self.context, context) {
+                    h = h.add(ctx.clone().matmul(c.val()));
+                }
+            }
+            if i + 1 < n {
+                h = self.activation.apply(h);
+            }
+        }
+        h
+    }
+}

@@ -1,0 +1,274 @@
+//! A correctness harness every bijection must pass (used by this crate's tests, and available
+//! to anyone writing a new bijection).
+//!
+//! For each direction that exists it checks, in the device's float type (use f64):
+//! - round trips: `inverse(forward(x)) ≈ x` and `forward(inverse(y)) ≈ y`;
+//! - `log|det J|` against the log-determinant of the full Jacobian from central finite
+//!   differences (D ≤ 6);
+//! - `log|det J_T(x)| = −log|det J_{T⁻¹}(T(x))|`;
+//! - finite gradients of `Σ y + Σ log|det J|` with respect to the parameters and the inputs.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+
+use crate::bijections::{Bijection, Cost};
+use crate::tensor::{matrix, to_vec};
+
+/// Harness settings.
+#[derive(Clone, Debug)]
+pub struct HarnessConfig {
+    /// Points per check.
+    pub n: usize,
+    /// Inputs are `offset + scale·N(0, 1)`.
+    pub scale: f64,
+    /// See `scale`.
+    pub offset: f64,
+    /// Max |x − inverse(forward(x))| (relative to max(1, |x|)).
+    pub roundtrip_tol: f64,
+    /// Max |log-det − finite-difference log-det| (relative to max(1, |log-det|)).
+    pub logdet_tol: f64,
+    /// Finite-difference step.
+    pub fd_step: f64,
+    /// Whether to check gradients (needs the `autodiff` device support).
+    pub gradients: bool,
+    /// Seed of the test points.
+    pub seed: u64,
+}
+
+impl Default for HarnessConfig {
+    fn default() -> Self {
+        Self {
+            n: 16,
+            scale: 1.0,
+            offset: 0.0,
+            roundtrip_tol: 1e-8,
+            logdet_tol: 1e-6,
+            fd_step: 1e-5,
+            gradients: true,
+            seed: 7,
+        }
+    }
+}
+
+/// What the harness measured.
+#[derive(Clone, Debug, Default)]
+pub struct HarnessReport {
+    /// Largest round-trip error.
+    pub max_roundtrip_error: f64,
+    /// Largest log-det error against finite differences.
+    pub max_logdet_error: f64,
+    /// Largest |ld_forward + ld_inverse|.
+    pub max_consistency_error: f64,
+    /// Directions checked ("forward", "inverse").
+    pub directions: Vec<&'static str>,
+}
+
+/// log|det A| of a row-major `d×d` matrix by LU with partial pivoting.
+pub fn log_abs_det(a: &[f64], d: usize) -> f64 {
+    let mut m = a.to_vec();
+    let mut total = 0.0;
+    for c in 0..d {
+        let p = (c..d).max_by(|&i, &j| m[i * d + c].abs().total_cmp(&m[j * d + c].abs())).unwrap_or(c);
+        if m[p * d + c] == 0.0 {
+            return f64::NEG_INFINITY;
+        }
+        if p != c {
+            for k in 0..d {
+                m.swap(c * d + k, p * d + k);
+            }
+        }
+        let piv = m[c * d + c];
+        total += piv.abs().ln();
+        for r in c + 1..d {
+            let f = m[r * d + c] / piv;
+            for k in c..d {
+                m[r * d + k] -= f * m[c * d + k];
+            }
+        }
+    }
+    total
+}
+
+fn random(n: usize, d: usize, scale: f64, offset: f64, rng: &mut StdRng) -> Vec<f64> {
+    (0..n * d).map(|_| offset + scale * rng.sample::<f64, _>(StandardNormal)).collect()
+}
+
+fn apply<B: Bijection>(b: &B, forward: bool, x: Tensor<2>, c: Option<&Tensor<2>>) -> Result<(Vec<f64>, Vec<f64>), String> {
+    let r = if forward { b.forward(x, c) } else { b.inverse(x, c) };
+    let (y, ld) = r.map_err(|e| e.to_string())?;
+    Ok((to_vec(y).map_err(|e| e.to_string())?, to_vec(ld).map_err(|e| e.to_string())?))
+}
+
+/// Finite-difference log|det J| of one direction at each of the `n` points.
+#[allow(clippy::too_many_arguments)]
+fn fd_logdets<B: Bijection>(
+    b: &B,
+    forward: bool,
+    x: &[f64],
+    ctx: Option<&[f64]>,
+    n: usize,
+    d: usize,
+    c: usize,
+    h: f64,
+    device: &Device,
+) -> Result<Vec<f64>, String> {
+    let rows = n * 2 * d;
+    let mut px = Vec::with_capacity(rows * d);
+    let mut pc = Vec::with_capacity(rows * c);
+    for i in 0..n {
+        for j in 0..d {
+            for s in [1.0, -1.0] {
+                let mut row = x[i * d..(i + 1) * d].to_vec();
+                row[j] += s * h;
+                px.extend(row);
+                if let Some(cv) = ctx {
+                    pc.extend_from_slice(&cv[i * c..(i + 1) * c]);
+                }
+            }
+        }
+    }
+    let ct = ctx.map(|_| matrix(pc, rows, c, device));
+    let (y, _) = apply(b, forward, matrix(px, rows, d, device), ct.as_ref())?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut jac = vec![0.0; d * d];
+        for j in 0..d {
+            let plus = (i * d + j) * 2;
+            let minus = plus + 1;
+            for r in 0..d {
+                jac[r * d + j] = (y[plus * d + r] - y[minus * d + r]) / (2.0 * h);
+            }
+        }
+        out.push(log_abs_det(&jac, d));
+    }
+    Ok(out)
+}
+
+struct GradCheck<'a> {
+    grads: &'a burn::tensor::Gradients,
+    bad: Vec<String>,
+    count: usize,
+}
+
+impl ModuleVisitor for GradCheck<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = param.val().grad(self.grads) {
+            self.count += 1;
+            match g.try_into_vec_as::<f64>() {
+                Ok(v) if v.iter().all(|x| x.is_finite()) => {}
+                _ => self.bad.push(format!("parameter {:?}", param.id)),
+            }
+        }
+    }
+}
+
+/// Runs the harness on `b` (its parameters on `device`); returns what was measured or a
+/// description of the first failure.
+pub fn check_bijection<B: Bijection + Module>(b: &B, device: &Device, cfg: &HarnessConfig) -> Result<HarnessReport, String> {
+    let d = b.dim();
+    let c = b.context_dim();
+    let n = cfg.n;
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let x = random(n, d, cfg.scale, cfg.offset, &mut rng);
+    let ctx = (c > 0).then(|| random(n, c, 1.0, 0.0, &mut rng));
+    let ct = ctx.as_ref().map(|v| matrix(v.clone(), n, c, device));
+    let dirs = b.directions();
+    let mut report = HarnessReport::default();
+    let rel = |a: f64, b: f64| (a - b).abs() / 1f64.max(b.abs());
+
+    // Points on the data side: T(x) when the forward pass exists, else x itself.
+    let mut y = x.clone();
+    if dirs.forward != Cost::Unavailable {
+        report.directions.push("forward");
+        let (yv, ldf) = apply(b, true, matrix(x.clone(), n, d, device), ct.as_ref())?;
+        if yv.iter().chain(&ldf).any(|v| !v.is_finite()) {
+            return Err(format!("{}: forward produced non-finite values", b.name()));
+        }
+        if d <= 6 {
+            let fd = fd_logdets(b, true, &x, ctx.as_deref(), n, d, c, cfg.fd_step, device)?;
+            for (a, e) in ldf.iter().zip(&fd) {
+                let err = rel(*a, *e);
+                report.max_logdet_error = report.max_logdet_error.max(err);
+                if err > cfg.logdet_tol {
+                    return Err(format!("{}: forward log-det {a} but finite differences give {e}", b.name()));
+                }
+            }
+        }
+        if dirs.inverse != Cost::Unavailable {
+            let (xr, ldi) = apply(b, false, matrix(yv.clone(), n, d, device), ct.as_ref())?;
+            for (a, e) in xr.iter().zip(&x) {
+                let err = rel(*a, *e);
+                report.max_roundtrip_error = report.max_roundtrip_error.max(err);
+                if err > cfg.roundtrip_tol {
+                    return Err(format!("{}: inverse(forward(x)) = {a}, expected {e}", b.name()));
+                }
+            }
+            for (a, e) in ldi.iter().zip(&ldf) {
+                let err = rel(*a, -*e);
+                report.max_consistency_error = report.max_consistency_error.max(err);
+                if err > cfg.roundtrip_tol.max(1e-10) * 100.0 {
+                    return Err(format!("{}: inverse log-det {a} is not −(forward log-det {e})", b.name()));
+                }
+            }
+        }
+        y = yv;
+    }
+    if dirs.inverse != Cost::Unavailable {
+        report.directions.push("inverse");
+        let (xv, ldi) = apply(b, false, matrix(y.clone(), n, d, device), ct.as_ref())?;
+        if xv.iter().chain(&ldi).any(|v| !v.is_finite()) {
+            return Err(format!("{}: inverse produced non-finite values", b.name()));
+        }
+        if d <= 6 {
+            let fd = fd_logdets(b, false, &y, ctx.as_deref(), n, d, c, cfg.fd_step, device)?;
+            for (a, e) in ldi.iter().zip(&fd) {
+                let err = rel(*a, *e);
+                report.max_logdet_error = report.max_logdet_error.max(err);
+                if err > cfg.logdet_tol {
+                    return Err(format!("{}: inverse log-det {a} but finite differences give {e}", b.name()));
+                }
+            }
+        }
+        if dirs.forward != Cost::Unavailable {
+            let (yr, _) = apply(b, true, matrix(xv, n, d, device), ct.as_ref())?;
+            for (a, e) in yr.iter().zip(&y) {
+                let err = rel(*a, *e);
+                report.max_roundtrip_error = report.max_roundtrip_error.max(err);
+                if err > cfg.roundtrip_tol {
+                    return Err(format!("{}: forward(inverse(y)) = {a}, expected {e}", b.name()));
+                }
+            }
+        }
+    }
+
+    if cfg.gradients {
+        let ad = device.clone().autodiff();
+        let b_ad = b.clone().fork(&ad);
+        for (forward, pts) in [(true, &x), (false, &y)] {
+            let cost = if forward { dirs.forward } else { dirs.inverse };
+            if cost == Cost::Unavailable {
+                continue;
+            }
+            let xt = matrix(pts.clone(), n, d, &ad).require_grad();
+            let ctt = ctx.as_ref().map(|v| matrix(v.clone(), n, c, &ad));
+            let r = if forward { b_ad.forward(xt.clone(), ctt.as_ref()) } else { b_ad.inverse(xt.clone(), ctt.as_ref()) };
+            let (out, ld) = r.map_err(|e| e.to_string())?;
+            let grads = out.sum().add(ld.sum()).backward();
+            let mut check = GradCheck { grads: &grads, bad: Vec::new(), count: 0 };
+            b_ad.visit(&mut check);
+            if !check.bad.is_empty() {
+                return Err(format!("{}: non-finite gradients for {:?}", b.name(), check.bad));
+            }
+            if let Some(g) = xt.grad(&grads) {
+                let v = to_vec(g).map_err(|e| e.to_string())?;
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(format!("{}: non-finite input gradients", b.name()));
+                }
+            }
+        }
+    }
+    Ok(report)
+}
