@@ -373,7 +373,7 @@ pub fn fit(
     }
     let device = flow.device();
     let ad_device = device.clone().autodiff();
-    let mut model = if device.is_autodiff() { flow } else { flow.fork(&ad_device) };
+    let mut model = if device.is_autodiff() { flow } else { flow.train() };
     model.set_norm_mode(NormMode::Training);
 
     let n = train.len();

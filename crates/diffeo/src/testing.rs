@@ -246,7 +246,7 @@ pub fn check_bijection<B: Bijection + Module>(b: &B, device: &Device, cfg: &Harn
 
     if cfg.gradients {
         let ad = device.clone().autodiff();
-        let b_ad = b.clone().fork(&ad);
+        let b_ad = if device.is_autodiff() { b.clone() } else { b.clone().train() };
         for (forward, pts) in [(true, &x), (false, &y)] {
             let cost = if forward { dirs.forward } else { dirs.inverse };
             if cost == Cost::Unavailable {
@@ -262,6 +262,9 @@ pub fn check_bijection<B: Bijection + Module>(b: &B, device: &Device, cfg: &Harn
             if !check.bad.is_empty() {
                 return Err(format!("{}: non-finite gradients for {:?}", b.name(), check.bad));
             }
+            if check.count == 0 && b_ad.num_params() > 0 {
+                return Err(format!("{}: no gradient reached the parameters", b.name()));
+            }
             if let Some(g) = xt.grad(&grads) {
                 let v = to_vec(g).map_err(|e| e.to_string())?;
                 if v.iter().any(|x| !x.is_finite()) {
@@ -271,4 +274,29 @@ pub fn check_bijection<B: Bijection + Module>(b: &B, device: &Device, cfg: &Harn
         }
     }
     Ok(report)
+}
+
+struct Randomize {
+    rng: StdRng,
+    scale: f64,
+}
+
+impl burn::module::ModuleMapper for Randomize {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let rng = &mut self.rng;
+        let scale = self.scale;
+        param.map(|t| {
+            let device = t.device();
+            let shape = t.dims();
+            let noise: Vec<f64> =
+                (0..shape.iter().product::<usize>()).map(|_| scale * rng.sample::<f64, _>(StandardNormal)).collect();
+            t.add(Tensor::<D>::from_data(burn::tensor::TensorData::new(noise, shape), &device))
+        })
+    }
+}
+
+/// Adds `scale·N(0, 1)` noise to every float parameter (and running statistic), so that
+/// identity-initialised layers become generic maps for testing. Deterministic in `seed`.
+pub fn randomize_parameters<M: Module>(module: M, seed: u64, scale: f64) -> M {
+    module.map(&mut Randomize { rng: StdRng::seed_from_u64(seed), scale })
 }

@@ -1,0 +1,244 @@
+//! Statistical tests of maximum-likelihood fitting (f32, the default).
+
+use diffeo::datasets::{two_moons, Gaussian, TWO_MOONS_EXPECTED_LOG_LIKELIHOOD};
+use diffeo::fit::{log_likelihoods, mean_log_likelihood};
+use diffeo::prelude::*;
+use diffeo::tensor::{matrix, to_vec};
+use rand::Rng;
+use rand_distr::StandardNormal;
+
+fn quiet(_: &FitEvent) {}
+
+/// Mean of (exact − model) log-density over the same test points.
+fn paired_gap(model: &[f64], exact: &[f64]) -> (f64, f64) {
+    let d: Vec<f64> = exact.iter().zip(model).map(|(e, m)| e - m).collect();
+    let n = d.len() as f64;
+    let mean = d.iter().sum::<f64>() / n;
+    let var = d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
+#[test]
+fn correlated_gaussian_4d_reaches_the_analytic_likelihood() {
+    let device = diffeo::cpu();
+    // Σ = L Lᵀ with a dense lower-triangular L: strongly correlated, condition number ≈ 20.
+    let l = [
+        1.2, 0.0, 0.0, 0.0, //
+        0.5, 0.8, 0.0, 0.0, //
+        -0.4, 0.3, 0.9, 0.0, //
+        0.2, -0.5, 0.4, 0.6,
+    ];
+    let mut cov = [0.0; 16];
+    for i in 0..4 {
+        for j in 0..4 {
+            cov[i * 4 + j] = (0..4).map(|k| l[i * 4 + k] * l[j * 4 + k]).sum();
+        }
+    }
+    let g = Gaussian::new(vec![1.0, -2.0, 0.5, 3.0], &cov).unwrap();
+    let mut rng = StdRng::seed_from_u64(10);
+    let train = Dataset::new(g.sample(20_000, &mut rng), 4);
+    let val = Dataset::new(g.sample(4_000, &mut rng), 4);
+    let test_x = g.sample(10_000, &mut rng);
+    let test = Dataset::new(test_x.clone(), 4);
+    let flow = maf(4, 3, vec![32, 32]).init(&device);
+    let config = FitConfig::new()
+        .with_steps(2500)
+        .with_batch_size(512)
+        .with_learning_rate(3e-3)
+        .with_schedule(Schedule::Cosine)
+        .with_eval_every(250);
+    let (flow, _) = fit(flow, &train, Some(&val), &config, &mut quiet).unwrap();
+    let model = log_likelihoods(&flow, &test).unwrap();
+    let exact: Vec<f64> = test_x.chunks_exact(4).map(|x| g.log_prob(x)).collect();
+    let (gap, se) = paired_gap(&model, &exact);
+    let exact_mean = exact.iter().sum::<f64>() / exact.len() as f64;
+    eprintln!("4-D Gaussian: exact E[log p] {exact_mean:.4}, paired gap {gap:.4} ± {se:.4} nats");
+    assert!(gap <= 0.02, "paired gap {gap} > 0.02 nats");
+}
+
+#[test]
+fn two_moons_and_its_density_integrates_to_one() {
+    let device = diffeo::cpu();
+    let mut rng = StdRng::seed_from_u64(1);
+    let train = Dataset::new(two_moons(20_000, &mut rng), 2);
+    let val = Dataset::new(two_moons(4_000, &mut rng), 2);
+    let test = Dataset::new(two_moons(10_000, &mut rng), 2);
+    let flow = maf(2, 6, vec![64, 64]).init(&device);
+    let config = FitConfig::new()
+        .with_steps(2000)
+        .with_batch_size(512)
+        .with_learning_rate(3e-3)
+        .with_schedule(Schedule::Cosine)
+        .with_eval_every(250);
+    let (flow, report) = fit(flow, &train, Some(&val), &config, &mut quiet).unwrap();
+    let (ll, se) = mean_log_likelihood(&flow, &test).unwrap();
+    eprintln!(
+        "two moons (MAF 6×[64,64], 2000 steps): test log-likelihood {ll:.4} ± {:.4}, bound {TWO_MOONS_EXPECTED_LOG_LIKELIHOOD}, {:.1} ms/step",
+        2.0 * se,
+        1e3 * report.seconds / report.steps as f64
+    );
+    assert!(ll > TWO_MOONS_EXPECTED_LOG_LIKELIHOOD - 0.1, "test log-likelihood {ll}");
+    assert!(ll < TWO_MOONS_EXPECTED_LOG_LIKELIHOOD + 0.05, "above the entropy bound: {ll}");
+
+    // ∫ p(x) dx over [−7, 7]² by the midpoint rule.
+    let (lo, hi, k) = (-7.0, 7.0, 350usize);
+    let h = (hi - lo) / k as f64;
+    let mut pts = Vec::with_capacity(k * k * 2);
+    for i in 0..k {
+        for j in 0..k {
+            pts.push(lo + (i as f64 + 0.5) * h);
+            pts.push(lo + (j as f64 + 0.5) * h);
+        }
+    }
+    let lp = to_vec(flow.log_prob(matrix(pts, k * k, 2, &device), None).unwrap()).unwrap();
+    let mass: f64 = lp.iter().map(|v| v.exp()).sum::<f64>() * h * h;
+    eprintln!("two moons: ∫p = {mass:.5}");
+    assert!((mass - 1.0).abs() < 1e-2, "2-D density integrates to {mass}");
+}
+
+#[test]
+fn one_dimensional_flow_integrates_to_one() {
+    let device = diffeo::cpu();
+    let mut rng = StdRng::seed_from_u64(2);
+    let data: Vec<f64> = (0..8000)
+        .map(|i| {
+            let z: f64 = rng.sample(StandardNormal);
+            if i % 3 == 0 { -2.0 + 0.5 * z } else { 1.5 + 0.8 * z }
+        })
+        .collect();
+    let flow = MafConfig::new(1)
+        .with_transforms(2)
+        .with_hidden(vec![16])
+        .with_base(BaseConfig::GaussianMixture { components: 3 })
+        .init(&device);
+    let config = FitConfig::new().with_steps(800).with_batch_size(256).with_learning_rate(1e-2);
+    let (flow, _) = fit(flow, &Dataset::new(data, 1), None, &config, &mut quiet).unwrap();
+    let (lo, hi, k) = (-20.0, 20.0, 8000usize);
+    let h = (hi - lo) / k as f64;
+    let pts: Vec<f64> = (0..k).map(|i| lo + (i as f64 + 0.5) * h).collect();
+    let lp = to_vec(flow.log_prob(matrix(pts, k, 1, &device), None).unwrap()).unwrap();
+    let mass: f64 = lp.iter().map(|v| v.exp()).sum::<f64>() * h;
+    eprintln!("1-D mixture-base flow: ∫p = {mass:.6}");
+    assert!((mass - 1.0).abs() < 1e-2);
+}
+
+#[test]
+fn conditional_maf_matches_the_analytic_conditional() {
+    // c ~ N(0, I₂), x | c ~ N(A c, Σ).
+    let device = diffeo::cpu();
+    let a = [1.5, -0.5, 0.3, 2.0];
+    let cov = [0.5, 0.2, 0.2, 0.3];
+    let noise = Gaussian::new(vec![0.0, 0.0], &cov).unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut make = |n: usize| {
+        let c: Vec<f64> = (0..n * 2).map(|_| rng.sample(StandardNormal)).collect();
+        let e = noise.sample(n, &mut rng);
+        let x: Vec<f64> = (0..n)
+            .flat_map(|i| {
+                let (c0, c1) = (c[2 * i], c[2 * i + 1]);
+                [a[0] * c0 + a[1] * c1 + e[2 * i], a[2] * c0 + a[3] * c1 + e[2 * i + 1]]
+            })
+            .collect();
+        (x, c)
+    };
+    let (xt, ct) = make(20_000);
+    let (xv, cv) = make(4_000);
+    let (xs, cs) = make(10_000);
+    let flow = maf(2, 3, vec![32, 32]).with_context_dim(2).init(&device);
+    let config = FitConfig::new()
+        .with_steps(2500)
+        .with_batch_size(512)
+        .with_learning_rate(3e-3)
+        .with_schedule(Schedule::Cosine)
+        .with_eval_every(250);
+    let train = Dataset::new(xt, 2).with_context(ct, 2);
+    let val = Dataset::new(xv, 2).with_context(cv, 2);
+    let (flow, _) = fit(flow, &train, Some(&val), &config, &mut quiet).unwrap();
+    let test = Dataset::new(xs.clone(), 2).with_context(cs.clone(), 2);
+    let model = log_likelihoods(&flow, &test).unwrap();
+    let exact: Vec<f64> = (0..10_000)
+        .map(|i| {
+            let (c0, c1) = (cs[2 * i], cs[2 * i + 1]);
+            let r = [xs[2 * i] - a[0] * c0 - a[1] * c1, xs[2 * i + 1] - a[2] * c0 - a[3] * c1];
+            noise.log_prob(&r)
+        })
+        .collect();
+    let (gap, se) = paired_gap(&model, &exact);
+    eprintln!("conditional MAF: paired gap {gap:.4} ± {se:.4} nats");
+    assert!(gap <= 0.03, "paired gap {gap} > 0.03");
+
+    // One context row broadcast to many samples; several rows give n samples each.
+    let one = matrix(vec![0.5, -1.0], 1, 2, &device);
+    let s = flow.sample(7, Some(&one), &mut rng).unwrap();
+    assert_eq!(s.dims(), [7, 2]);
+    let three = matrix(vec![0.5, -1.0, 0.0, 0.0, 2.0, 1.0], 3, 2, &device);
+    let (s, lq) = flow.sample_and_log_prob(5, Some(&three), &mut rng).unwrap();
+    assert_eq!(s.dims(), [15, 2]);
+    assert_eq!(lq.dims(), [15]);
+}
+
+#[test]
+fn sample_and_log_prob_agree_with_log_prob() {
+    let device = diffeo::cpu();
+    let mut rng = StdRng::seed_from_u64(4);
+    let train = Dataset::new(two_moons(4_000, &mut rng), 2);
+    for cfg in [
+        realnvp(2, 4, vec![32]).flow_config(),
+        iaf(2, 3, vec![32]).flow_config(),
+        maf(2, 3, vec![32]).with_base(BaseConfig::StudentT { df: 5.0 }).flow_config(),
+        maf(2, 3, vec![32]).with_base(BaseConfig::DiagNormal).with_batch_norm(true).flow_config(),
+    ] {
+        let flow = cfg.init(&device);
+        let (flow, _) =
+            fit(flow, &train, None, &FitConfig::new().with_steps(150).with_batch_size(256), &mut quiet).unwrap();
+        let (x, lq) = flow.sample_and_log_prob(256, None, &mut rng).unwrap();
+        let lp = to_vec(flow.log_prob(x, None).unwrap()).unwrap();
+        let lq = to_vec(lq).unwrap();
+        for (a, b) in lp.iter().zip(&lq) {
+            assert!((a - b).abs() < 2e-3 * (1.0 + a.abs()), "log_prob {a} vs sample_and_log_prob {b}");
+        }
+    }
+}
+
+#[test]
+fn same_seed_gives_the_same_model() {
+    let device = diffeo::cpu();
+    let mut rng = StdRng::seed_from_u64(5);
+    let train = Dataset::new(two_moons(2_000, &mut rng), 2);
+    let probe = matrix(two_moons(64, &mut rng), 64, 2, &device);
+    let run = |seed: u64| {
+        let flow = realnvp(2, 3, vec![32]).with_seed(seed).init(&device);
+        let cfg = FitConfig::new().with_steps(100).with_batch_size(128).with_seed(seed).with_grad_clip_norm(Some(5.0));
+        let (flow, _) = fit(flow, &train, None, &cfg, &mut quiet).unwrap();
+        to_vec(flow.log_prob(probe.clone(), None).unwrap()).unwrap()
+    };
+    let a = run(1);
+    assert_eq!(a, run(1));
+    assert_ne!(a, run(2));
+}
+
+#[test]
+fn early_stopping_restores_the_best_model() {
+    let device = diffeo::cpu();
+    let mut rng = StdRng::seed_from_u64(6);
+    // 64 training points and a big network: it overfits, validation peaks, patience stops it.
+    let train = Dataset::new(two_moons(64, &mut rng), 2);
+    let val = Dataset::new(two_moons(2_000, &mut rng), 2);
+    let flow = maf(2, 5, vec![128, 128]).init(&device);
+    let cfg = FitConfig::new()
+        .with_steps(5000)
+        .with_batch_size(64)
+        .with_learning_rate(5e-3)
+        .with_eval_every(25)
+        .with_patience(Some(4))
+        .with_weight_decay(1e-6);
+    let mut events = 0;
+    let (flow, report) = fit(flow, &train, Some(&val), &cfg, &mut |_| events += 1).unwrap();
+    assert!(report.stopped_early, "expected early stopping, ran {} steps", report.steps);
+    assert!(events > report.steps);
+    let best = report.history.iter().filter_map(|r| r.val_log_likelihood).fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(report.best_val_log_likelihood, Some(best));
+    let (ll, _) = mean_log_likelihood(&flow, &val).unwrap();
+    assert!((ll - best).abs() < 1e-6 * best.abs().max(1.0), "restored model scores {ll}, best was {best}");
+    assert!(report.best_step < report.steps);
+}

@@ -1,0 +1,233 @@
+//! The correctness harness on every bijection, in f64 (this test binary configures the CPU
+//! device for f64 before any tensor exists).
+
+use diffeo::bijections::*;
+use diffeo::prelude::*;
+use diffeo::testing::{check_bijection, randomize_parameters, HarnessConfig};
+use diffeo::transformer::Transformer;
+
+fn device() -> Device {
+    diffeo::cpu_f64().expect("f64 device")
+}
+
+fn check<B: Bijection + Module>(b: &B, cfg: &HarnessConfig) {
+    let report = check_bijection(b, &device(), cfg).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!report.directions.is_empty());
+    eprintln!("{}: {report:?}", b.name());
+}
+
+fn chain(dim: usize, layers: Vec<LayerConfig>, seed: u64) -> Chain {
+    let c = Chain::from_configs(dim, &layers, seed, &device()).expect("valid chain");
+    randomize_parameters(c, seed + 100, 0.3)
+}
+
+#[test]
+fn elementwise_maps() {
+    let d = device();
+    for kind in [ElementwiseKind::Exp, ElementwiseKind::Softplus, ElementwiseKind::Sigmoid, ElementwiseKind::Tanh] {
+        check(&Elementwise::new(kind, 3, &d), &HarnessConfig::default());
+    }
+    let boxed = ElementwiseKind::Box { low: vec![-4.0, 0.0, 1.0], high: vec![4.0, 1.0, 5.0] };
+    check(&Elementwise::new(boxed, 3, &d), &HarnessConfig::default());
+    let affine = randomize_parameters(ElementwiseAffine::new(4, &d), 1, 0.5);
+    check(&affine, &HarnessConfig::default());
+    // The logit needs inputs in (0, 1).
+    let logit_points = HarnessConfig { offset: 0.5, scale: 0.15, ..HarnessConfig::default() };
+    check(&Invert::new(Elementwise::new(ElementwiseKind::Sigmoid, 2, &d)), &logit_points);
+}
+
+#[test]
+fn elementwise_out_of_domain_is_minus_infinity() {
+    let d = device();
+    let b = Elementwise::new(ElementwiseKind::Exp, 1, &d);
+    let y = diffeo::tensor::matrix(vec![-1.0, 0.0, 2.0], 3, 1, &d);
+    let (x, ld) = b.inverse(y, None).unwrap();
+    let x = diffeo::tensor::to_vec(x).unwrap();
+    let ld = diffeo::tensor::to_vec(ld).unwrap();
+    assert!(x.iter().all(|v| v.is_finite()));
+    assert_eq!(ld[0], f64::NEG_INFINITY);
+    assert_eq!(ld[1], f64::NEG_INFINITY);
+    assert!((ld[2] + 2f64.ln()).abs() < 1e-12);
+}
+
+fn made_layer(dim: usize, context_dim: usize, transformer: Transformer, order: Vec<usize>) -> LayerConfig {
+    LayerConfig::MaskedAutoregressive(MaskedAutoregressiveConfig {
+        dim,
+        context_dim,
+        hidden: vec![16, 16],
+        order,
+        transformer,
+        activation: diffeo::nn::Activation::Tanh,
+    })
+}
+
+#[test]
+fn masked_autoregressive_maf_and_iaf() {
+    for (dim, ctx) in [(1, 0), (1, 2), (2, 0), (3, 2), (5, 0), (6, 3)] {
+        for transformer in [Transformer::Affine, Transformer::Additive] {
+            let order: Vec<usize> = (1..=dim).rev().collect();
+            let maf = chain(dim, vec![made_layer(dim, ctx, transformer.clone(), order.clone())], dim as u64);
+            check(&maf, &HarnessConfig::default());
+            let iaf = chain(dim, vec![made_layer(dim, ctx, transformer.clone(), order).inverted()], dim as u64);
+            check(&iaf, &HarnessConfig::default());
+        }
+    }
+}
+
+#[test]
+fn made_is_autoregressive() {
+    // Perturbing feature k changes outputs only at positions later in the order.
+    let d = device();
+    let dim = 4;
+    let order = vec![3, 1, 4, 2];
+    let c = chain(dim, vec![made_layer(dim, 0, Transformer::Affine, order.clone())], 5);
+    let base = vec![0.1, -0.4, 0.7, 0.2];
+    let (u0, _) = c.inverse(diffeo::tensor::matrix(base.clone(), 1, dim, &d), None).unwrap();
+    let u0 = diffeo::tensor::to_vec(u0).unwrap();
+    for k in 0..dim {
+        let mut x = base.clone();
+        x[k] += 0.5;
+        let (u, _) = c.inverse(diffeo::tensor::matrix(x, 1, dim, &d), None).unwrap();
+        let u = diffeo::tensor::to_vec(u).unwrap();
+        for i in 0..dim {
+            let changed = (u[i] - u0[i]).abs() > 1e-12;
+            let allowed = i == k || order[k] < order[i];
+            assert!(allowed || !changed, "output {i} depends on input {k}");
+            if order[k] < order[i] {
+                assert!(changed, "output {i} ignores earlier input {k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn identity_initialisation_is_exact() {
+    let d = device();
+    let layers = MafConfig::new(3).with_context_dim(2).flow_config().layers;
+    let c = Chain::from_configs(3, &layers, 0, &d).unwrap();
+    let x = diffeo::tensor::matrix(vec![0.3, -1.2, 2.5, 4.0, 0.0, -7.0], 2, 3, &d);
+    let ctx = diffeo::tensor::matrix(vec![1.0, 2.0, -3.0, 0.5], 2, 2, &d);
+    let (u, ld) = c.inverse(x.clone(), Some(&ctx)).unwrap();
+    assert_eq!(diffeo::tensor::to_vec(u).unwrap(), diffeo::tensor::to_vec(x).unwrap());
+    assert!(diffeo::tensor::to_vec(ld).unwrap().iter().all(|v| *v == 0.0));
+    let layers = RealNvpConfig::new(3).flow_config().layers;
+    let c = Chain::from_configs(3, &layers, 0, &d).unwrap();
+    let x = diffeo::tensor::matrix(vec![0.3, -1.2, 2.5], 1, 3, &d);
+    let (u, ld) = c.inverse(x.clone(), None).unwrap();
+    assert_eq!(diffeo::tensor::to_vec(u).unwrap(), diffeo::tensor::to_vec(x).unwrap());
+    assert_eq!(diffeo::tensor::to_vec(ld).unwrap(), vec![0.0]);
+}
+
+#[test]
+fn coupling_layers() {
+    for (dim, ctx) in [(2, 0), (2, 3), (4, 0), (5, 2)] {
+        for transformer in [Transformer::Affine, Transformer::Additive] {
+            for flip in [false, true] {
+                let mut cfg = CouplingConfig::half(dim, vec![16, 16], flip);
+                cfg.context_dim = ctx;
+                cfg.transformer = transformer.clone();
+                cfg.activation = diffeo::nn::Activation::Tanh;
+                let c = chain(dim, vec![LayerConfig::Coupling(cfg.clone())], 3);
+                check(&c, &HarnessConfig::default());
+                let c = chain(dim, vec![LayerConfig::Coupling(cfg).inverted()], 4);
+                check(&c, &HarnessConfig::default());
+            }
+        }
+    }
+}
+
+#[test]
+fn permutations() {
+    let d = device();
+    check(&Permutation::new(Permutation::reverse_order(5), &d), &HarnessConfig::default());
+    let mut rng = StdRng::seed_from_u64(3);
+    check(&Permutation::new(Permutation::random_order(6, &mut rng), &d), &HarnessConfig::default());
+}
+
+#[test]
+fn batch_norm_evaluation_mode() {
+    let d = device();
+    let bn = randomize_parameters(BatchNormConfig::new(4).init(&d), 9, 0.2);
+    assert_eq!(bn.mode, NormMode::Evaluation);
+    check(&bn, &HarnessConfig::default());
+}
+
+#[test]
+fn batch_norm_training_mode_uses_batch_statistics() {
+    let d = device();
+    let mut bn = BatchNormConfig::new(2).init(&d);
+    bn.set_mode(NormMode::Training);
+    let x = vec![1.0, 10.0, 3.0, 20.0, 5.0, 60.0, 7.0, 30.0];
+    let (u, ld) = bn.inverse(diffeo::tensor::matrix(x.clone(), 4, 2, &d), None).unwrap();
+    let u = diffeo::tensor::to_vec(u).unwrap();
+    for j in 0..2 {
+        let col: Vec<f64> = (0..4).map(|i| u[i * 2 + j]).collect();
+        let mean = col.iter().sum::<f64>() / 4.0;
+        let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 4.0;
+        assert!(mean.abs() < 1e-12);
+        assert!((var - 1.0).abs() < 1e-5);
+    }
+    // log|det| = −½ Σ log(var + ε) with the biased batch variances 5 and 350.
+    let expected = -0.5 * ((5.0f64 + 1e-5).ln() + (350.0f64 + 1e-5).ln());
+    for v in diffeo::tensor::to_vec(ld).unwrap() {
+        assert!((v - expected).abs() < 1e-10);
+    }
+    // The running averages moved towards the batch statistics (momentum 0.1, unbiased variance).
+    let rm = diffeo::tensor::to_vec(bn.running_mean.value_sync()).unwrap();
+    assert!((rm[0] - 0.4).abs() < 1e-12 && (rm[1] - 3.0).abs() < 1e-12);
+    let rv = diffeo::tensor::to_vec(bn.running_var.value_sync()).unwrap();
+    assert!((rv[0] - (0.9 + 0.1 * 5.0 * 4.0 / 3.0)).abs() < 1e-10);
+}
+
+#[test]
+fn composite_flows_with_context() {
+    let d = device();
+    let flows = [
+        MafConfig::new(3).with_transforms(3).with_hidden(vec![8]).with_context_dim(2).with_batch_norm(true).flow_config(),
+        MafConfig::new(4).with_transforms(2).with_hidden(vec![8]).with_iaf(true).with_random_orders(true).flow_config(),
+        RealNvpConfig::new(4)
+            .with_transforms(3)
+            .with_hidden(vec![8])
+            .with_context_dim(1)
+            .with_random_permutations(true)
+            .flow_config(),
+        diffeo::flow::nice(3, 3, vec![8]).flow_config(),
+    ];
+    for cfg in flows {
+        let flow = cfg.init(&d);
+        let t = randomize_parameters(flow.transform, 11, 0.2);
+        check(&t, &HarnessConfig::default());
+    }
+}
+
+struct ForwardOnly;
+
+impl Bijection for ForwardOnly {
+    fn dim(&self) -> usize {
+        1
+    }
+    fn directions(&self) -> Directions {
+        Directions { forward: Cost::Fast, inverse: Cost::Unavailable }
+    }
+    fn name(&self) -> String {
+        "ForwardOnly".into()
+    }
+    fn forward_unchecked(&self, x: Tensor<2>, _: Option<&Tensor<2>>) -> diffeo::Result<(Tensor<2>, Tensor<1>)> {
+        let n = x.dims()[0];
+        let device = x.device();
+        Ok((x, Tensor::zeros([n], &device)))
+    }
+    fn inverse_unchecked(&self, _: Tensor<2>, _: Option<&Tensor<2>>) -> diffeo::Result<(Tensor<2>, Tensor<1>)> {
+        unreachable!("guarded by directions()")
+    }
+}
+
+#[test]
+fn missing_direction_is_a_typed_error() {
+    let d = device();
+    let y = diffeo::tensor::matrix(vec![1.0], 1, 1, &d);
+    match ForwardOnly.inverse(y, None) {
+        Err(FlowError::NotInvertible { direction: Direction::Inverse, .. }) => {}
+        other => panic!("expected NotInvertible, got {other:?}"),
+    }
+}
