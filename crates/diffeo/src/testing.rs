@@ -147,6 +147,24 @@ fn fd_logdets<B: Bijection>(
     Ok(out)
 }
 
+/// Compares values elementwise with a relative tolerance, tracking the largest error.
+fn compare(
+    actual: &[f64],
+    expected: &[f64],
+    tol: f64,
+    max_err: &mut f64,
+    describe: impl Fn(f64, f64) -> String,
+) -> Result<(), String> {
+    for (a, e) in actual.iter().zip(expected) {
+        let err = (a - e).abs() / 1f64.max(e.abs());
+        *max_err = max_err.max(err);
+        if err > tol {
+            return Err(describe(*a, *e));
+        }
+    }
+    Ok(())
+}
+
 struct GradCheck<'a> {
     grads: &'a burn::tensor::Gradients,
     bad: Vec<String>,
@@ -177,7 +195,6 @@ pub fn check_bijection<B: Bijection + Module>(b: &B, device: &Device, cfg: &Harn
     let ct = ctx.as_ref().map(|v| matrix(v.clone(), n, c, device));
     let dirs = b.directions();
     let mut report = HarnessReport::default();
-    let rel = |a: f64, b: f64| (a - b).abs() / 1f64.max(b.abs());
 
     // Points on the data side: T(x) when the forward pass exists, else x itself.
     let mut y = x.clone();
@@ -189,30 +206,19 @@ pub fn check_bijection<B: Bijection + Module>(b: &B, device: &Device, cfg: &Harn
         }
         if d <= 6 {
             let fd = fd_logdets(b, true, &x, ctx.as_deref(), n, d, c, cfg.fd_step, device)?;
-            for (a, e) in ldf.iter().zip(&fd) {
-                let err = rel(*a, *e);
-                report.max_logdet_error = report.max_logdet_error.max(err);
-                if err > cfg.logdet_tol {
-                    return Err(format!("{}: forward log-det {a} but finite differences give {e}", b.name()));
-                }
-            }
+            compare(&ldf, &fd, cfg.logdet_tol, &mut report.max_logdet_error, |a, e| {
+                format!("{}: forward log-det {a} but finite differences give {e}", b.name())
+            })?;
         }
         if dirs.inverse != Cost::Unavailable {
             let (xr, ldi) = apply(b, false, matrix(yv.clone(), n, d, device), ct.as_ref())?;
-            for (a, e) in xr.iter().zip(&x) {
-                let err = rel(*a, *e);
-                report.max_roundtrip_error = report.max_roundtrip_error.max(err);
-                if err > cfg.roundtrip_tol {
-                    return Err(format!("{}: inverse(forward(x)) = {a}, expected {e}", b.name()));
-                }
-            }
-            for (a, e) in ldi.iter().zip(&ldf) {
-                let err = rel(*a, -*e);
-                report.max_consistency_error = report.max_consistency_error.max(err);
-                if err > cfg.roundtrip_tol.max(1e-10) * 100.0 {
-                    return Err(format!("{}: inverse log-det {a} is not −(forward log-det {e})", b.name()));
-                }
-            }
+            compare(&xr, &x, cfg.roundtrip_tol, &mut report.max_roundtrip_error, |a, e| {
+                format!("{}: inverse(forward(x)) = {a}, expected {e}", b.name())
+            })?;
+            let neg_ldf: Vec<f64> = ldf.iter().map(|v| -v).collect();
+            compare(&ldi, &neg_ldf, cfg.roundtrip_tol.max(1e-10) * 100.0, &mut report.max_consistency_error, |a, e| {
+                format!("{}: inverse log-det {a} is not −(forward log-det) = {e}", b.name())
+            })?;
         }
         y = yv;
     }
@@ -224,23 +230,15 @@ pub fn check_bijection<B: Bijection + Module>(b: &B, device: &Device, cfg: &Harn
         }
         if d <= 6 {
             let fd = fd_logdets(b, false, &y, ctx.as_deref(), n, d, c, cfg.fd_step, device)?;
-            for (a, e) in ldi.iter().zip(&fd) {
-                let err = rel(*a, *e);
-                report.max_logdet_error = report.max_logdet_error.max(err);
-                if err > cfg.logdet_tol {
-                    return Err(format!("{}: inverse log-det {a} but finite differences give {e}", b.name()));
-                }
-            }
+            compare(&ldi, &fd, cfg.logdet_tol, &mut report.max_logdet_error, |a, e| {
+                format!("{}: inverse log-det {a} but finite differences give {e}", b.name())
+            })?;
         }
         if dirs.forward != Cost::Unavailable {
             let (yr, _) = apply(b, true, matrix(xv, n, d, device), ct.as_ref())?;
-            for (a, e) in yr.iter().zip(&y) {
-                let err = rel(*a, *e);
-                report.max_roundtrip_error = report.max_roundtrip_error.max(err);
-                if err > cfg.roundtrip_tol {
-                    return Err(format!("{}: forward(inverse(y)) = {a}, expected {e}", b.name()));
-                }
-            }
+            compare(&yr, &y, cfg.roundtrip_tol, &mut report.max_roundtrip_error, |a, e| {
+                format!("{}: forward(inverse(y)) = {a}, expected {e}", b.name())
+            })?;
         }
     }
 

@@ -196,3 +196,22 @@ fn iaf_density_and_maf_sampling_take_d_passes_but_are_exact() {
         assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{a} vs {b}");
     }
 }
+
+#[test]
+fn epochs_count_passes_over_the_data() {
+    let device = diffeo::cpu();
+    let mut rng = StdRng::seed_from_u64(4);
+    let data = Dataset::new(two_moons(1_000, &mut rng), 2);
+    let cfg = FitConfig::new().with_epochs(Some(3)).with_batch_size(300).with_steps(1);
+    let mut steps = 0;
+    let (_, report) = fit(realnvp(2, 2, vec![8]).init(&device), &data, None, &cfg, &mut |e| {
+        if let FitEvent::Step { .. } = e {
+            steps += 1;
+        }
+    })
+    .unwrap();
+    // ⌈1000 / 300⌉ = 4 batches per epoch.
+    assert_eq!(report.steps, 12);
+    assert_eq!(steps, 12);
+    assert_eq!(report.history.len(), 1);
+}

@@ -302,37 +302,25 @@ impl Bijection for Chain {
         format!("Chain[{}]", self.links.iter().map(|l| l.name()).collect::<Vec<_>>().join(", "))
     }
     fn forward_unchecked(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        let mut h = x;
-        let mut total: Option<Tensor<1>> = None;
-        for link in &self.links {
-            let (y, ld) = link.forward_unchecked(h, context)?;
-            h = y;
-            total = Some(match total {
-                Some(t) => t.add(ld),
-                None => ld,
-            });
-        }
-        let total = match total {
-            Some(t) => t,
-            None => Tensor::zeros([h.dims()[0]], &h.device()),
-        };
-        Ok((h, total))
+        compose(self.links.iter(), x, |l, h| l.forward_unchecked(h, context))
     }
     fn inverse_unchecked(&self, y: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        let mut h = y;
-        let mut total: Option<Tensor<1>> = None;
-        for link in self.links.iter().rev() {
-            let (x, ld) = link.inverse_unchecked(h, context)?;
-            h = x;
-            total = Some(match total {
-                Some(t) => t.add(ld),
-                None => ld,
-            });
-        }
-        let total = match total {
-            Some(t) => t,
-            None => Tensor::zeros([h.dims()[0]], &h.device()),
-        };
-        Ok((h, total))
+        compose(self.links.iter().rev(), y, |l, h| l.inverse_unchecked(h, context))
     }
+}
+
+/// Applies `step` along `links`, summing the log-determinants.
+fn compose<'a>(
+    links: impl Iterator<Item = &'a Link>,
+    x: Tensor<2>,
+    step: impl Fn(&'a Link, Tensor<2>) -> Result<Mapped>,
+) -> Result<Mapped> {
+    let mut total = Tensor::zeros([x.dims()[0]], &x.device());
+    let mut h = x;
+    for link in links {
+        let (y, ld) = step(link, h)?;
+        h = y;
+        total = total.add(ld);
+    }
+    Ok((h, total))
 }
