@@ -282,3 +282,18 @@ fn context_embedding_feeds_the_conditioners() {
         assert!((a - b).abs() < 1e-9, "{a} vs {b}");
     }
 }
+
+#[test]
+fn fitting_works_in_f64() {
+    let d = device();
+    let mut rng = StdRng::seed_from_u64(8);
+    let data = diffeo::fit::Dataset::new(diffeo::datasets::two_moons(2_000, &mut rng), 2);
+    let flow = realnvp(2, 3, vec![16]).init(&d);
+    let cfg = FitConfig::new().with_steps(100).with_batch_size(256).with_learning_rate(3e-3);
+    let (flow, report) = fit(flow, &data, Some(&data), &cfg, &mut |_| {}).unwrap();
+    let before = report.history.first().and_then(|r| r.val_log_likelihood).unwrap();
+    assert!(report.best_val_log_likelihood.unwrap() >= before);
+    let x = diffeo::tensor::matrix(vec![0.1, 0.2], 1, 2, &d);
+    let lp = flow.log_prob(x, None).unwrap();
+    assert_eq!(lp.dtype(), diffeo::burn::tensor::DType::F64);
+}
