@@ -115,3 +115,107 @@ impl Gaussian {
         -0.5 * z.iter().map(|v| v * v).sum::<f64>() - log_det - 0.5 * d as f64 * crate::tensor::LN_2PI
     }
 }
+
+fn normal(rng: &mut StdRng) -> f64 {
+    rng.sample(StandardNormal)
+}
+
+/// scikit-learn's `make_circles(n, factor, noise)`: two concentric circles at evenly spaced
+/// angles (endpoint excluded), shuffled, plus N(0, noise²) jitter.
+pub fn make_circles(n: usize, factor: f64, noise: f64, rng: &mut StdRng) -> Vec<f64> {
+    let n_out = n / 2;
+    let n_in = n - n_out;
+    let mut pts: Vec<[f64; 2]> = Vec::with_capacity(n);
+    for (k, r) in [(n_out, 1.0), (n_in, factor)] {
+        for i in 0..k {
+            let t = 2.0 * std::f64::consts::PI * i as f64 / k as f64;
+            pts.push([r * t.cos(), r * t.sin()]);
+        }
+    }
+    pts.shuffle(rng);
+    pts.iter().flat_map(|p| [p[0] + noise * normal(rng), p[1] + noise * normal(rng)]).collect()
+}
+
+/// The 2-D toy densities of the FFJORD and NSF papers, by name (see [`TOYS`]).
+pub fn toy(name: &str, n: usize, rng: &mut StdRng) -> Option<Vec<f64>> {
+    use std::f64::consts::PI;
+    Some(match name {
+        "moons" => two_moons(n, rng),
+        "circles" => make_circles(n, 0.5, 0.08, rng).into_iter().map(|v| v * 3.0).collect(),
+        "rings" => {
+            let per = n / 4;
+            let mut pts: Vec<[f64; 2]> = Vec::with_capacity(n);
+            for (i, r) in [1.0, 0.75, 0.5, 0.25].iter().enumerate() {
+                let k = if i == 3 { n - 3 * per } else { per };
+                for j in 0..k {
+                    let t = 2.0 * PI * j as f64 / k as f64;
+                    pts.push([3.0 * r * t.cos(), 3.0 * r * t.sin()]);
+                }
+            }
+            pts.shuffle(rng);
+            pts.iter().flat_map(|p| [p[0] + 0.08 * normal(rng), p[1] + 0.08 * normal(rng)]).collect()
+        }
+        "8gaussians" => (0..n)
+            .flat_map(|_| {
+                let k = rng.random_range(0..8) as f64;
+                let (s, c) = (k * PI / 4.0).sin_cos();
+                [(4.0 * c + 0.5 * normal(rng)) / 1.414, (4.0 * s + 0.5 * normal(rng)) / 1.414]
+            })
+            .collect(),
+        "pinwheel" => {
+            let mut pts: Vec<[f64; 2]> = (0..n)
+                .map(|i| {
+                    let class = (i * 5 / n.max(1)) as f64;
+                    let f1 = 1.0 + 0.3 * normal(rng);
+                    let f2 = 0.1 * normal(rng);
+                    let a = 2.0 * PI * class / 5.0 + 0.25 * f1.exp();
+                    let (s, c) = a.sin_cos();
+                    [2.0 * (f1 * c + f2 * s), 2.0 * (-f1 * s + f2 * c)]
+                })
+                .collect();
+            pts.shuffle(rng);
+            pts.concat()
+        }
+        "2spirals" => {
+            let half = n / 2;
+            let mut pts: Vec<[f64; 2]> = Vec::with_capacity(n);
+            for i in 0..n {
+                let u: f64 = rng.random();
+                let t = u.sqrt() * 540.0 * 2.0 * PI / 360.0;
+                let x = -t.cos() * t + rng.random::<f64>() * 0.5;
+                let y = t.sin() * t + rng.random::<f64>() * 0.5;
+                let sign = if i < half { 1.0 } else { -1.0 };
+                pts.push([sign * x / 3.0 + 0.1 * normal(rng), sign * y / 3.0 + 0.1 * normal(rng)]);
+            }
+            pts.shuffle(rng);
+            pts.concat()
+        }
+        "checkerboard" => (0..n)
+            .flat_map(|_| {
+                let x1: f64 = rng.random_range(-2.0..2.0);
+                let x2 = rng.random::<f64>() - 2.0 * rng.random_range(0..2) as f64 + x1.floor().rem_euclid(2.0);
+                [2.0 * x1, 2.0 * x2]
+            })
+            .collect(),
+        "swissroll" => (0..n)
+            .flat_map(|_| {
+                let t = 1.5 * PI * (1.0 + 2.0 * rng.random::<f64>());
+                [(t * t.cos() + normal(rng)) / 5.0, (t * t.sin() + normal(rng)) / 5.0]
+            })
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Names of the built-in 2-D toys and their entropy bounds E[log p] (nats), as computed for the
+/// formulas above (`pinwheel` assumes its arms do not overlap).
+pub const TOYS: [(&str, f64); 8] = [
+    ("moons", -2.393),
+    ("circles", -3.274),
+    ("8gaussians", -2.835),
+    ("pinwheel", -2.324),
+    ("2spirals", -2.652),
+    ("checkerboard", -3.4657),
+    ("rings", -2.620),
+    ("swissroll", -2.677),
+];

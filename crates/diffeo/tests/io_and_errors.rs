@@ -215,3 +215,29 @@ fn epochs_count_passes_over_the_data() {
     assert_eq!(steps, 12);
     assert_eq!(report.history.len(), 1);
 }
+
+#[test]
+fn toy_generators_follow_their_formulas() {
+    use diffeo::datasets::{toy, TOYS};
+    let mut rng = StdRng::seed_from_u64(11);
+    for (name, _) in TOYS {
+        let v = toy(name, 1001, &mut rng).unwrap();
+        assert_eq!(v.len(), 2002, "{name}");
+        assert!(v.iter().all(|x| x.is_finite() && x.abs() < 12.0), "{name}");
+    }
+    assert!(toy("nope", 10, &mut rng).is_none());
+    // Checkerboard: uniform on the 8 dark squares of side 2 in [−4, 4]².
+    let v = toy("checkerboard", 4000, &mut rng).unwrap();
+    for p in v.chunks_exact(2) {
+        assert!(p[0].abs() <= 4.0 && p[1].abs() <= 4.0);
+        let parity = ((p[0] / 2.0).floor() + (p[1] / 2.0).floor()).rem_euclid(2.0);
+        assert_eq!(parity, 0.0, "point {p:?} on a light square");
+    }
+    // Rings: radii 3, 2.25, 1.5, 0.75 (noise 0.08).
+    let v = toy("rings", 4000, &mut rng).unwrap();
+    for p in v.chunks_exact(2) {
+        let r = (p[0] * p[0] + p[1] * p[1]).sqrt();
+        let nearest = [3.0, 2.25, 1.5, 0.75].iter().map(|c| (r - c).abs()).fold(f64::INFINITY, f64::min);
+        assert!(nearest < 0.5, "radius {r}");
+    }
+}
