@@ -20,14 +20,22 @@ pub fn make_moons(n: usize, noise: f64, rng: &mut StdRng) -> Vec<f64> {
         let t = lin(n_in, i);
         pts.push([1.0 - t.cos(), 1.0 - t.sin() - 0.5]);
     }
+    shuffle_and_jitter(pts, noise, rng)
+}
+
+/// Shuffles 2-D points, then adds N(0, noise²) to each coordinate (x before y, point by point);
+/// row-major output.
+fn shuffle_and_jitter(mut pts: Vec<[f64; 2]>, noise: f64, rng: &mut StdRng) -> Vec<f64> {
     pts.shuffle(rng);
-    pts.iter()
-        .flat_map(|p| {
-            let a: f64 = rng.sample(StandardNormal);
-            let b: f64 = rng.sample(StandardNormal);
-            [p[0] + noise * a, p[1] + noise * b]
-        })
-        .collect()
+    pts.iter().flat_map(|p| [p[0] + noise * normal(rng), p[1] + noise * normal(rng)]).collect()
+}
+
+/// `k` points at evenly spaced angles (endpoint excluded) on the circle of radius `r`.
+fn circle(k: usize, r: f64) -> impl Iterator<Item = [f64; 2]> {
+    (0..k).map(move |i| {
+        let t = 2.0 * std::f64::consts::PI * i as f64 / k as f64;
+        [r * t.cos(), r * t.sin()]
+    })
 }
 
 /// FFJORD's two moons: `make_moons(noise = 0.1)·2 − (1, 0.2)`. Its entropy bound is
@@ -125,15 +133,8 @@ fn normal(rng: &mut StdRng) -> f64 {
 pub fn make_circles(n: usize, factor: f64, noise: f64, rng: &mut StdRng) -> Vec<f64> {
     let n_out = n / 2;
     let n_in = n - n_out;
-    let mut pts: Vec<[f64; 2]> = Vec::with_capacity(n);
-    for (k, r) in [(n_out, 1.0), (n_in, factor)] {
-        for i in 0..k {
-            let t = 2.0 * std::f64::consts::PI * i as f64 / k as f64;
-            pts.push([r * t.cos(), r * t.sin()]);
-        }
-    }
-    pts.shuffle(rng);
-    pts.iter().flat_map(|p| [p[0] + noise * normal(rng), p[1] + noise * normal(rng)]).collect()
+    let pts = circle(n_out, 1.0).chain(circle(n_in, factor)).collect();
+    shuffle_and_jitter(pts, noise, rng)
 }
 
 /// The 2-D toy densities of the FFJORD and NSF papers, by name (see [`TOYS`]).
@@ -143,17 +144,14 @@ pub fn toy(name: &str, n: usize, rng: &mut StdRng) -> Option<Vec<f64>> {
         "moons" => two_moons(n, rng),
         "circles" => make_circles(n, 0.5, 0.08, rng).into_iter().map(|v| v * 3.0).collect(),
         "rings" => {
+            // Radii 3·{1, ¾, ½, ¼}; the smallest circle takes the remainder.
             let per = n / 4;
-            let mut pts: Vec<[f64; 2]> = Vec::with_capacity(n);
-            for (i, r) in [1.0, 0.75, 0.5, 0.25].iter().enumerate() {
-                let k = if i == 3 { n - 3 * per } else { per };
-                for j in 0..k {
-                    let t = 2.0 * PI * j as f64 / k as f64;
-                    pts.push([3.0 * r * t.cos(), 3.0 * r * t.sin()]);
-                }
-            }
-            pts.shuffle(rng);
-            pts.iter().flat_map(|p| [p[0] + 0.08 * normal(rng), p[1] + 0.08 * normal(rng)]).collect()
+            let pts = [1.0, 0.75, 0.5, 0.25]
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| circle(if i == 3 { n - 3 * per } else { per }, 3.0 * r))
+                .collect();
+            shuffle_and_jitter(pts, 0.08, rng)
         }
         "8gaussians" => (0..n)
             .flat_map(|_| {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::bijections::NormMode;
 use crate::error::{FlowError, Result};
 use crate::flow::Flow;
-use crate::tensor::{dims2, matrix, scalar, to_vec};
+use crate::tensor::{check_finite_values, dims2, matrix, scalar, to_vec};
 
 /// Learning-rate schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -167,7 +167,7 @@ impl Dataset {
         if self.is_empty() {
             return Err(FlowError::Empty { what: what.into() });
         }
-        check_values(&self.x, self.dim, what)?;
+        check_finite_values(&self.x, self.dim, what)?;
         match (flow.context_dim(), &self.context) {
             (0, None) => Ok(()),
             (0, Some(_)) => Err(FlowError::UnexpectedContext { got: self.context_dim }),
@@ -183,7 +183,7 @@ impl Dataset {
                 if c.len() != self.len() * k {
                     return Err(FlowError::RowMismatch { data_rows: self.len(), context_rows: c.len() / k });
                 }
-                check_values(c, k, &format!("{what} context"))
+                check_finite_values(c, k, &format!("{what} context"))
             }
         }
     }
@@ -201,13 +201,6 @@ impl Dataset {
         let c = self.context.as_ref().map(|c| gather(c, self.context_dim));
         (x, c)
     }
-}
-
-fn check_values(v: &[f64], dim: usize, what: &str) -> Result<()> {
-    if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-        return Err(FlowError::NonFinite { what: what.into(), row: i / dim, col: i % dim, value: *x });
-    }
-    Ok(())
 }
 
 /// Progress reported to the observer.
@@ -321,11 +314,16 @@ fn clip_global_norm(grads: &mut GradientsParams, ids: &[(ParamId, usize)], max_n
 
 /// Mean log-likelihood of a data set and its standard error, evaluated in chunks.
 pub fn mean_log_likelihood(flow: &Flow, data: &Dataset) -> Result<(f64, f64)> {
-    let lp = log_likelihoods(flow, data)?;
-    let n = lp.len() as f64;
-    let mean = lp.iter().sum::<f64>() / n;
-    let var = if lp.len() > 1 { lp.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-    Ok((mean, (var / n).sqrt()))
+    Ok(mean_and_stderr(&log_likelihoods(flow, data)?))
+}
+
+/// Mean of the values and its standard error (sample standard deviation / √n; 0 for one value).
+pub fn mean_and_stderr(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var =
+        if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, (var / n).sqrt())
 }
 
 /// Per-row log-likelihoods of a data set (validated first), evaluated in chunks.

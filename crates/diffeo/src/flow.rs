@@ -14,7 +14,7 @@ use crate::bijections::{
 use crate::distributions::{Base, BaseConfig};
 use crate::error::{Direction, FlowError, Result};
 use crate::nn::{Activation, Mlp};
-use crate::tensor::{check_finite, dims2, indices};
+use crate::tensor::{check_finite, dims2, repeat_rows};
 use crate::transformer::Transformer;
 
 /// An MLP applied to the context before it reaches the conditioners.
@@ -233,11 +233,7 @@ impl Flow {
         self.check_context(context, None)?;
         Ok(match context {
             None => (n, None),
-            Some(c) => {
-                let (m, _) = dims2(c);
-                let idx: Vec<usize> = (0..m).flat_map(|j| std::iter::repeat_n(j, n)).collect();
-                (n * m, Some(c.clone().select(0, indices(&idx, &c.device()))))
-            }
+            Some(c) => (n * dims2(c).0, Some(repeat_rows(c, n))),
         })
     }
 

@@ -49,7 +49,12 @@ pub fn dims2(t: &Tensor<2>) -> (usize, usize) {
 /// Checks that every value of `t` is finite; names the first offender.
 pub fn check_finite(t: &Tensor<2>, what: &str) -> Result<()> {
     let (_, cols) = dims2(t);
-    let values = to_vec(t.clone())?;
+    check_finite_values(&to_vec(t.clone())?, cols, what)
+}
+
+/// Checks that every value of a row-major `[_, cols]` array is finite; names the first
+/// offender by row and column.
+pub fn check_finite_values(values: &[f64], cols: usize, what: &str) -> Result<()> {
     if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(FlowError::NonFinite {
             what: what.to_string(),
@@ -59,6 +64,13 @@ pub fn check_finite(t: &Tensor<2>, what: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Repeats each row `n` times in place: row `j` of `t` becomes rows `j·n .. (j+1)·n`.
+pub fn repeat_rows(t: &Tensor<2>, n: usize) -> Tensor<2> {
+    let (m, _) = dims2(t);
+    let idx: Vec<usize> = (0..m).flat_map(|j| std::iter::repeat_n(j, n)).collect();
+    t.clone().select(0, indices(&idx, &t.device()))
 }
 
 /// `log(1 + exp(x))`, stable for large |x|.

@@ -15,7 +15,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
 use crate::bijections::{Bijection, Cost};
-use crate::tensor::{matrix, to_vec};
+use crate::flow::Flow;
+use crate::tensor::{matrix, repeat_rows, to_vec};
 
 /// Harness settings.
 #[derive(Clone, Debug)]
@@ -297,4 +298,30 @@ impl burn::module::ModuleMapper for Randomize {
 /// identity-initialised layers become generic maps for testing. Deterministic in `seed`.
 pub fn randomize_parameters<M: Module>(module: M, seed: u64, scale: f64) -> M {
     module.map(&mut Randomize { rng: StdRng::seed_from_u64(seed), scale })
+}
+
+/// Checks that [`Flow::sample_and_log_prob`] agrees with [`Flow::log_prob`] on the samples it
+/// drew (`n` per context row): `|log p − log q| ≤ tol·(1 + |log p|)`. Returns the largest
+/// `|log p − log q| / (1 + |log p|)`, or a description of the first disagreement.
+pub fn check_sample_and_log_prob(
+    flow: &Flow,
+    n: usize,
+    context: Option<&Tensor<2>>,
+    rng: &mut StdRng,
+    tol: f64,
+) -> Result<f64, String> {
+    let (x, log_q) = flow.sample_and_log_prob(n, context, rng).map_err(|e| e.to_string())?;
+    let repeated = context.map(|c| repeat_rows(c, n));
+    let log_p = flow.log_prob(x, repeated.as_ref()).map_err(|e| e.to_string())?;
+    let log_p = to_vec(log_p).map_err(|e| e.to_string())?;
+    let log_q = to_vec(log_q).map_err(|e| e.to_string())?;
+    let mut worst: f64 = 0.0;
+    for (p, q) in log_p.iter().zip(&log_q) {
+        let err = (p - q).abs() / (1.0 + p.abs());
+        worst = worst.max(err);
+        if err > tol {
+            return Err(format!("log_prob {p} but sample_and_log_prob gave {q}"));
+        }
+    }
+    Ok(worst)
 }

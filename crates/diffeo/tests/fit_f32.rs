@@ -1,21 +1,30 @@
 //! Statistical tests of maximum-likelihood fitting (f32, the default).
 
 use diffeo::datasets::{two_moons, Gaussian, TWO_MOONS_EXPECTED_LOG_LIKELIHOOD};
-use diffeo::fit::{log_likelihoods, mean_log_likelihood};
+use diffeo::fit::{log_likelihoods, mean_and_stderr, mean_log_likelihood};
 use diffeo::prelude::*;
+use diffeo::testing::check_sample_and_log_prob;
 use diffeo::tensor::{matrix, to_vec};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
 fn quiet(_: &FitEvent) {}
 
-/// Mean of (exact − model) log-density over the same test points.
+/// Mean of (exact − model) log-density over the same test points, and its standard error.
 fn paired_gap(model: &[f64], exact: &[f64]) -> (f64, f64) {
     let d: Vec<f64> = exact.iter().zip(model).map(|(e, m)| e - m).collect();
-    let n = d.len() as f64;
-    let mean = d.iter().sum::<f64>() / n;
-    let var = d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, (var / n).sqrt())
+    mean_and_stderr(&d)
+}
+
+/// The settings of the statistical fits: batch 512, learning rate 3e−3 with a cosine
+/// schedule, validation every 250 steps.
+fn statistical_fit(steps: usize) -> FitConfig {
+    FitConfig::new()
+        .with_steps(steps)
+        .with_batch_size(512)
+        .with_learning_rate(3e-3)
+        .with_schedule(Schedule::Cosine)
+        .with_eval_every(250)
 }
 
 #[test]
@@ -41,12 +50,7 @@ fn correlated_gaussian_4d_reaches_the_analytic_likelihood() {
     let test_x = g.sample(10_000, &mut rng);
     let test = Dataset::new(test_x.clone(), 4);
     let flow = maf(4, 3, vec![32, 32]).init(&device);
-    let config = FitConfig::new()
-        .with_steps(2500)
-        .with_batch_size(512)
-        .with_learning_rate(3e-3)
-        .with_schedule(Schedule::Cosine)
-        .with_eval_every(250);
+    let config = statistical_fit(2500);
     let (flow, _) = fit(flow, &train, Some(&val), &config, &mut quiet).unwrap();
     let model = log_likelihoods(&flow, &test).unwrap();
     let exact: Vec<f64> = test_x.chunks_exact(4).map(|x| g.log_prob(x)).collect();
@@ -64,12 +68,7 @@ fn two_moons_and_its_density_integrates_to_one() {
     let val = Dataset::new(two_moons(4_000, &mut rng), 2);
     let test = Dataset::new(two_moons(10_000, &mut rng), 2);
     let flow = maf(2, 6, vec![64, 64]).init(&device);
-    let config = FitConfig::new()
-        .with_steps(2000)
-        .with_batch_size(512)
-        .with_learning_rate(3e-3)
-        .with_schedule(Schedule::Cosine)
-        .with_eval_every(250);
+    let config = statistical_fit(2000);
     let (flow, report) = fit(flow, &train, Some(&val), &config, &mut quiet).unwrap();
     let (ll, se) = mean_log_likelihood(&flow, &test).unwrap();
     eprintln!(
@@ -145,12 +144,7 @@ fn conditional_maf_matches_the_analytic_conditional() {
     let (xv, cv) = make(4_000);
     let (xs, cs) = make(10_000);
     let flow = maf(2, 3, vec![32, 32]).with_context_dim(2).init(&device);
-    let config = FitConfig::new()
-        .with_steps(2500)
-        .with_batch_size(512)
-        .with_learning_rate(3e-3)
-        .with_schedule(Schedule::Cosine)
-        .with_eval_every(250);
+    let config = statistical_fit(2500);
     let train = Dataset::new(xt, 2).with_context(ct, 2);
     let val = Dataset::new(xv, 2).with_context(cv, 2);
     let (flow, _) = fit(flow, &train, Some(&val), &config, &mut quiet).unwrap();
@@ -191,12 +185,7 @@ fn sample_and_log_prob_agree_with_log_prob() {
         let flow = cfg.init(&device);
         let (flow, _) =
             fit(flow, &train, None, &FitConfig::new().with_steps(150).with_batch_size(256), &mut quiet).unwrap();
-        let (x, lq) = flow.sample_and_log_prob(256, None, &mut rng).unwrap();
-        let lp = to_vec(flow.log_prob(x, None).unwrap()).unwrap();
-        let lq = to_vec(lq).unwrap();
-        for (a, b) in lp.iter().zip(&lq) {
-            assert!((a - b).abs() < 2e-3 * (1.0 + a.abs()), "log_prob {a} vs sample_and_log_prob {b}");
-        }
+        check_sample_and_log_prob(&flow, 256, None, &mut rng, 2e-3).unwrap();
     }
 }
 
