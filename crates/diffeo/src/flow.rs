@@ -9,12 +9,12 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::bijections::{
-    Bijection, Chain, Cost, CouplingConfig, Directions, LayerConfig, MaskedAutoregressiveConfig, NormMode, Permutation,
+    Bijection, Chain, Cost, CouplingConfig, Directions, ElementwiseKind, LayerConfig, MaskedAutoregressiveConfig, NormMode, Permutation,
 };
 use crate::distributions::{Base, BaseConfig};
 use crate::error::{Direction, FlowError, Result};
 use crate::nn::{Activation, Mlp};
-use crate::tensor::{check_finite, dims2, repeat_rows};
+use crate::tensor::{check_finite, dims2, repeat_rows, vector};
 use crate::transformer::Transformer;
 
 /// An MLP applied to the context before it reaches the conditioners.
@@ -27,6 +27,74 @@ pub struct EmbeddingConfig {
     /// Nonlinearity.
     #[serde(default)]
     pub activation: Activation,
+}
+
+/// Per-feature mean and standard deviation of a data set, for standardizing data and context.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Standardization {
+    /// Means.
+    pub mean: Vec<f64>,
+    /// Standard deviations (constant columns get 1, so they are only centred).
+    pub std: Vec<f64>,
+}
+
+impl Standardization {
+    /// Statistics of `values` (row-major, `dim` columns). Errors on an empty set or on
+    /// non-finite values.
+    pub fn of(values: &[f64], dim: usize) -> Result<Self> {
+        if dim == 0 || values.is_empty() || values.len() % dim != 0 {
+            return Err(FlowError::Empty { what: "data to standardize".into() });
+        }
+        let n = (values.len() / dim) as f64;
+        let mut mean = vec![0.0; dim];
+        for row in values.chunks_exact(dim) {
+            for (m, v) in mean.iter_mut().zip(row) {
+                *m += v;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n);
+        let mut var = vec![0.0; dim];
+        for row in values.chunks_exact(dim) {
+            for ((s, v), m) in var.iter_mut().zip(row).zip(&mean) {
+                *s += (v - m) * (v - m);
+            }
+        }
+        let std: Vec<f64> = var
+            .iter()
+            .zip(&mean)
+            .map(|(s, m)| {
+                let sd = (s / n).sqrt();
+                if sd > 1e-12 * (1.0 + m.abs()) { sd } else { 1.0 }
+            })
+            .collect();
+        if mean.iter().chain(&std).any(|v| !v.is_finite()) {
+            return Err(FlowError::InvalidConfig("data statistics are not finite".into()));
+        }
+        Ok(Self { mean, std })
+    }
+
+    /// Features.
+    pub fn dim(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// `(x − mean) / std`, row-major in place.
+    pub fn apply(&self, values: &mut [f64]) {
+        let d = self.dim();
+        for row in values.chunks_exact_mut(d) {
+            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *v = (*v - m) / s;
+            }
+        }
+    }
+
+    /// The layer `x = mean + std ⊙ z` (standardized → original units), to end a flow with.
+    pub fn layer(&self) -> LayerConfig {
+        LayerConfig::Elementwise {
+            dim: self.dim(),
+            kind: ElementwiseKind::Affine { shift: self.mean.clone(), scale: self.std.clone() },
+        }
+    }
 }
 
 /// Architecture of a [`Flow`]: everything needed to rebuild it (weights aside).
@@ -48,9 +116,20 @@ pub struct FlowConfig {
     /// Seed of the weight initialisation.
     #[config(default = 0)]
     pub seed: u64,
+    /// Standardization applied to the raw context before the embedding and conditioners.
+    #[config(default = "None")]
+    pub context_standardization: Option<Standardization>,
 }
 
 impl FlowConfig {
+    /// Appends a fixed affine layer mapping standardized values to the data's units, so that
+    /// the flow models standardized data while its densities and samples are in the original
+    /// units (the layer's log-det is part of every density).
+    pub fn standardized(mut self, data: &Standardization) -> Self {
+        self.layers.push(data.layer());
+        self
+    }
+
     /// Width of the context as the conditioners see it.
     pub fn conditioner_context_dim(&self) -> usize {
         match &self.embedding {
@@ -65,6 +144,14 @@ impl FlowConfig {
             return Err(FlowError::InvalidConfig("a flow needs at least one feature".into()));
         }
         self.base.validate()?;
+        if let Some(s) = &self.context_standardization {
+            if s.mean.len() != self.context_dim || s.std.len() != self.context_dim {
+                return Err(FlowError::InvalidConfig("context standardization needs one entry per context column".into()));
+            }
+            if s.mean.iter().any(|v| !v.is_finite()) || s.std.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(FlowError::InvalidConfig("context standardization needs finite means and stds > 0".into()));
+            }
+        }
         if let Some(e) = &self.embedding {
             if self.context_dim == 0 {
                 return Err(FlowError::InvalidConfig("a context embedding needs context_dim > 0".into()));
@@ -196,11 +283,33 @@ impl Flow {
     }
 
     fn embed(&self, context: Option<&Tensor<2>>) -> Option<Tensor<2>> {
-        let c = context?;
+        let mut c = context?.clone();
+        if let Some(s) = &self.config.context_standardization {
+            let device = c.device();
+            c = c.sub(vector(s.mean.clone(), &device).unsqueeze()).div(vector(s.std.clone(), &device).unsqueeze());
+        }
         Some(match &self.embedding {
-            Some(mlp) => mlp.forward(c.clone()),
-            None => c.clone(),
+            Some(mlp) => mlp.forward(c),
+            None => c,
         })
+    }
+
+    /// `T⁻¹(x; c)` and `log|det J_{T⁻¹}|` (data → base), context embedding included, inputs
+    /// validated.
+    pub fn to_base(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<(Tensor<2>, Tensor<1>)> {
+        self.check_inputs(&x, context)?;
+        self.require(Direction::Inverse)?;
+        let ctx = self.embed(context);
+        self.transform.inverse_unchecked(x, ctx.as_ref())
+    }
+
+    /// `T(u; c)` and `log|det J_T|` (base → data), context embedding included, inputs
+    /// validated.
+    pub fn from_base(&self, u: Tensor<2>, context: Option<&Tensor<2>>) -> Result<(Tensor<2>, Tensor<1>)> {
+        self.check_inputs(&u, context)?;
+        self.require(Direction::Forward)?;
+        let ctx = self.embed(context);
+        self.transform.forward_unchecked(u, ctx.as_ref())
     }
 
     fn require(&self, direction: Direction) -> Result<()> {
@@ -355,6 +464,7 @@ impl MafConfig {
             base: self.base.clone(),
             embedding: self.embedding.clone(),
             seed: self.seed,
+            context_standardization: None,
         }
     }
 
@@ -439,6 +549,7 @@ impl RealNvpConfig {
             base: self.base.clone(),
             embedding: self.embedding.clone(),
             seed: self.seed,
+            context_standardization: None,
         }
     }
 

@@ -111,12 +111,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Serialises a flow (weights + architecture + `extra` metadata) to bytes.
+/// Serialises a flow (weights + architecture + `extra` metadata) to bytes. A flow with
+/// non-finite weights is refused, so no NaN model is ever written.
 pub fn to_bytes(flow: &Flow, extra: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let mut c = Collect { tensors: Vec::new(), error: None };
     flow.visit(&mut c);
     if let Some(e) = c.error {
         return Err(FlowError::Backend(e));
+    }
+    if let Some(i) = c.tensors.iter().position(|(_, dt, bytes)| match dt {
+        Dtype::F64 => bytes.chunks_exact(8).any(|b| !f64::from_le_bytes(b.try_into().expect("8 bytes")).is_finite()),
+        _ => bytes.chunks_exact(4).any(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+    }) {
+        return Err(FlowError::NonFinite { what: format!("model parameter tensor {i}"), row: 0, col: 0, value: f64::NAN });
     }
     let mut checksum = FNV_OFFSET;
     for (_, _, bytes) in &c.tensors {

@@ -110,29 +110,44 @@ fn fd_logdets<B: Bijection>(
     forward: bool,
     x: &[f64],
     ctx: Option<&[f64]>,
-    n: usize,
     d: usize,
     c: usize,
     h: f64,
     device: &Device,
 ) -> Result<Vec<f64>, String> {
+    let map = |x: Tensor<2>, c: Option<&Tensor<2>>| apply(b, forward, x, c).map(|r| r.0);
+    fd_log_abs_det_jacobians(map, x, ctx.map(|v| (v, c)), d, h, device)
+}
+
+/// log|det J| of `map` at each row of `x` (`[n, d]` row-major) by central finite differences
+/// with step `h` (all `2·n·d` perturbed points in one batch); `context` is `(values, width)`,
+/// one row per point. `map` returns its outputs row-major.
+pub fn fd_log_abs_det_jacobians(
+    map: impl Fn(Tensor<2>, Option<&Tensor<2>>) -> Result<Vec<f64>, String>,
+    x: &[f64],
+    context: Option<(&[f64], usize)>,
+    d: usize,
+    h: f64,
+    device: &Device,
+) -> Result<Vec<f64>, String> {
+    let n = x.len() / d;
     let rows = n * 2 * d;
     let mut px = Vec::with_capacity(rows * d);
-    let mut pc = Vec::with_capacity(rows * c);
+    let mut pc = Vec::new();
     for i in 0..n {
         for j in 0..d {
             for s in [1.0, -1.0] {
                 let mut row = x[i * d..(i + 1) * d].to_vec();
                 row[j] += s * h;
                 px.extend(row);
-                if let Some(cv) = ctx {
+                if let Some((cv, c)) = context {
                     pc.extend_from_slice(&cv[i * c..(i + 1) * c]);
                 }
             }
         }
     }
-    let ct = ctx.map(|_| matrix(pc, rows, c, device));
-    let (y, _) = apply(b, forward, matrix(px, rows, d, device), ct.as_ref())?;
+    let ct = context.map(|(_, c)| matrix(pc, rows, c, device));
+    let y = map(matrix(px, rows, d, device), ct.as_ref())?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let mut jac = vec![0.0; d * d];
@@ -206,7 +221,7 @@ pub fn check_bijection<B: Bijection + Module>(b: &B, device: &Device, cfg: &Harn
             return Err(format!("{}: forward produced non-finite values", b.name()));
         }
         if d <= 6 {
-            let fd = fd_logdets(b, true, &x, ctx.as_deref(), n, d, c, cfg.fd_step, device)?;
+            let fd = fd_logdets(b, true, &x, ctx.as_deref(), d, c, cfg.fd_step, device)?;
             compare(&ldf, &fd, cfg.logdet_tol, &mut report.max_logdet_error, |a, e| {
                 format!("{}: forward log-det {a} but finite differences give {e}", b.name())
             })?;
@@ -230,7 +245,7 @@ pub fn check_bijection<B: Bijection + Module>(b: &B, device: &Device, cfg: &Harn
             return Err(format!("{}: inverse produced non-finite values", b.name()));
         }
         if d <= 6 {
-            let fd = fd_logdets(b, false, &y, ctx.as_deref(), n, d, c, cfg.fd_step, device)?;
+            let fd = fd_logdets(b, false, &y, ctx.as_deref(), d, c, cfg.fd_step, device)?;
             compare(&ldi, &fd, cfg.logdet_tol, &mut report.max_logdet_error, |a, e| {
                 format!("{}: inverse log-det {a} but finite differences give {e}", b.name())
             })?;

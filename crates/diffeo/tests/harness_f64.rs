@@ -29,6 +29,8 @@ fn elementwise_maps() {
     }
     let boxed = ElementwiseKind::Box { low: vec![-4.0, 0.0, 1.0], high: vec![4.0, 1.0, 5.0] };
     check(&Elementwise::new(boxed, 3, &d), &HarnessConfig::default());
+    let fixed = ElementwiseKind::Affine { shift: vec![3.0, -1.0, 0.5], scale: vec![0.2, 4.0, 1.0] };
+    check(&Elementwise::new(fixed, 3, &d), &HarnessConfig::default());
     let affine = randomize_parameters(ElementwiseAffine::new(4, &d), 1, 0.5);
     check(&affine, &HarnessConfig::default());
     // The logit needs inputs in (0, 1).
@@ -293,4 +295,25 @@ fn fitting_works_in_f64() {
     let x = diffeo::tensor::matrix(vec![0.1, 0.2], 1, 2, &d);
     let lp = flow.log_prob(x, None).unwrap();
     assert_eq!(lp.dtype(), diffeo::burn::tensor::DType::F64);
+}
+
+#[test]
+fn planar_forward_only() {
+    for dim in [1, 2, 5] {
+        let c = chain(dim, vec![LayerConfig::Planar(PlanarConfig { dim }); 2], 7 + dim as u64);
+        assert_eq!(c.directions().inverse, Cost::Unavailable);
+        check(&c, &HarnessConfig::default());
+        assert!(matches!(
+            c.inverse(diffeo::tensor::matrix(vec![0.0; dim], 1, dim, &device()), None),
+            Err(FlowError::NotInvertible { .. })
+        ));
+    }
+    // A new planar layer is exactly the identity.
+    let d = device();
+    let p = PlanarConfig { dim: 3 }.init_with(&mut StdRng::seed_from_u64(1), &d);
+    let x = diffeo::tensor::matrix(vec![0.5, -1.0, 2.0, 3.0, 0.0, -0.25], 2, 3, &d);
+    let (y, ld) = p.forward(x.clone(), None).unwrap();
+    let (y, x, ld) = (diffeo::tensor::to_vec(y).unwrap(), diffeo::tensor::to_vec(x).unwrap(), diffeo::tensor::to_vec(ld).unwrap());
+    assert!(y.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-12), "{y:?} vs {x:?}");
+    assert!(ld.iter().all(|v| v.abs() < 1e-12));
 }

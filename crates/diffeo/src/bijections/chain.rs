@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     BatchNorm, BatchNormConfig, Bijection, Coupling, CouplingConfig, Directions, Elementwise, ElementwiseAffine,
-    ElementwiseKind, Mapped, MaskedAutoregressive, MaskedAutoregressiveConfig, NormMode, Permutation,
+    ElementwiseKind, Mapped, MaskedAutoregressive, MaskedAutoregressiveConfig, NormMode, Permutation, Planar,
+    PlanarConfig,
 };
 use crate::error::{FlowError, Result};
 
@@ -79,6 +80,8 @@ pub enum LayerConfig {
     },
     /// Batch normalisation.
     BatchNorm(BatchNormConfig),
+    /// Planar residual layer (no inverse).
+    Planar(PlanarConfig),
     /// The inverse of another layer.
     Invert {
         /// The inverted layer.
@@ -95,6 +98,7 @@ impl LayerConfig {
             LayerConfig::Coupling(c) => c.dim,
             LayerConfig::Permutation { perm } => perm.len(),
             LayerConfig::BatchNorm(c) => c.dim,
+            LayerConfig::Planar(c) => c.dim,
             LayerConfig::Invert { layer } => layer.dim(),
         }
     }
@@ -135,6 +139,14 @@ impl LayerConfig {
                         return Err(FlowError::InvalidConfig("box bounds need finite low < high".into()));
                     }
                 }
+                if let ElementwiseKind::Affine { shift, scale } = kind {
+                    if shift.len() != *dim || scale.len() != *dim {
+                        return Err(FlowError::InvalidConfig(format!("affine shift and scale need {dim} entries each")));
+                    }
+                    if shift.iter().any(|s| !s.is_finite()) || scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                        return Err(FlowError::InvalidConfig("affine needs finite shifts and finite scales > 0".into()));
+                    }
+                }
                 Ok(())
             }
             LayerConfig::MaskedAutoregressive(c) => c.validate(),
@@ -143,6 +155,7 @@ impl LayerConfig {
             LayerConfig::BatchNorm(c) if c.dim == 0 || c.eps.is_nan() || c.eps <= 0.0 || !(0.0..=1.0).contains(&c.momentum) => {
                 Err(FlowError::InvalidConfig("batch norm needs D ≥ 1, ε > 0 and momentum in [0, 1]".into()))
             }
+            LayerConfig::Planar(c) if c.dim == 0 => Err(FlowError::InvalidConfig("layer with 0 features".into())),
             LayerConfig::Invert { layer } => layer.validate(),
             _ => Ok(()),
         }
@@ -156,6 +169,7 @@ impl LayerConfig {
             LayerConfig::Coupling(c) => Layer::Coupling(c.init_with(rng, device)),
             LayerConfig::Permutation { perm } => Layer::Permutation(Permutation::new(perm.clone(), device)),
             LayerConfig::BatchNorm(c) => Layer::BatchNorm(c.init(device)),
+            LayerConfig::Planar(c) => Layer::Planar(c.init_with(rng, device)),
             LayerConfig::Invert { layer } => return layer.build(rng, device, !inverted),
         };
         Link { layer, inverted }
@@ -178,6 +192,8 @@ pub enum Layer {
     Permutation(Permutation),
     /// See [`BatchNorm`].
     BatchNorm(BatchNorm),
+    /// See [`Planar`].
+    Planar(Planar),
 }
 
 macro_rules! dispatch {
@@ -189,6 +205,7 @@ macro_rules! dispatch {
             Layer::Coupling($l) => $e,
             Layer::Permutation($l) => $e,
             Layer::BatchNorm($l) => $e,
+            Layer::Planar($l) => $e,
         }
     };
 }

@@ -35,9 +35,18 @@ pub enum ElementwiseKind {
         /// Upper bounds, one per feature.
         high: Vec<f64>,
     },
+    /// A fixed affine map `y = shift + scale ⊙ x` (scale > 0), e.g. a data standardization
+    /// stored with a model so that densities are in the data's original units.
+    /// log|det J| = Σ log scale.
+    Affine {
+        /// Shifts, one per feature.
+        shift: Vec<f64>,
+        /// Positive scales, one per feature.
+        scale: Vec<f64>,
+    },
 }
 
-/// A fixed elementwise bijection (no parameters).
+/// A fixed elementwise bijection (no trainable parameters).
 #[derive(Module, Debug)]
 pub struct Elementwise {
     /// The map.
@@ -45,9 +54,9 @@ pub struct Elementwise {
     pub kind: ElementwiseKind,
     /// Features.
     pub dim: usize,
-    /// Box lower bounds (zeros for other kinds).
+    /// Box lower bounds or affine shifts (zeros for other kinds).
     low: Tensor<1>,
-    /// Box widths `high − low` (ones for other kinds).
+    /// Box widths `high − low` or affine scales (ones for other kinds).
     width: Tensor<1>,
 }
 
@@ -59,6 +68,7 @@ impl Elementwise {
             ElementwiseKind::Box { low, high } => {
                 (low.clone(), low.iter().zip(high).map(|(l, h)| h - l).collect())
             }
+            ElementwiseKind::Affine { shift, scale } => (shift.clone(), scale.clone()),
             _ => (vec![0.0; dim], vec![1.0; dim]),
         };
         Self { kind, dim, low: vector(low, device), width: vector(width, device) }
@@ -82,6 +92,7 @@ impl Bijection for Elementwise {
             ElementwiseKind::Sigmoid => "Sigmoid".into(),
             ElementwiseKind::Tanh => "Tanh".into(),
             ElementwiseKind::Box { .. } => "Box".into(),
+            ElementwiseKind::Affine { .. } => "FixedAffine".into(),
         }
     }
 
@@ -108,6 +119,13 @@ impl Bijection for Elementwise {
                     .add(w.clone().log());
                 let y = burn::tensor::activation::sigmoid(x).mul(w).add(self.low.clone().unsqueeze());
                 (y, ld)
+            }
+            ElementwiseKind::Affine { .. } => {
+                let (n, _) = dims2(&x);
+                let w = self.width.clone();
+                let ld = w.clone().log().sum().expand([n]);
+                let y = x.mul(w.unsqueeze()).add(self.low.clone().unsqueeze());
+                return Ok((y, ld));
             }
         };
         Ok((y, sum_rows(ld)))
@@ -156,6 +174,13 @@ impl Bijection for Elementwise {
                 let x = log_s.clone().sub(log_1ms.clone());
                 let ld = log_s.add(log_1ms).add(w.log()).neg().mask_fill(bad, neg_inf);
                 (x, ld)
+            }
+            ElementwiseKind::Affine { .. } => {
+                let (n, _) = dims2(&y);
+                let w = self.width.clone();
+                let ld = w.clone().log().sum().neg().expand([n]);
+                let x = y.sub(self.low.clone().unsqueeze()).div(w.unsqueeze());
+                return Ok((x, ld));
             }
         };
         Ok((x, sum_rows(ld)))

@@ -17,6 +17,7 @@ mod chain;
 mod coupling;
 mod elementwise;
 mod permutation;
+mod residual;
 
 pub use autoregressive::{MaskedAutoregressive, MaskedAutoregressiveConfig};
 pub use batchnorm::{BatchNorm, BatchNormConfig, NormMode};
@@ -24,6 +25,7 @@ pub use chain::{Chain, Invert, Layer, LayerConfig, Link};
 pub use coupling::{Coupling, CouplingConfig};
 pub use elementwise::{Elementwise, ElementwiseAffine, ElementwiseKind};
 pub use permutation::Permutation;
+pub use residual::{Planar, PlanarConfig};
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
