@@ -1,30 +1,378 @@
-//! The `diffeo` command line (subcommands arrive with the CLI work; this is the entry point).
+//! `diffeo`: fit, evaluate, sample and plot normalizing flows on data files.
+//!
+//! Exit codes: 0 success; 1 a check or a training run failed; 2 bad input (usage, files, data).
 
+mod commands;
+mod data;
+mod model;
+mod plot;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "diffeo — normalizing flows
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-USAGE:
-    diffeo --version
-    diffeo --help
+/// Normalizing flows from the command line.
+#[derive(Parser, Debug)]
+#[command(name = "diffeo", version, about, long_about = None, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-The fit/eval/sample/plot subcommands are not available in this build yet.
-Library usage: see the diffeo crate documentation.";
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Fit a flow to data by maximum likelihood and save it.
+    Fit(FitArgs),
+    /// Mean log-likelihood (± standard error) of a model on data.
+    Eval(EvalArgs),
+    /// Per-row log density of data under a model.
+    LogProb(LogProbArgs),
+    /// Draw samples from a model.
+    Sample(SampleArgs),
+    /// Plot a model: density heat map (2-D) or pairwise scatter (D > 2) beside data.
+    Plot(PlotArgs),
+    /// Self-check a saved model: inverse reconstruction and log-determinants.
+    Check(CheckArgs),
+    /// Describe a saved model.
+    Info(InfoArgs),
+    /// List the built-in data sets.
+    Datasets(DatasetsArgs),
+}
+
+/// Where data come from.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Data file (.csv/.txt, .npy, MNIST idx; optionally .gz) or builtin:NAME[:train|val|test].
+    #[arg(long, value_name = "FILE|builtin:NAME")]
+    pub data: String,
+    /// Folder holding the real data sets (power/, miniboone/, hepmass/); default $DIFFEO_DATA.
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+    /// Drop rows holding NaN/inf instead of refusing the file.
+    #[arg(long)]
+    pub drop_nonfinite: bool,
+}
+
+/// Flow families.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Masked autoregressive flow (fast density, D-pass sampling).
+    Maf,
+    /// Inverse autoregressive flow (fast sampling, D-pass density).
+    Iaf,
+    /// RealNVP affine coupling (both directions fast).
+    Realnvp,
+    /// NICE additive coupling with a final diagonal scale.
+    Nice,
+    /// Planar residual flow (sampling only: no inverse, so no maximum-likelihood fit).
+    Planar,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Maf => "maf",
+            Family::Iaf => "iaf",
+            Family::Realnvp => "realnvp",
+            Family::Nice => "nice",
+            Family::Planar => "planar",
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationArg {
+    Relu,
+    Tanh,
+    Elu,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleArg {
+    Constant,
+    Cosine,
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
+}
+
+fn logit_alpha(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 0.5 => Ok(v),
+        _ => Err(format!("{s:?} is not in (0, 0.5)")),
+    }
+}
+
+/// Hidden-layer widths, `128,128`.
+#[derive(Clone, Debug)]
+pub struct Widths(pub Vec<usize>);
+
+fn widths(s: &str) -> Result<Widths, String> {
+    let w: Result<Vec<usize>, _> = s.split(',').map(|p| p.trim().parse::<usize>()).collect();
+    match w {
+        Ok(w) if !w.is_empty() && w.iter().all(|&v| v > 0) => Ok(Widths(w)),
+        _ => Err(format!("{s:?} is not a list of positive widths like 128,128")),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct FitArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Validation file (same columns); default: the data set's own split, else 10% held out.
+    #[arg(long, value_name = "FILE")]
+    pub val: Option<String>,
+    /// Flow family.
+    #[arg(long, value_enum, default_value = "maf")]
+    pub flow: Family,
+    /// Number of layers K (default: 5 for maf/iaf, 6 for realnvp/nice, 16 for planar).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub transforms: Option<u64>,
+    /// Hidden widths of each conditioner network.
+    #[arg(long, value_parser = widths, default_value = "128,128")]
+    pub hidden: Widths,
+    /// Hidden nonlinearity.
+    #[arg(long, value_enum, default_value = "relu")]
+    pub activation: ActivationArg,
+    /// Batch normalisation between layers.
+    #[arg(long)]
+    pub batch_norm: bool,
+    /// Optimisation steps.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "2000", conflicts_with = "epochs")]
+    pub steps: u64,
+    /// Passes over the training data (instead of --steps).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub epochs: Option<u64>,
+    /// Minibatch size.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "256")]
+    pub batch: u64,
+    /// Adam learning rate.
+    #[arg(long, value_parser = positive_f64, default_value = "1e-3")]
+    pub lr: f64,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: ScheduleArg,
+    /// Stop after this many validations without improvement (default: never).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub patience: Option<u64>,
+    /// Validate every this many steps.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "100")]
+    pub eval_every: u64,
+    /// Clip the global gradient norm.
+    #[arg(long, value_parser = positive_f64)]
+    pub clip_grad: Option<f64>,
+    /// Seed for weights, data order, hold-out split and dequantization.
+    #[arg(long, default_value = "0")]
+    pub seed: u64,
+    /// Data columns (0-based indices, ranges a-b, or header names); default: all but context.
+    #[arg(long, value_name = "LIST")]
+    pub cols: Option<String>,
+    /// Columns to condition on: the model is p(x | c).
+    #[arg(long, value_name = "LIST")]
+    pub context_cols: Option<String>,
+    /// Add U[0, 1) noise to integer data (images: (pixel + U)/256).
+    #[arg(long)]
+    pub dequantize: bool,
+    /// Model logit(α + (1 − 2α)x) of data in [0, 1] (images); densities stay in data units.
+    #[arg(long, value_parser = logit_alpha, value_name = "ALPHA")]
+    pub logit: Option<f64>,
+    /// Do not standardize the data (the flow sees raw values).
+    #[arg(long)]
+    pub no_standardize: bool,
+    /// Continue training this saved model (its architecture and preprocessing are kept).
+    #[arg(long, value_name = "MODEL")]
+    pub resume: Option<PathBuf>,
+    /// Save the training curve as a PNG.
+    #[arg(long, value_name = "FIG.png")]
+    pub plot_loss: Option<PathBuf>,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Where to save the model (written atomically).
+    #[arg(long, value_name = "MODEL")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Also report bits per dimension (8-bit image data modelled in [0, 1]).
+    #[arg(long)]
+    pub bits_per_dim: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Seed for dequantization noise.
+    #[arg(long, default_value = "0")]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct LogProbArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Output file (.npy or .csv), one log density per row.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed for dequantization noise.
+    #[arg(long, default_value = "0")]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Samples (per context row).
+    #[arg(short, long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub n: u64,
+    /// Context: comma-separated values (one row) or a file (n samples per row).
+    #[arg(long, value_name = "FILE|VALUES")]
+    pub context: Option<String>,
+    /// Seed.
+    #[arg(long, default_value = "0")]
+    pub seed: u64,
+    /// Output file (.npy or .csv).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Data to show beside the model (file or builtin:NAME).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Folder of the real data sets; default $DIFFEO_DATA.
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+    /// Context values for a conditional model (comma-separated).
+    #[arg(long, value_name = "VALUES")]
+    pub context: Option<String>,
+    /// Samples to draw.
+    #[arg(short, long, value_parser = clap::value_parser!(u64).range(1..), default_value = "5000")]
+    pub n: u64,
+    /// Seed.
+    #[arg(long, default_value = "0")]
+    pub seed: u64,
+    /// Output PNG.
+    #[arg(long, value_name = "FIG.png")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Random points to check.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "1000")]
+    pub n: u64,
+    /// Seed.
+    #[arg(long, default_value = "0")]
+    pub seed: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DatasetsArgs {
+    /// Folder of the real data sets; default $DIFFEO_DATA.
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+}
+
+/// A failure that is not bad input: exit code 1.
+#[derive(Debug)]
+pub struct Failed(pub String);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Fit(a) => commands::fit(a),
+        Command::Eval(a) => commands::eval(a),
+        Command::LogProb(a) => commands::log_prob(a),
+        Command::Sample(a) => commands::sample(a),
+        Command::Plot(a) => plot::plot(a),
+        Command::Check(a) => commands::check(a),
+        Command::Info(a) => commands::info(a),
+        Command::Datasets(a) => commands::datasets(a),
+    }
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version") | Some("-V") => {
-            println!("diffeo {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(2);
+            }
+            // One line: clap's first line, without its usage block.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: bad arguments");
+            eprintln!("{first} (see diffeo --help)");
+            return ExitCode::from(2);
         }
-        None | Some("--help") | Some("-h") | Some("help") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
+    };
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        eprintln!("error: internal failure: {msg}");
+    }));
+    match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {line}");
+            if e.downcast_ref::<Failed>().is_some() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::from(2)
+            }
         }
-        Some(other) => {
-            eprintln!("error: unknown command {other:?}\n\n{USAGE}");
-            ExitCode::from(2)
-        }
+        Err(_) => ExitCode::from(1),
     }
 }

@@ -1,0 +1,299 @@
+//! PNG figures: 2-D density heat maps beside data and samples, pairwise scatter for D > 2, and
+//! training curves.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use diffeo::bijections::Cost;
+use diffeo::tensor::{matrix, to_vec};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::data::{self, Split};
+use crate::model::{self, TrainingSummary};
+use crate::PlotArgs;
+
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+fn fonts() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+fn perr<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing failed: {e:?}")
+}
+
+/// Renders into a temporary PNG next to `out`, then renames it over `out`.
+fn render(out: &Path, size: (u32, u32), draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>) -> Result<()> {
+    data::check_output(out, &["png"])?;
+    fonts();
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "figure".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}.png", std::process::id()));
+    let result = (|| {
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        root.fill(&WHITE).map_err(perr)?;
+        draw(&root)?;
+        root.present().map_err(perr)?;
+        Ok(())
+    })();
+    match result.and_then(|_| std::fs::rename(&tmp, out).map_err(|e| anyhow!("cannot write {}: {e}", out.display()))) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// A perceptual colour map (viridis anchors, linearly interpolated), `t` in [0, 1].
+fn viridis(t: f64) -> RGBColor {
+    const A: [(f64, f64, f64); 5] =
+        [(68.0, 1.0, 84.0), (59.0, 82.0, 139.0), (33.0, 145.0, 140.0), (94.0, 201.0, 98.0), (253.0, 231.0, 37.0)];
+    let t = t.clamp(0.0, 1.0) * 4.0;
+    let i = (t.floor() as usize).min(3);
+    let f = t - i as f64;
+    let (a, b) = (A[i], A[i + 1]);
+    let m = |x: f64, y: f64| (x + (y - x) * f).round() as u8;
+    RGBColor(m(a.0, b.0), m(a.1, b.1), m(a.2, b.2))
+}
+
+/// Range covering the 0.5–99.5% quantiles of the values, with a margin.
+fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return (-1.0, 1.0);
+    }
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    let (lo, hi) = (q(0.005), q(0.995));
+    let m = 0.1 * (hi - lo).max(1e-9);
+    (lo - m, hi + m)
+}
+
+fn column(values: &[f64], d: usize, j: usize) -> impl Iterator<Item = f64> + '_ {
+    values.chunks_exact(d).map(move |r| r[j])
+}
+
+pub fn plot(a: PlotArgs) -> Result<()> {
+    data::check_output(&a.out, &["png"])?;
+    let device = diffeo::cpu();
+    let m = model::load(&a.model, &device)?;
+    let d = m.flow.dim();
+    let ctx_row = model::context_rows(a.context.as_deref(), &m.meta, m.flow.context_dim())?;
+    if let Some((_, rows)) = &ctx_row {
+        if *rows != 1 {
+            bail!("plot takes one context row (comma-separated values)");
+        }
+    }
+    let cdim = m.flow.context_dim();
+    let ctx = ctx_row.as_ref().map(|(v, _)| matrix(v.clone(), 1, cdim, &device));
+    let data = match &a.data {
+        Some(spec) => {
+            let t = model::read_source(spec, Split::Test, a.data_root.as_deref())?;
+            let mut rng = StdRng::seed_from_u64(a.seed);
+            Some(model::inputs(&t, &m.meta, true, &mut rng)?.x)
+        }
+        None => None,
+    };
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    let n = a.n as usize;
+    if m.flow.directions().forward == Cost::Unavailable {
+        bail!("this model cannot be sampled");
+    }
+    let samples = to_vec(m.flow.sample(n, ctx.as_ref(), &mut rng).map_err(|e| anyhow!("{e}"))?).map_err(|e| anyhow!("{e}"))?;
+    let names: Vec<String> =
+        m.meta.column_names.clone().unwrap_or_else(|| m.meta.columns.iter().map(|c| format!("x{c}")).collect());
+    let title = format!("{} on {}", m.meta.family, m.meta.data_source);
+
+    if d == 1 || d > 2 {
+        return pairwise(&a.out, &samples, data.as_deref(), d, &names, &title);
+    }
+
+    // 2-D: heat map of the density on a grid, beside data and samples.
+    let reference = data.as_deref().unwrap_or(&samples);
+    let (x0, x1) = range(column(reference, 2, 0));
+    let (y0, y1) = range(column(reference, 2, 1));
+    let grid = 160usize;
+    let density = if m.flow.directions().inverse != Cost::Unavailable {
+        let mut pts = Vec::with_capacity(grid * grid * 2);
+        for i in 0..grid {
+            for j in 0..grid {
+                pts.push(x0 + (x1 - x0) * (j as f64 + 0.5) / grid as f64);
+                pts.push(y0 + (y1 - y0) * (i as f64 + 0.5) / grid as f64);
+            }
+        }
+        let c = ctx.as_ref().map(|c| diffeo::tensor::repeat_rows(c, grid * grid));
+        let lp = m.flow.log_prob(matrix(pts, grid * grid, 2, &device), c.as_ref()).map_err(|e| anyhow!("{e}"))?;
+        Some(to_vec(lp).map_err(|e| anyhow!("{e}"))?.into_iter().map(f64::exp).collect::<Vec<f64>>())
+    } else {
+        None
+    };
+    let panels = 1 + usize::from(data.is_some()) + usize::from(density.is_some());
+    render(&a.out, (420 * panels as u32, 460), |root| {
+        let (top, body) = root.split_vertically(36);
+        top.titled(&title, ("sans-serif", 20)).map_err(perr)?;
+        let areas = body.split_evenly((1, panels));
+        let mut k = 0;
+        let scatter = |area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, pts: &[f64], label: &str, color: RGBColor| -> Result<()> {
+            let mut chart = ChartBuilder::on(area)
+                .caption(label, ("sans-serif", 16))
+                .margin(8)
+                .x_label_area_size(28)
+                .y_label_area_size(36)
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(perr)?;
+            chart.configure_mesh().disable_mesh().x_desc(&names[0]).y_desc(&names[1]).draw().map_err(perr)?;
+            let shown = pts.chunks_exact(2).take(5000).map(|p| Circle::new((p[0], p[1]), 1, color.mix(0.35).filled()));
+            chart.draw_series(shown).map_err(perr)?;
+            Ok(())
+        };
+        if let Some(dx) = &data {
+            scatter(&areas[k], dx, "data", RGBColor(31, 119, 180))?;
+            k += 1;
+        }
+        if let Some(p) = &density {
+            let max = p.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-300);
+            let mut chart = ChartBuilder::on(&areas[k])
+                .caption("model density", ("sans-serif", 16))
+                .margin(8)
+                .x_label_area_size(28)
+                .y_label_area_size(36)
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(perr)?;
+            chart.configure_mesh().disable_mesh().x_desc(&names[0]).y_desc(&names[1]).draw().map_err(perr)?;
+            let (dx, dy) = ((x1 - x0) / grid as f64, (y1 - y0) / grid as f64);
+            chart
+                .draw_series((0..grid * grid).map(|q| {
+                    let (i, j) = (q / grid, q % grid);
+                    let (cx, cy) = (x0 + dx * j as f64, y0 + dy * i as f64);
+                    let v = if p[q].is_finite() { p[q] / max } else { 0.0 };
+                    Rectangle::new([(cx, cy), (cx + dx, cy + dy)], viridis(v).filled())
+                }))
+                .map_err(perr)?;
+            k += 1;
+        }
+        scatter(&areas[k], &samples, "model samples", RGBColor(214, 39, 40))?;
+        Ok(())
+    })
+}
+
+/// Pairwise scatter (first 6 features) of samples over data; histograms on the diagonal.
+fn pairwise(out: &Path, samples: &[f64], data: Option<&[f64]>, d: usize, names: &[String], title: &str) -> Result<()> {
+    let k = d.min(6);
+    let blue = RGBColor(31, 119, 180);
+    let red = RGBColor(214, 39, 40);
+    let ranges: Vec<(f64, f64)> =
+        (0..k).map(|j| range(column(data.unwrap_or(samples), d, j).chain(column(samples, d, j)))).collect();
+    render(out, (220 * k as u32 + 40, 220 * k as u32 + 70), |root| {
+        let (top, body) = root.split_vertically(40);
+        let legend = if data.is_some() { "  (blue: data, red: model samples)" } else { "  (model samples)" };
+        top.titled(&format!("{title}{legend}"), ("sans-serif", 18)).map_err(perr)?;
+        let cells = body.split_evenly((k, k));
+        for i in 0..k {
+            for j in 0..k {
+                let area = &cells[i * k + j];
+                let (xr, yr) = (ranges[j], ranges[i]);
+                if i == j {
+                    let bins = 40;
+                    let hist = |v: &[f64]| {
+                        let mut h = vec![0f64; bins];
+                        let mut total = 0f64;
+                        for x in column(v, d, j) {
+                            let b = ((x - xr.0) / (xr.1 - xr.0) * bins as f64).floor();
+                            if b >= 0.0 && (b as usize) < bins {
+                                h[b as usize] += 1.0;
+                                total += 1.0;
+                            }
+                        }
+                        h.iter_mut().for_each(|c| *c /= total.max(1.0));
+                        h
+                    };
+                    let hs = hist(samples);
+                    let hd = data.map(hist);
+                    let top = hs.iter().chain(hd.iter().flatten()).copied().fold(1e-9, f64::max) * 1.1;
+                    let mut chart = ChartBuilder::on(area)
+                        .margin(4)
+                        .x_label_area_size(if i == k - 1 { 22 } else { 0 })
+                        .caption(&names[j], ("sans-serif", 13))
+                        .build_cartesian_2d(xr.0..xr.1, 0.0..top)
+                        .map_err(perr)?;
+                    chart.configure_mesh().disable_mesh().disable_y_axis().draw().map_err(perr)?;
+                    let w = (xr.1 - xr.0) / bins as f64;
+                    let line = |h: &[f64]| h.iter().enumerate().map(|(b, c)| (xr.0 + w * (b as f64 + 0.5), *c)).collect::<Vec<_>>();
+                    if let Some(hd) = &hd {
+                        chart.draw_series(LineSeries::new(line(hd), blue.stroke_width(2))).map_err(perr)?;
+                    }
+                    chart.draw_series(LineSeries::new(line(&hs), red.stroke_width(2))).map_err(perr)?;
+                } else {
+                    let mut chart = ChartBuilder::on(area)
+                        .margin(4)
+                        .x_label_area_size(if i == k - 1 { 22 } else { 0 })
+                        .y_label_area_size(if j == 0 { 32 } else { 0 })
+                        .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)
+                        .map_err(perr)?;
+                    chart.configure_mesh().disable_mesh().draw().map_err(perr)?;
+                    let pts = |v: &[f64], c: RGBColor| {
+                        v.chunks_exact(d).take(2000).map(move |r| Circle::new((r[j], r[i]), 1, c.mix(0.3).filled())).collect::<Vec<_>>()
+                    };
+                    if let Some(dv) = data {
+                        chart.draw_series(pts(dv, blue)).map_err(perr)?;
+                    }
+                    chart.draw_series(pts(samples, red)).map_err(perr)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The training curve: minibatch loss (negative log-likelihood) and validation
+/// negative log-likelihood against steps.
+pub fn loss_curve(s: &TrainingSummary, out: &Path) -> Result<()> {
+    let train: Vec<(f64, f64)> = s.history.iter().filter(|h| h.1.is_finite()).map(|h| (h.0 as f64, h.1)).collect();
+    let val: Vec<(f64, f64)> =
+        s.history.iter().filter_map(|h| h.2.filter(|v| v.is_finite()).map(|v| (h.0 as f64, -v))).collect();
+    if train.is_empty() {
+        bail!("no training history to plot");
+    }
+    let xmax = train.last().map(|p| p.0).unwrap_or(1.0).max(1.0);
+    // Skip the first 5% of the curve when choosing the vertical range: early losses dwarf the rest.
+    let skip = train.len() / 20;
+    let ys: Vec<f64> = train.iter().skip(skip).chain(val.iter().skip(skip)).map(|p| p.1).collect();
+    let (ylo, yhi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+    let pad = 0.05 * (yhi - ylo).max(1e-6);
+    render(out, (720, 440), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption("training curve", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..xmax, (ylo - pad)..(yhi + pad))
+            .map_err(perr)?;
+        chart.configure_mesh().x_desc("step").y_desc("negative log-likelihood (nats)").draw().map_err(perr)?;
+        let blue = RGBColor(31, 119, 180);
+        let red = RGBColor(214, 39, 40);
+        chart
+            .draw_series(LineSeries::new(train.clone(), blue.stroke_width(2)))
+            .map_err(perr)?
+            .label("training (minibatch mean)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2)));
+        if !val.is_empty() {
+            chart
+                .draw_series(LineSeries::new(val.clone(), red.stroke_width(2)))
+                .map_err(perr)?
+                .label("validation")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2)));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(perr)?;
+        Ok(())
+    })
+}
