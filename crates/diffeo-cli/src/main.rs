@@ -131,7 +131,7 @@ pub struct FitArgs {
     #[arg(long, value_enum, default_value = "maf")]
     pub flow: Family,
     /// Number of layers K (default: 5 for maf/iaf, 6 for realnvp/nice, 16 for planar).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub transforms: Option<u64>,
     /// Hidden widths of each conditioner network.
     #[arg(long, value_parser = widths, default_value = "128,128")]
@@ -143,28 +143,28 @@ pub struct FitArgs {
     #[arg(long)]
     pub batch_norm: bool,
     /// Optimisation steps.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "2000", conflicts_with = "epochs")]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "2000", conflicts_with = "epochs")]
     pub steps: u64,
     /// Passes over the training data (instead of --steps).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub epochs: Option<u64>,
     /// Minibatch size.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "256")]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "256")]
     pub batch: u64,
     /// Adam learning rate.
-    #[arg(long, value_parser = positive_f64, default_value = "1e-3")]
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_f64, default_value = "1e-3")]
     pub lr: f64,
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value = "cosine")]
     pub schedule: ScheduleArg,
     /// Stop after this many validations without improvement (default: never).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub patience: Option<u64>,
     /// Validate every this many steps.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "100")]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "100")]
     pub eval_every: u64,
     /// Clip the global gradient norm.
-    #[arg(long, value_parser = positive_f64)]
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_f64)]
     pub clip_grad: Option<f64>,
     /// Seed for weights, data order, hold-out split and dequantization.
     #[arg(long, default_value = "0")]
@@ -205,7 +205,8 @@ pub struct EvalArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Also report bits per dimension (8-bit image data modelled in [0, 1]).
+    /// Also report bits per dimension, −(log p − D·ln 256)/(D·ln 2), for 8-bit data modelled
+    /// in [0, 1] as (pixel + U)/256.
     #[arg(long)]
     pub bits_per_dim: bool,
     /// Print one JSON object.
@@ -237,7 +238,7 @@ pub struct SampleArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Samples (per context row).
-    #[arg(short, long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short, long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub n: u64,
     /// Context: comma-separated values (one row) or a file (n samples per row).
     #[arg(long, value_name = "FILE|VALUES")]
@@ -265,7 +266,7 @@ pub struct PlotArgs {
     #[arg(long, value_name = "VALUES")]
     pub context: Option<String>,
     /// Samples to draw.
-    #[arg(short, long, value_parser = clap::value_parser!(u64).range(1..), default_value = "5000")]
+    #[arg(short, long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "5000")]
     pub n: u64,
     /// Seed.
     #[arg(long, default_value = "0")]
@@ -281,7 +282,7 @@ pub struct CheckArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Random points to check.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "1000")]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "1000")]
     pub n: u64,
     /// Seed.
     #[arg(long, default_value = "0")]

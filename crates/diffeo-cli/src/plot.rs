@@ -278,7 +278,7 @@ pub fn loss_curve(s: &TrainingSummary, out: &Path) -> Result<()> {
             .y_label_area_size(56)
             .build_cartesian_2d(0.0..xmax, (ylo - pad)..(yhi + pad))
             .map_err(perr)?;
-        chart.configure_mesh().x_desc("step").y_desc("negative log-likelihood (nats)").draw().map_err(perr)?;
+        chart.configure_mesh().x_label_formatter(&|v| format!("{v:.0}")).x_desc("step").y_desc("negative log-likelihood (nats)").draw().map_err(perr)?;
         let blue = RGBColor(31, 119, 180);
         let red = RGBColor(214, 39, 40);
         chart

@@ -1,0 +1,324 @@
+//! End-to-end tests of the `diffeo` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn diffeo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diffeo")).args(args).output().expect("the binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+/// Runs and asserts success; returns stdout.
+fn ok(args: &[&str]) -> String {
+    let out = diffeo(args);
+    assert!(out.status.success(), "diffeo {args:?} failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Runs and asserts a clean bad-input failure: exit 2, one error line, no panic.
+fn bad(args: &[&str], expect: &str) {
+    let out = diffeo(args);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "diffeo {args:?}: expected exit 2, got {:?}; stderr: {err}", out.status.code());
+    assert!(!err.contains("panicked"), "diffeo {args:?} panicked: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "diffeo {args:?}: expected one error line, got {err:?}");
+    assert!(lines[0].to_lowercase().contains(&expect.to_lowercase()), "diffeo {args:?}: {err:?} lacks {expect:?}");
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn p(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path.display().to_string()
+}
+
+/// A small model on a 2-column CSV, for the tests that need any model.
+fn small_model(dir: &Path) -> (String, String) {
+    let mut csv = String::from("a,b\n");
+    for i in 0..200 {
+        let t = i as f64 / 20.0;
+        csv.push_str(&format!("{},{}\n", t.sin() * 2.0, t.cos() + 0.1 * t));
+    }
+    let data = write(dir, "small.csv", &csv);
+    let model = p(dir, "small.dfo");
+    ok(&["fit", "--data", &data, "--steps", "30", "--hidden", "8", "--transforms", "2", "--out", &model, "-q"]);
+    (data, model)
+}
+
+#[test]
+fn moons_walkthrough_reaches_the_entropy_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = p(d, "moons.dfo");
+    let stdout = ok(&[
+        "fit", "--data", "builtin:moons", "--steps", "3000", "--batch", "512", "--out", &model, "--plot-loss", &p(d, "loss.png"),
+    ]);
+    assert!(stdout.contains("saved"), "{stdout}");
+    let e = json(&ok(&["eval", "--model", &model, "--data", "builtin:moons", "--json"]));
+    let ll = e["log_likelihood"].as_f64().unwrap();
+    let se = e["stderr"].as_f64().unwrap();
+    eprintln!("moons test log-likelihood {ll:.4} ± {se:.4} (entropy bound −2.393)");
+    assert_eq!(e["n"], 10_000);
+    assert_eq!(e["dim"], 2);
+    assert!(ll > -2.45 && ll < -2.393 + 3.0 * se, "log-likelihood {ll} ± {se}");
+
+    // Per-row densities agree with the mean.
+    ok(&["log-prob", "--model", &model, "--data", "builtin:moons", "--out", &p(d, "lp.csv")]);
+    let lp: Vec<f64> = std::fs::read_to_string(d.join("lp.csv")).unwrap().lines().skip(1).map(|l| l.parse().unwrap()).collect();
+    assert_eq!(lp.len(), 10_000);
+    assert!((lp.iter().sum::<f64>() / 1e4 - ll).abs() < 1e-9);
+
+    ok(&["sample", "--model", &model, "-n", "500", "--seed", "3", "--out", &p(d, "s.npy")]);
+    assert!(d.join("s.npy").metadata().unwrap().len() > 500 * 2 * 8);
+    ok(&["plot", "--model", &model, "--data", "builtin:moons", "--out", &p(d, "fig.png")]);
+    for f in ["fig.png", "loss.png"] {
+        let bytes = std::fs::read(d.join(f)).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG", "{f} is a PNG");
+    }
+    let c = json(&ok(&["check", "--model", &model, "--json"]));
+    assert_eq!(c["pass"], true, "{c}");
+    assert!(c["max_logdet_error"].as_f64().unwrap() < 1e-6);
+    let info = json(&ok(&["info", "--model", &model, "--json"]));
+    assert_eq!(info["family"], "maf");
+    assert_eq!(info["training"]["steps"], 3000);
+}
+
+#[test]
+fn resume_continues_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, model) = small_model(dir.path());
+    let before = json(&ok(&["eval", "--model", &model, "--data", &data, "--json"]))["log_likelihood"].as_f64().unwrap();
+    ok(&["fit", "--data", &data, "--resume", &model, "--steps", "300", "--out", &model, "-q"]);
+    let after = json(&ok(&["eval", "--model", &model, "--data", &data, "--json"]))["log_likelihood"].as_f64().unwrap();
+    assert!(after > before, "resumed training improved {before} → {after}");
+    let info = json(&ok(&["info", "--model", &model, "--json"]));
+    assert_eq!(info["training"]["steps"], 330);
+    assert_eq!(info["training"]["runs"], 2);
+}
+
+#[test]
+fn every_family_fits_and_passes_the_self_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = small_model(dir.path());
+    for flow in ["maf", "iaf", "realnvp", "nice"] {
+        let model = p(dir.path(), &format!("{flow}.dfo"));
+        ok(&["fit", "--data", &data, "--flow", flow, "--steps", "40", "--hidden", "8", "--batch-norm", "--out", &model, "-q"]);
+        let c = json(&ok(&["check", "--model", &model, "--n", "200", "--json"]));
+        assert_eq!(c["pass"], true, "{flow}: {c}");
+        ok(&["sample", "--model", &model, "-n", "10", "--out", &p(dir.path(), "s.csv")]);
+    }
+}
+
+#[test]
+fn conditional_models_use_their_context_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // x | c ~ N((c, −c), 0.5²), with a label column to skip.
+    let mut csv = String::from("label,c,x,y\n");
+    for i in 0..600 {
+        let c = (i % 13) as f64 / 6.0 - 1.0;
+        let (e1, e2) = (((i * 7919) % 101) as f64 / 101.0 - 0.5, ((i * 104_729) % 97) as f64 / 97.0 - 0.5);
+        csv.push_str(&format!("{},{c},{},{}\n", i % 2, c + e1, -c + e2));
+    }
+    let data = write(d, "cond.csv", &csv);
+    let model = p(d, "cond.dfo");
+    ok(&["fit", "--data", &data, "--cols", "x,y", "--context-cols", "c", "--steps", "200", "--hidden", "16", "--out", &model, "-q"]);
+    let info = json(&ok(&["info", "--model", &model, "--json"]));
+    assert_eq!(info["context_dim"], 1);
+    assert_eq!(info["columns"], serde_json::json!([2, 3]));
+    ok(&["eval", "--model", &model, "--data", &data]);
+    ok(&["log-prob", "--model", &model, "--data", &data, "--out", &p(d, "lp.npy")]);
+    ok(&["sample", "--model", &model, "-n", "50", "--context", "0.5", "--out", &p(d, "s1.csv")]);
+    let rows = std::fs::read_to_string(d.join("s1.csv")).unwrap().lines().count();
+    assert_eq!(rows, 51, "header + 50 samples");
+    let ctx = write(d, "ctx.csv", "0.1\n-0.4\n0.9\n");
+    ok(&["sample", "--model", &model, "-n", "20", "--context", &ctx, "--out", &p(d, "s2.csv")]);
+    assert_eq!(std::fs::read_to_string(d.join("s2.csv")).unwrap().lines().count(), 61);
+    ok(&["plot", "--model", &model, "--data", &data, "--context", "0.2", "--out", &p(d, "c.png")]);
+    assert_eq!(json(&ok(&["check", "--model", &model, "--n", "100", "--json"]))["pass"], true);
+    bad(&["sample", "--model", &model, "-n", "5", "--out", &p(d, "x.csv")], "context");
+    bad(&["sample", "--model", &model, "-n", "5", "--context", "1,2", "--out", &p(d, "x.csv")], "context");
+    bad(&["eval", "--model", &model, "--data", &write(d, "two.csv", "1,2\n3,4\n")], "columns");
+    assert!(!d.join("x.csv").exists());
+}
+
+#[test]
+fn file_formats_images_and_bits_per_dim() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Whitespace-separated text and NPY give the same model inputs.
+    let mut txt = String::new();
+    let mut vals = Vec::new();
+    for i in 0..100 {
+        let (a, b, c) = ((i % 10) as f64, (i / 10) as f64 * 0.5, (i % 7) as f64);
+        txt.push_str(&format!("{a} {b}   {c}\n"));
+        vals.extend([a, b, c]);
+    }
+    let t = write(d, "x.txt", &txt);
+    let model = p(d, "x.dfo");
+    ok(&["fit", "--data", &t, "--steps", "20", "--hidden", "8", "--dequantize", "--out", &model, "-q"]);
+    // An NPY file with the same layout.
+    let npy = d.join("x.npy");
+    {
+        use npyz::WriterBuilder;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&npy).unwrap());
+        let mut w = npyz::WriteOptions::new().default_dtype().shape(&[100, 3]).writer(&mut f).begin_nd().unwrap();
+        w.extend(vals.iter().map(|v| *v as f32)).unwrap();
+        w.finish().unwrap();
+    }
+    ok(&["eval", "--model", &model, "--data", &npy.display().to_string()]);
+
+    // 8-bit images in IDX (gzip), dequantized, logit preprocessing, bits/dim.
+    let (n, side) = (64usize, 4usize);
+    let mut idx = vec![0u8, 0, 8, 3];
+    for v in [n, side, side] {
+        idx.extend((v as u32).to_be_bytes());
+    }
+    for i in 0..n * side * side {
+        idx.push(((i * 37) % 256) as u8);
+    }
+    let gz = d.join("img-idx3-ubyte.gz");
+    {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::default());
+        e.write_all(&idx).unwrap();
+        e.finish().unwrap();
+    }
+    let gzs = gz.display().to_string();
+    let img = p(d, "img.dfo");
+    ok(&["fit", "--data", &gzs, "--dequantize", "--logit", "0.05", "--steps", "20", "--hidden", "16", "--out", &img, "-q"]);
+    let e = json(&ok(&["eval", "--model", &img, "--data", &gzs, "--bits-per-dim", "--json"]));
+    let (ll, bpd) = (e["log_likelihood"].as_f64().unwrap(), e["bits_per_dim"].as_f64().unwrap());
+    let dd = (side * side) as f64;
+    assert!((bpd + (ll - dd * 256f64.ln()) / (dd * std::f64::consts::LN_2)).abs() < 1e-9);
+    assert!(bpd > 0.0 && bpd < 12.0, "bits/dim {bpd}");
+    assert_eq!(json(&ok(&["check", "--model", &img, "--n", "50", "--json"]))["pass"], true);
+    ok(&["plot", "--model", &img, "--data", &gzs, "--out", &p(d, "pairs.png")]);
+}
+
+#[test]
+fn power_loader_on_a_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("power")).unwrap();
+    let mut csv = String::from("date_time,Global_active_power,Global_reactive_power,Voltage,Global_intensity,Sub_metering_1,Sub_metering_2,Sub_metering_3\n");
+    for k in 0..400 {
+        csv.push_str(&format!(
+            "2007-01-01 {:02}:{:02}:00,{},{},{},{},{},{},{}\n",
+            k / 60 % 24,
+            k % 60,
+            1.0 + (k % 17) as f64 * 0.1,
+            0.1,
+            240.0 + (k % 7) as f64,
+            4.0,
+            k % 3,
+            1,
+            (k % 11) as f64
+        ));
+    }
+    {
+        use std::io::Write;
+        let f = std::fs::File::create(root.join("power/householdpower.csv.gz")).unwrap();
+        let mut e = flate2::write::GzEncoder::new(f, flate2::Compression::default());
+        e.write_all(csv.as_bytes()).unwrap();
+        e.finish().unwrap();
+    }
+    let r = root.display().to_string();
+    let listing = ok(&["datasets", "--data-root", &r]);
+    assert!(listing.lines().any(|l| l.starts_with("builtin:power") && l.contains("yes")), "{listing}");
+    let model = p(root, "power.dfo");
+    ok(&["fit", "--data", "builtin:power", "--data-root", &r, "--steps", "20", "--hidden", "8", "--out", &model, "-q"]);
+    let e = json(&ok(&["eval", "--model", &model, "--data", "builtin:power", "--data-root", &r, "--json"]));
+    assert_eq!(e["n"], 40);
+    assert_eq!(e["dim"], 6);
+    bad(&["fit", "--data", "builtin:power", "--out", &model], "data-root");
+}
+
+#[test]
+fn bad_input_is_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (data, model) = small_model(d);
+    let out = p(d, "new.dfo");
+    let fit = |data: &str, expect: &str| bad(&["fit", "--data", data, "--steps", "5", "--out", &out], expect);
+
+    fit(&p(d, "missing.csv"), "no such file");
+    fit(&write(d, "empty.csv", ""), "no data rows");
+    fit(&write(d, "header-only.csv", "a,b\n"), "no data rows");
+    fit(&write(d, "ragged.csv", "1,2\n3,4\n5\n"), "line 3 has 1 columns");
+    fit(&write(d, "text.csv", "1,2\n3,abc\n"), "line 2, column 1");
+    fit(&write(d, "nan.csv", "a,b\n1,2\n3,nan\n4,5\n"), "line 3, column 1");
+    fit(&write(d, "inf.csv", "1,2\ninf,4\n"), "non-finite");
+    fit(&write(d, "garbage.npy", "not numpy"), "not a valid .npy");
+    fit("builtin:nosuch", "unknown built-in");
+    // --drop-nonfinite accepts the NaN file.
+    let nan = p(d, "nan.csv");
+    let fitted = diffeo(&["fit", "--data", &nan, "--drop-nonfinite", "--steps", "2", "--out", &out, "-q"]);
+    assert!(fitted.status.success(), "{}", text(&fitted.stderr));
+    std::fs::remove_file(&out).unwrap();
+
+    bad(&["fit", "--data", &data, "--flow", "glow", "--out", &out], "invalid value 'glow'");
+    bad(&["fit", "--data", &data, "--flow", "planar", "--out", &out], "no inverse");
+    bad(&["fit", "--data", &data, "--steps", "0", "--out", &out], "--steps");
+    bad(&["fit", "--data", &data, "--steps", "-5", "--out", &out], "--steps");
+    bad(&["fit", "--data", &data, "--batch", "0", "--out", &out], "--batch");
+    bad(&["fit", "--data", &data, "--lr", "0", "--out", &out], "--lr");
+    bad(&["fit", "--data", &data, "--lr", "-1e-3", "--out", &out], "--lr");
+    bad(&["fit", "--data", &data, "--hidden", "0,4", "--out", &out], "--hidden");
+    bad(&["fit", "--data", &data, "--context-cols", "7", "--out", &out], "column 7 does not exist");
+    bad(&["fit", "--data", &data, "--cols", "0", "--context-cols", "0", "--out", &out], "both");
+    bad(&["fit", "--data", &data, "--out", &p(d, "no/such/dir/m.dfo")], "does not exist");
+    assert!(!Path::new(&out).exists(), "no model written by failed fits");
+
+    // Models.
+    bad(&["eval", "--model", &p(d, "none.dfo"), "--data", &data], "not found");
+    let corrupt = d.join("corrupt.dfo");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let k = bytes.len() - 10;
+    bytes[k] ^= 0xFF;
+    std::fs::write(&corrupt, &bytes).unwrap();
+    bad(&["eval", "--model", &corrupt.display().to_string(), "--data", &data], "corrupt");
+    let truncated = d.join("truncated.dfo");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    bad(&["info", "--model", &truncated.display().to_string()], "truncated.dfo");
+    bad(&["check", "--model", &write(d, "text.dfo", "hello")], "text.dfo");
+    bad(&["eval", "--model", &model, "--data", &write(d, "three.csv", "1,2,3\n4,5,6\n")], "has 3 columns");
+    bad(&["eval", "--model", &model, "--data", &data, "--bogus"], "--bogus");
+
+    // Outputs.
+    let missing_dir = p(d, "nodir/s.csv");
+    bad(&["sample", "--model", &model, "-n", "5", "--out", &missing_dir], "does not exist");
+    bad(&["sample", "--model", &model, "-n", "0", "--out", &p(d, "s.csv")], "-n");
+    bad(&["sample", "--model", &model, "-n", "5", "--out", &p(d, "s.xlsx")], "output format");
+    bad(&["sample", "--model", &model, "-n", "5", "--context", "1", "--out", &p(d, "s.csv")], "unconditional");
+    bad(&["log-prob", "--model", &model, "--data", &data, "--out", &missing_dir], "does not exist");
+    bad(&["plot", "--model", &model, "--out", &p(d, "fig.jpg")], "output format");
+    assert!(!d.join("s.csv").exists() && !d.join("nodir").exists());
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).filter(|p| p.to_string_lossy().contains(".tmp-")).collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn help_version_and_datasets() {
+    assert!(ok(&["--version"]).starts_with("diffeo "));
+    let help = ok(&["--help"]);
+    for cmd in ["fit", "eval", "log-prob", "sample", "plot", "check", "info", "datasets"] {
+        assert!(help.contains(cmd), "help lists {cmd}");
+    }
+    let list = ok(&["datasets"]);
+    for name in ["moons", "circles", "8gaussians", "pinwheel", "2spirals", "checkerboard", "rings", "swissroll", "power"] {
+        assert!(list.contains(&format!("builtin:{name}")), "{name} listed");
+    }
+    bad(&["frobnicate"], "frobnicate");
+}
