@@ -502,10 +502,10 @@ pub fn check(a: CheckArgs) -> Result<()> {
             let cons = ld_i.iter().zip(ld_f).map(|(a, b)| (a + b).abs()).fold(0.0, f64::max);
             report.insert("max_reconstruction_error".into(), json!(rec));
             report.insert("max_logdet_consistency_error".into(), json!(cons));
-            if !(rec <= 1e-6) {
+            if rec.is_nan() || rec > 1e-6 {
                 failures.push(format!("inverse reconstruction error {rec:.3e} > 1e-6"));
             }
-            if !(cons <= 1e-6 * scale(ld_f)) {
+            if cons.is_nan() || cons > 1e-6 * scale(ld_f) {
                 failures.push(format!("forward/inverse log-det mismatch {cons:.3e}"));
             }
         }
@@ -533,7 +533,7 @@ pub fn check(a: CheckArgs) -> Result<()> {
         report.insert("max_logdet_error".into(), json!(err));
         report.insert("logdet_points".into(), json!(n_fd));
         report.insert("logdet_direction".into(), json!(if forward { "forward" } else { "inverse" }));
-        if !(err <= 1e-6) {
+        if err.is_nan() || err > 1e-6 {
             failures.push(format!("log-det differs from log|det| of the autodiff Jacobian by {err:.3e} (relative) > 1e-6"));
         }
     } else {

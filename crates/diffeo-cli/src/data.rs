@@ -34,7 +34,7 @@ impl Table {
 
     /// Rows.
     pub fn rows(&self) -> usize {
-        if self.cols == 0 { 0 } else { self.values.len() / self.cols }
+        self.values.len().checked_div(self.cols).unwrap_or(0)
     }
 
     /// Row `i`.
@@ -309,7 +309,7 @@ pub fn check_output(path: &Path, allowed: &[&str]) -> Result<()> {
 pub fn write_table(path: &Path, values: &[f64], cols: usize, names: Option<&[String]>) -> Result<()> {
     check_output(path, &["npy", "csv"])?;
     let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
-    let rows = if cols == 0 { 0 } else { values.len() / cols };
+    let rows = values.len().checked_div(cols).unwrap_or(0);
     let bytes = if ext == "npy" {
         use npyz::WriterBuilder;
         let mut buf = Vec::new();

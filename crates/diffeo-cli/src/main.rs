@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Fit a flow to data by maximum likelihood and save it.
-    Fit(FitArgs),
+    Fit(Box<FitArgs>),
     /// Mean log-likelihood (± standard error) of a model on data.
     Eval(EvalArgs),
     /// Per-row log density of data under a model.
@@ -323,7 +323,7 @@ impl std::error::Error for Failed {}
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Fit(a) => commands::fit(a),
+        Command::Fit(a) => commands::fit(*a),
         Command::Eval(a) => commands::eval(a),
         Command::LogProb(a) => commands::log_prob(a),
         Command::Sample(a) => commands::sample(a),

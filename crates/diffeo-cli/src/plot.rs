@@ -226,7 +226,7 @@ fn pairwise(out: &Path, samples: &[f64], data: Option<&[f64]>, d: usize, names: 
                         .caption(&names[j], ("sans-serif", 13))
                         .build_cartesian_2d(xr.0..xr.1, 0.0..top)
                         .map_err(perr)?;
-                    chart.configure_mesh().disable_mesh().disable_y_axis().draw().map_err(perr)?;
+                    chart.configure_mesh().disable_mesh().disable_y_axis().x_labels(4).draw().map_err(perr)?;
                     let w = (xr.1 - xr.0) / bins as f64;
                     let line = |h: &[f64]| h.iter().enumerate().map(|(b, c)| (xr.0 + w * (b as f64 + 0.5), *c)).collect::<Vec<_>>();
                     if let Some(hd) = &hd {
@@ -240,7 +240,7 @@ fn pairwise(out: &Path, samples: &[f64], data: Option<&[f64]>, d: usize, names: 
                         .y_label_area_size(if j == 0 { 32 } else { 0 })
                         .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)
                         .map_err(perr)?;
-                    chart.configure_mesh().disable_mesh().draw().map_err(perr)?;
+                    chart.configure_mesh().disable_mesh().x_labels(4).y_labels(4).draw().map_err(perr)?;
                     let pts = |v: &[f64], c: RGBColor| {
                         v.chunks_exact(d).take(2000).map(move |r| Circle::new((r[j], r[i]), 1, c.mix(0.3).filled())).collect::<Vec<_>>()
                     };
