@@ -337,7 +337,7 @@ pub fn fit(a: FitArgs) -> Result<()> {
     let (flow, report) = match result {
         Ok(r) => r,
         Err(e @ diffeo::FlowError::NonFiniteLoss { .. }) => {
-            return Err(Failed(format!("training failed, no model written: {e}; try a smaller --lr or --clip-grad 5")).into())
+            return Err(Failed(format!("training failed, no model written: {e}")).into())
         }
         Err(e) => bail!("{e}"),
     };

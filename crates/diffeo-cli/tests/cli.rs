@@ -105,6 +105,23 @@ fn resume_continues_training() {
     let info = json(&ok(&["info", "--model", &model, "--json"]));
     assert_eq!(info["training"]["steps"], 330);
     assert_eq!(info["training"]["runs"], 2);
+    // Epochs and an explicit validation file.
+    let e = p(dir.path(), "epochs.dfo");
+    ok(&["fit", "--data", &data, "--val", &data, "--epochs", "3", "--batch", "50", "--eval-every", "4", "--out", &e, "-q"]);
+    let info = json(&ok(&["info", "--model", &e, "--json"]));
+    assert_eq!(info["training"]["steps"], 12);
+    assert_eq!(info["training"]["val_rows"], 200);
+}
+
+#[test]
+fn a_diverging_fit_exits_1_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = small_model(dir.path());
+    let out = p(dir.path(), "nan.dfo");
+    let r = diffeo(&["fit", "--data", &data, "--lr", "1e6", "--steps", "300", "--out", &out, "-q"]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r.stderr));
+    assert!(text(&r.stderr).contains("no model written"));
+    assert!(!Path::new(&out).exists());
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //!
 //! - [`bijections`]: the [`Bijection`](bijections::Bijection) trait (output and log|det J|
 //!   together, both directions, batched, optional context) and the layers: elementwise maps,
-//!   masked autoregressive (MAF/IAF), coupling (RealNVP/NICE), permutations, batch norm,
+//!   masked autoregressive (MAF/IAF), coupling (RealNVP/NICE), permutations, batch norm, planar,
 //!   [`Chain`](bijections::Chain) and [`Invert`](bijections::Invert).
 //! - [`transformer`]: elementwise transformers (affine, additive) usable in every conditioner.
 //! - [`distributions`]: base densities.
@@ -62,7 +62,7 @@ pub mod prelude {
     pub use crate::distributions::BaseConfig;
     pub use crate::error::{Direction, FlowError};
     pub use crate::fit::{fit, Dataset, FitConfig, FitEvent, FitReport, Schedule};
-    pub use crate::flow::{iaf, maf, nice, realnvp, Flow, FlowConfig, MafConfig, RealNvpConfig};
+    pub use crate::flow::{iaf, maf, nice, realnvp, Flow, FlowConfig, MafConfig, RealNvpConfig, Standardization};
     pub use crate::transformer::Transformer;
     pub use burn::module::Module;
     pub use burn::tensor::{Device, Tensor};

@@ -317,3 +317,27 @@ fn planar_forward_only() {
     assert!(y.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-12), "{y:?} vs {x:?}");
     assert!(ld.iter().all(|v| v.abs() < 1e-12));
 }
+
+#[test]
+fn standardization_layer_reports_densities_in_data_units() {
+    let d = device();
+    let values = vec![1.0, 10.0, 3.0, 30.0, 2.0, 50.0, 6.0, 20.0];
+    let s = Standardization::of(&values, 2).unwrap();
+    assert!((s.mean[0] - 3.0).abs() < 1e-12 && (s.mean[1] - 27.5).abs() < 1e-12);
+    // An identity flow on standardized values: log p(x) = Σ log N((x − m)/s) − Σ log s.
+    let flow = FlowConfig::new(2, vec![]).standardized(&s).init(&d);
+    let lp = diffeo::tensor::to_vec(flow.log_prob(diffeo::tensor::matrix(values.clone(), 4, 2, &d), None).unwrap()).unwrap();
+    for (i, row) in values.chunks(2).enumerate() {
+        let expected: f64 = (0..2)
+            .map(|j| {
+                let z = (row[j] - s.mean[j]) / s.std[j];
+                -0.5 * z * z - 0.5 * diffeo::tensor::LN_2PI - s.std[j].ln()
+            })
+            .sum();
+        assert!((lp[i] - expected).abs() < 1e-12, "{} vs {expected}", lp[i]);
+    }
+    // A constant column is centred, not divided by zero.
+    let c = Standardization::of(&[1.0, 5.0, 2.0, 5.0], 2).unwrap();
+    assert_eq!(c.std[1], 1.0);
+    assert!(FlowConfig::new(2, vec![]).standardized(&c).try_init(&d).is_ok());
+}
