@@ -474,31 +474,14 @@ pub fn load_builtin(spec: &str, default_split: Split, root: Option<&Path>) -> Re
     Ok(Table::new(t.values, t.cols, source))
 }
 
-/// Mean and std (population) of the rows of several tables.
-fn stats(tables: &[&Table]) -> (Vec<f64>, Vec<f64>) {
-    let d = tables[0].cols;
-    let n: usize = tables.iter().map(|t| t.rows()).sum();
-    let mut mean = vec![0.0; d];
-    for t in tables {
-        for r in t.values.chunks_exact(d) {
-            mean.iter_mut().zip(r).for_each(|(m, v)| *m += v);
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= n as f64);
-    let mut var = vec![0.0; d];
-    for t in tables {
-        for r in t.values.chunks_exact(d) {
-            var.iter_mut().zip(r).zip(&mean).for_each(|((s, v), m)| *s += (v - m).powi(2));
-        }
-    }
-    let std = var.iter().map(|v| (v / n as f64).sqrt().max(1e-12)).collect();
-    (mean, std)
-}
-
-fn standardize(t: &mut Table, mean: &[f64], std: &[f64]) {
-    for r in t.values.chunks_exact_mut(t.cols) {
-        r.iter_mut().zip(mean).zip(std).for_each(|((v, m), s)| *v = (*v - m) / s);
-    }
+/// Statistics of the rows of several tables (population std; a constant column is only
+/// centred).
+fn stats(tables: &[&Table]) -> diffeo::flow::Standardization {
+    let rows: Vec<f64> = tables.iter().flat_map(|t| t.values.iter().copied()).collect();
+    diffeo::flow::Standardization::of(&rows, tables[0].cols).unwrap_or_else(|_| diffeo::flow::Standardization {
+        mean: vec![0.0; tables[0].cols],
+        std: vec![1.0; tables[0].cols],
+    })
 }
 
 /// Last 10% test, last 10% of the rest validation (MAF's splits, after any shuffle).
@@ -556,9 +539,9 @@ pub fn power_pipeline(raw: &Table) -> [Table; 3] {
     }
     let t = Table::new(values, 6, raw.source.clone());
     let [mut train, mut val, mut test] = split_tail(&t);
-    let (m, s) = stats(&[&train, &val]);
+    let s = stats(&[&train, &val]);
     for t in [&mut train, &mut val, &mut test] {
-        standardize(t, &m, &s);
+        s.apply(&mut t.values);
     }
     [train, val, test]
 }
@@ -600,9 +583,9 @@ fn too_many_repeats(t: &Table) -> Vec<usize> {
 /// splits, standardized by train+validation statistics.
 pub fn miniboone_pipeline(raw: &Table) -> [Table; 3] {
     let [mut train, mut val, mut test] = split_tail(raw);
-    let (m, s) = stats(&[&train, &val]);
+    let s = stats(&[&train, &val]);
     for t in [&mut train, &mut val, &mut test] {
-        standardize(t, &m, &s);
+        s.apply(&mut t.values);
     }
     [train, val, test]
 }
@@ -634,9 +617,9 @@ pub fn hepmass_pipeline(train_raw: &Table, test_raw: &Table) -> Result<[Table; 3
     if train.rows() < 10 || test.rows() == 0 {
         bail!("HEPMASS: too few positive rows");
     }
-    let (m, s) = stats(&[&train]);
-    standardize(&mut train, &m, &s);
-    standardize(&mut test, &m, &s);
+    let s = stats(&[&train]);
+    s.apply(&mut train.values);
+    s.apply(&mut test.values);
     let keep = too_many_repeats(&train);
     let train = train.select(&keep);
     let test = test.select(&keep);
@@ -712,8 +695,9 @@ mod tests {
         assert_eq!(raw.row(61)[7], 61.0);
         let [train, val, test] = power_pipeline(&raw);
         assert_eq!((train.rows(), val.rows(), test.rows(), train.cols), (162, 18, 20, 6));
-        let (m, s) = stats(&[&train, &val]);
-        assert!(m.iter().all(|v| v.abs() < 1e-9) && s.iter().all(|v| (v - 1.0).abs() < 1e-9));
+        let both: Vec<f64> = train.values.iter().chain(&val.values).copied().collect();
+        let s = diffeo::flow::Standardization::of(&both, 6).unwrap();
+        assert!(s.mean.iter().all(|v| v.abs() < 1e-9) && s.std.iter().all(|v| (v - 1.0).abs() < 1e-9));
     }
 
     #[test]

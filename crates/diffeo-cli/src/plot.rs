@@ -54,6 +54,26 @@ fn render(out: &Path, size: (u32, u32), draw: impl FnOnce(&DrawingArea<BitMapBac
     }
 }
 
+type Area<'b> = DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>;
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// One 2-D panel with labelled axes.
+fn panel<'a, 'b>(area: &'a Area<'b>, label: &str, xr: (f64, f64), yr: (f64, f64), names: &[String]) -> Result<Chart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(label, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(28)
+        .y_label_area_size(36)
+        .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)
+        .map_err(perr)?;
+    chart.configure_mesh().disable_mesh().x_desc(&names[0]).y_desc(&names[1]).draw().map_err(perr)?;
+    Ok(chart)
+}
+
 /// A perceptual colour map (viridis anchors, linearly interpolated), `t` in [0, 1].
 fn viridis(t: f64) -> RGBColor {
     const A: [(f64, f64, f64); 5] =
@@ -143,17 +163,10 @@ pub fn plot(a: PlotArgs) -> Result<()> {
         top.titled(&title, ("sans-serif", 20)).map_err(perr)?;
         let areas = body.split_evenly((1, panels));
         let mut k = 0;
-        let scatter = |area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, pts: &[f64], label: &str, color: RGBColor| -> Result<()> {
-            let mut chart = ChartBuilder::on(area)
-                .caption(label, ("sans-serif", 16))
-                .margin(8)
-                .x_label_area_size(28)
-                .y_label_area_size(36)
-                .build_cartesian_2d(x0..x1, y0..y1)
-                .map_err(perr)?;
-            chart.configure_mesh().disable_mesh().x_desc(&names[0]).y_desc(&names[1]).draw().map_err(perr)?;
+        let (xr, yr) = ((x0, x1), (y0, y1));
+        let scatter = |area: &Area, pts: &[f64], label: &str, color: RGBColor| -> Result<()> {
             let shown = pts.chunks_exact(2).take(5000).map(|p| Circle::new((p[0], p[1]), 1, color.mix(0.35).filled()));
-            chart.draw_series(shown).map_err(perr)?;
+            panel(area, label, xr, yr, &names)?.draw_series(shown).map_err(perr)?;
             Ok(())
         };
         if let Some(dx) = &data {
@@ -162,14 +175,7 @@ pub fn plot(a: PlotArgs) -> Result<()> {
         }
         if let Some(p) = &density {
             let max = p.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-300);
-            let mut chart = ChartBuilder::on(&areas[k])
-                .caption("model density", ("sans-serif", 16))
-                .margin(8)
-                .x_label_area_size(28)
-                .y_label_area_size(36)
-                .build_cartesian_2d(x0..x1, y0..y1)
-                .map_err(perr)?;
-            chart.configure_mesh().disable_mesh().x_desc(&names[0]).y_desc(&names[1]).draw().map_err(perr)?;
+            let mut chart = panel(&areas[k], "model density", xr, yr, &names)?;
             let (dx, dy) = ((x1 - x0) / grid as f64, (y1 - y0) / grid as f64);
             chart
                 .draw_series((0..grid * grid).map(|q| {
