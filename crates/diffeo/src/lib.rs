@@ -9,7 +9,8 @@
 //!   together, both directions, batched, optional context) and the layers: elementwise maps,
 //!   masked autoregressive (MAF/IAF), coupling (RealNVP/NICE), permutations, batch norm, planar,
 //!   [`Chain`](bijections::Chain) and [`Invert`](bijections::Invert).
-//! - [`transformer`]: elementwise transformers (affine, additive) usable in every conditioner.
+//! - [`transformer`]: elementwise transformers (affine, additive, rational-quadratic spline)
+//!   usable in every conditioner; [`spline`] holds the spline itself.
 //! - [`distributions`]: base densities.
 //! - [`flow`]: [`Flow`](flow::Flow) with `log_prob`, `sample`, `sample_and_log_prob`, and the
 //!   builders [`MafConfig`](flow::MafConfig) and [`RealNvpConfig`](flow::RealNvpConfig).
@@ -31,6 +32,7 @@ pub mod fit;
 pub mod flow;
 pub mod io;
 pub mod nn;
+pub mod spline;
 pub mod tensor;
 pub mod testing;
 pub mod transformer;

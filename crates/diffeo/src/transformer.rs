@@ -8,6 +8,7 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::spline;
 use crate::tensor::{dims2, soft_clip};
 
 /// Bound of the soft-clipped log-scale of [`Transformer::Affine`]: scales stay in
@@ -25,10 +26,30 @@ pub enum Transformer {
     Affine,
     /// `y = x + μ` (NICE). Parameters per dimension: (μ). Volume preserving.
     Additive,
+    /// Monotonic rational-quadratic spline on [−B, B] with `bins` bins and identity tails
+    /// (Durkan et al. 2019); see [`crate::spline`]. Parameters per dimension: `3·bins − 1`.
+    /// Defaults: 8 bins, B = 5.
+    RationalQuadratic {
+        /// Number of bins K (≥ 2).
+        bins: usize,
+        /// Tail bound B: the spline acts on [−B, B], the identity outside.
+        tail_bound: f64,
+    },
 }
 
 fn block(params: &Tensor<2>, p: usize, d: usize) -> Tensor<2> {
     params.clone().narrow(1, p * d, d)
+}
+
+/// Blocks `[start, start + count)` as `[N, D, count]`.
+fn blocks3(params: &Tensor<2>, start: usize, count: usize, d: usize) -> Tensor<3> {
+    let n = params.dims()[0];
+    params.clone().narrow(1, start * d, count * d).reshape([n, count, d]).swap_dims(1, 2)
+}
+
+/// Width, height and derivative logits of a spline with `bins` bins.
+fn spline_params(params: &Tensor<2>, bins: usize, d: usize) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
+    (blocks3(params, 0, bins, d), blocks3(params, bins, bins, d), blocks3(params, 2 * bins, bins - 1, d))
 }
 
 impl Transformer {
@@ -37,6 +58,33 @@ impl Transformer {
         match self {
             Transformer::Affine => 2,
             Transformer::Additive => 1,
+            Transformer::RationalQuadratic { bins, .. } => spline::params_per_dim(*bins),
+        }
+    }
+
+    /// The rational-quadratic spline with the default 8 bins and tail bound 5.
+    pub fn spline() -> Self {
+        Transformer::RationalQuadratic { bins: spline::DEFAULT_BINS, tail_bound: spline::DEFAULT_TAIL_BOUND }
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        if let Transformer::RationalQuadratic { bins, tail_bound } = self {
+            if *bins < 2 || *bins > 256 {
+                return Err(crate::error::FlowError::InvalidConfig(format!("a spline needs 2 to 256 bins, got {bins}")));
+            }
+            if !(tail_bound.is_finite() && *tail_bound > 0.0) {
+                return Err(crate::error::FlowError::InvalidConfig(format!("the tail bound must be positive, got {tail_bound}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The interval outside which the transformer is the identity, if any.
+    pub fn tail_bound(&self) -> Option<f64> {
+        match self {
+            Transformer::RationalQuadratic { tail_bound, .. } => Some(*tail_bound),
+            _ => None,
         }
     }
 
@@ -45,6 +93,7 @@ impl Transformer {
         match self {
             Transformer::Affine => "affine",
             Transformer::Additive => "additive",
+            Transformer::RationalQuadratic { .. } => "spline",
         }
     }
 
@@ -63,6 +112,10 @@ impl Transformer {
                 let ld = x.zeros_like();
                 (x.add(shift), ld)
             }
+            Transformer::RationalQuadratic { bins, tail_bound } => {
+                let (w, h, dv) = spline_params(params, *bins, d);
+                spline::rational_quadratic(x, w, h, dv, *tail_bound, false)
+            }
         }
     }
 
@@ -80,6 +133,10 @@ impl Transformer {
                 let shift = block(params, 0, d);
                 let ld = y.zeros_like();
                 (y.sub(shift), ld)
+            }
+            Transformer::RationalQuadratic { bins, tail_bound } => {
+                let (w, h, dv) = spline_params(params, *bins, d);
+                spline::rational_quadratic(y, w, h, dv, *tail_bound, true)
             }
         }
     }

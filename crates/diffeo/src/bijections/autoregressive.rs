@@ -69,6 +69,7 @@ impl MaskedAutoregressiveConfig {
         if self.hidden.contains(&0) {
             return Err(FlowError::InvalidConfig("hidden layers must have at least one unit".into()));
         }
+        self.transformer.validate()?;
         Ok(())
     }
 

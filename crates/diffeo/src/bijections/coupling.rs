@@ -60,6 +60,7 @@ impl CouplingConfig {
         if self.hidden.contains(&0) {
             return Err(FlowError::InvalidConfig("hidden layers must have at least one unit".into()));
         }
+        self.transformer.validate()?;
         Ok(())
     }
 
