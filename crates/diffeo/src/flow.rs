@@ -373,6 +373,10 @@ impl Flow {
     }
 }
 
+fn lu_layer(dim: usize, rng: &mut StdRng) -> LayerConfig {
+    LayerConfig::LuLinear(crate::bijections::LuLinearConfig { dim, perm: Permutation::random_order(dim, rng) })
+}
+
 fn embedding_or_none(context_dim: usize, embedding: &Option<EmbeddingConfig>) -> usize {
     match embedding {
         Some(e) => e.output_dim,
@@ -413,6 +417,10 @@ pub struct MafConfig {
     /// Invert every layer: IAF (fast sampling, D-pass densities).
     #[config(default = false)]
     pub iaf: bool,
+    /// An LU-decomposed linear layer (with a random fixed permutation) before every transform
+    /// but the first, as in the NSF paper.
+    #[config(default = false)]
+    pub lu: bool,
     /// Elementwise transformer.
     #[config(default = "Transformer::Affine")]
     pub transformer: Transformer,
@@ -455,6 +463,9 @@ impl MafConfig {
             if self.batch_norm && k > 0 {
                 layers.push(LayerConfig::BatchNorm(crate::bijections::BatchNormConfig::new(self.dim)));
             }
+            if self.lu && k > 0 {
+                layers.push(lu_layer(self.dim, &mut rng));
+            }
             layers.push(layer);
         }
         FlowConfig {
@@ -496,8 +507,16 @@ pub struct RealNvpConfig {
     #[config(default = "None")]
     pub embedding: Option<EmbeddingConfig>,
     /// Additive coupling (NICE) instead of affine; NICE ends with a learnable diagonal scale.
+    /// Overrides `transformer`.
     #[config(default = false)]
     pub additive: bool,
+    /// Elementwise transformer (affine: RealNVP; spline: NSF coupling).
+    #[config(default = "Transformer::Affine")]
+    pub transformer: Transformer,
+    /// An LU-decomposed linear layer (with a random fixed permutation) before every coupling
+    /// layer but the first, as in the NSF paper.
+    #[config(default = false)]
+    pub lu: bool,
     /// A random permutation before each coupling layer (instead of alternating masks only).
     #[config(default = false)]
     pub random_permutations: bool,
@@ -521,13 +540,16 @@ impl RealNvpConfig {
         let cc = embedding_or_none(self.context_dim, &self.embedding);
         let mut rng = StdRng::seed_from_u64(self.seed ^ 0x4EA1);
         let mut layers = Vec::new();
-        let transformer = if self.additive { Transformer::Additive } else { Transformer::Affine };
+        let transformer = if self.additive { Transformer::Additive } else { self.transformer.clone() };
         for k in 0..self.transforms {
             if self.random_permutations && k > 0 {
                 layers.push(LayerConfig::Permutation { perm: Permutation::random_order(self.dim, &mut rng) });
             }
             if self.batch_norm && k > 0 {
                 layers.push(LayerConfig::BatchNorm(crate::bijections::BatchNormConfig::new(self.dim)));
+            }
+            if self.lu && k > 0 {
+                layers.push(lu_layer(self.dim, &mut rng));
             }
             let mask = (0..self.dim).map(|i| (i + k) % 2 == 0).collect();
             layers.push(LayerConfig::Coupling(CouplingConfig {
@@ -572,6 +594,18 @@ pub fn iaf(dim: usize, transforms: usize, hidden: Vec<usize>) -> MafConfig {
 /// A RealNVP with `transforms` coupling layers and the given hidden widths.
 pub fn realnvp(dim: usize, transforms: usize, hidden: Vec<usize>) -> RealNvpConfig {
     RealNvpConfig::new(dim).with_transforms(transforms).with_hidden(hidden)
+}
+
+/// Neural spline flow, autoregressive (RQ-NSF (AR), Durkan et al. 2019): a MAF whose layers use
+/// the rational-quadratic spline transformer (8 bins, tail bound 5), with LU layers between them.
+pub fn nsf(dim: usize, transforms: usize, hidden: Vec<usize>) -> MafConfig {
+    maf(dim, transforms, hidden).with_transformer(Transformer::spline()).with_lu(true)
+}
+
+/// Neural spline flow with coupling layers (RQ-NSF (C)): spline couplings with LU layers
+/// between them.
+pub fn nsf_coupling(dim: usize, transforms: usize, hidden: Vec<usize>) -> RealNvpConfig {
+    realnvp(dim, transforms, hidden).with_transformer(Transformer::spline()).with_lu(true)
 }
 
 /// NICE: additive coupling layers and a final learnable diagonal scale.

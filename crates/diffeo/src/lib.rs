@@ -64,7 +64,7 @@ pub mod prelude {
     pub use crate::distributions::BaseConfig;
     pub use crate::error::{Direction, FlowError};
     pub use crate::fit::{fit, Dataset, FitConfig, FitEvent, FitReport, Schedule};
-    pub use crate::flow::{iaf, maf, nice, realnvp, Flow, FlowConfig, MafConfig, RealNvpConfig, Standardization};
+    pub use crate::flow::{iaf, maf, nice, nsf, nsf_coupling, realnvp, Flow, FlowConfig, MafConfig, RealNvpConfig, Standardization};
     pub use crate::transformer::Transformer;
     pub use burn::module::Module;
     pub use burn::tensor::{Device, Tensor};

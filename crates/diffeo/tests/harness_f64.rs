@@ -341,3 +341,33 @@ fn standardization_layer_reports_densities_in_data_units() {
     assert_eq!(c.std[1], 1.0);
     assert!(FlowConfig::new(2, vec![]).standardized(&c).try_init(&d).is_ok());
 }
+
+#[test]
+fn linear_flows_lu_and_householder() {
+    for dim in [1, 2, 4, 6] {
+        let mut perm: Vec<usize> = (0..dim).collect();
+        perm.reverse();
+        let lu = LayerConfig::LuLinear(LuLinearConfig { dim, perm });
+        check(&chain(dim, vec![lu.clone()], 11 + dim as u64), &HarnessConfig::default());
+        check(&chain(dim, vec![lu.inverted()], 12), &HarnessConfig::default());
+        let hh = LayerConfig::Householder(HouseholderConfig { dim, reflections: dim.max(2) });
+        check(&chain(dim, vec![hh], 13), &HarnessConfig::default());
+    }
+    let d = device();
+    // A new LU layer with the identity permutation is exactly the identity.
+    let lu = LuLinearConfig::new(3).init(&d);
+    let x = diffeo::tensor::matrix(vec![0.5, -1.0, 2.0, 3.0, 0.0, -0.25], 2, 3, &d);
+    for r in [lu.forward(x.clone(), None).unwrap(), lu.inverse(x.clone(), None).unwrap()] {
+        assert_eq!(diffeo::tensor::to_vec(r.0).unwrap(), diffeo::tensor::to_vec(x.clone()).unwrap());
+        assert!(diffeo::tensor::to_vec(r.1).unwrap().iter().all(|v| *v == 0.0));
+    }
+    // Householder maps preserve norms.
+    let hh = HouseholderConfig { dim: 3, reflections: 3 }.init_with(&mut StdRng::seed_from_u64(2), &d);
+    let y = diffeo::tensor::to_vec(hh.forward(x.clone(), None).unwrap().0).unwrap();
+    let xv = diffeo::tensor::to_vec(x).unwrap();
+    for (a, b) in y.chunks(3).zip(xv.chunks(3)) {
+        let (na, nb): (f64, f64) = (a.iter().map(|v| v * v).sum(), b.iter().map(|v| v * v).sum());
+        assert!((na - nb).abs() < 1e-12);
+    }
+    assert!(LayerConfig::LuLinear(LuLinearConfig { dim: 2, perm: vec![0, 0] }).validate().is_err());
+}

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     BatchNorm, BatchNormConfig, Bijection, Coupling, CouplingConfig, Directions, Elementwise, ElementwiseAffine,
-    ElementwiseKind, Mapped, MaskedAutoregressive, MaskedAutoregressiveConfig, NormMode, Permutation, Planar,
+    ElementwiseKind, Householder, HouseholderConfig, LuLinear, LuLinearConfig, Mapped, MaskedAutoregressive, MaskedAutoregressiveConfig, NormMode, Permutation, Planar,
     PlanarConfig,
 };
 use crate::error::{FlowError, Result};
@@ -82,6 +82,10 @@ pub enum LayerConfig {
     BatchNorm(BatchNormConfig),
     /// Planar residual layer (no inverse).
     Planar(PlanarConfig),
+    /// LU-decomposed invertible linear map.
+    LuLinear(LuLinearConfig),
+    /// Product of Householder reflections.
+    Householder(HouseholderConfig),
     /// The inverse of another layer.
     Invert {
         /// The inverted layer.
@@ -99,6 +103,8 @@ impl LayerConfig {
             LayerConfig::Permutation { perm } => perm.len(),
             LayerConfig::BatchNorm(c) => c.dim,
             LayerConfig::Planar(c) => c.dim,
+            LayerConfig::LuLinear(c) => c.dim,
+            LayerConfig::Householder(c) => c.dim,
             LayerConfig::Invert { layer } => layer.dim(),
         }
     }
@@ -156,6 +162,8 @@ impl LayerConfig {
                 Err(FlowError::InvalidConfig("batch norm needs D ≥ 1, ε > 0 and momentum in [0, 1]".into()))
             }
             LayerConfig::Planar(c) if c.dim == 0 => Err(FlowError::InvalidConfig("layer with 0 features".into())),
+            LayerConfig::LuLinear(c) => c.validate(),
+            LayerConfig::Householder(c) => c.validate(),
             LayerConfig::Invert { layer } => layer.validate(),
             _ => Ok(()),
         }
@@ -170,6 +178,8 @@ impl LayerConfig {
             LayerConfig::Permutation { perm } => Layer::Permutation(Permutation::new(perm.clone(), device)),
             LayerConfig::BatchNorm(c) => Layer::BatchNorm(c.init(device)),
             LayerConfig::Planar(c) => Layer::Planar(c.init_with(rng, device)),
+            LayerConfig::LuLinear(c) => Layer::LuLinear(c.init(device)),
+            LayerConfig::Householder(c) => Layer::Householder(c.init_with(rng, device)),
             LayerConfig::Invert { layer } => return layer.build(rng, device, !inverted),
         };
         Link { layer, inverted }
@@ -194,6 +204,10 @@ pub enum Layer {
     BatchNorm(BatchNorm),
     /// See [`Planar`].
     Planar(Planar),
+    /// See [`LuLinear`].
+    LuLinear(LuLinear),
+    /// See [`Householder`].
+    Householder(Householder),
 }
 
 macro_rules! dispatch {
@@ -206,6 +220,8 @@ macro_rules! dispatch {
             Layer::Permutation($l) => $e,
             Layer::BatchNorm($l) => $e,
             Layer::Planar($l) => $e,
+            Layer::LuLinear($l) => $e,
+            Layer::Householder($l) => $e,
         }
     };
 }

@@ -16,6 +16,7 @@ mod batchnorm;
 mod chain;
 mod coupling;
 mod elementwise;
+mod linear;
 mod permutation;
 mod residual;
 
@@ -24,6 +25,7 @@ pub use batchnorm::{BatchNorm, BatchNormConfig, NormMode};
 pub use chain::{Chain, Invert, Layer, LayerConfig, Link};
 pub use coupling::{Coupling, CouplingConfig};
 pub use elementwise::{Elementwise, ElementwiseAffine, ElementwiseKind};
+pub use linear::{Householder, HouseholderConfig, LuLinear, LuLinearConfig};
 pub use permutation::Permutation;
 pub use residual::{Planar, PlanarConfig};
 
