@@ -10,6 +10,7 @@ use diffeo::burn::module::Module;
 use diffeo::fit::{Dataset, FitConfig, FitEvent, Schedule};
 use diffeo::flow::{Flow, FlowConfig, MafConfig, RealNvpConfig, Standardization};
 use diffeo::nn::Activation;
+use diffeo::transformer::Transformer;
 use diffeo::tensor::{matrix, to_vec};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -46,21 +47,26 @@ fn architecture(a: &FitArgs, dim: usize, context_dim: usize) -> Result<FlowConfi
         ActivationArg::Elu => Activation::Elu,
     };
     let k = a.transforms.map(|k| k as usize);
+    let spline = Transformer::RationalQuadratic { bins: a.bins as usize, tail_bound: a.tail_bound };
     Ok(match a.flow {
-        Family::Maf | Family::Iaf => {
+        Family::Maf | Family::Iaf | Family::Nsf => {
             let mut c = MafConfig::new(dim)
                 .with_hidden(a.hidden.0.clone())
                 .with_context_dim(context_dim)
                 .with_activation(activation)
                 .with_batch_norm(a.batch_norm)
                 .with_iaf(a.flow == Family::Iaf)
+                .with_lu(a.lu || a.flow == Family::Nsf)
                 .with_seed(a.seed);
+            if a.flow == Family::Nsf {
+                c = c.with_transformer(spline);
+            }
             if let Some(k) = k {
                 c = c.with_transforms(k);
             }
             c.flow_config()
         }
-        Family::Realnvp | Family::Nice => {
+        Family::Realnvp | Family::Nice | Family::NsfCoupling => {
             if dim < 2 {
                 bail!("{} coupling layers need at least 2 data columns; use --flow maf for 1-D data", a.flow.name());
             }
@@ -70,7 +76,11 @@ fn architecture(a: &FitArgs, dim: usize, context_dim: usize) -> Result<FlowConfi
                 .with_activation(activation)
                 .with_batch_norm(a.batch_norm)
                 .with_additive(a.flow == Family::Nice)
+                .with_lu(a.lu || a.flow == Family::NsfCoupling)
                 .with_seed(a.seed);
+            if a.flow == Family::NsfCoupling {
+                c = c.with_transformer(spline);
+            }
             if let Some(k) = k {
                 c = c.with_transforms(k);
             }
@@ -107,6 +117,25 @@ fn logit_layers(dim: usize, alpha: f64) -> Vec<LayerConfig> {
             kind: ElementwiseKind::Affine { shift: vec![-alpha / w; dim], scale: vec![1.0 / w; dim] },
         },
     ]
+}
+
+/// Splines are the identity beyond their tail bound: say how much of the training data, as the
+/// flow's layers see it (`z`: after any logit and standardization), lies there.
+fn warn_beyond_tail_bound(config: &FlowConfig, z: &[f64]) {
+    let bound = config.layers.iter().find_map(|l| match l {
+        LayerConfig::MaskedAutoregressive(c) => c.transformer.tail_bound(),
+        LayerConfig::Coupling(c) => c.transformer.tail_bound(),
+        _ => None,
+    });
+    let Some(bound) = bound else { return };
+    let beyond = z.iter().filter(|v| v.abs() > bound).count();
+    if beyond > 0 {
+        eprintln!(
+            "warning: {beyond} of {} standardized training values ({:.3}%) lie beyond the spline tail bound ±{bound}, where the splines are the identity; consider a larger --tail-bound",
+            z.len(),
+            100.0 * beyond as f64 / z.len() as f64
+        );
+    }
 }
 
 fn dataset(inp: &Inputs, dim: usize, context_dim: usize) -> Dataset {
@@ -286,17 +315,20 @@ pub fn fit(a: FitArgs) -> Result<()> {
         }
         None => {
             let mut config = architecture(&a, dim, cdim)?;
+            // z: the training data as the flow's layers see them.
+            let mut z = train.x.clone();
             if let Some(alpha) = meta.logit_alpha {
-                let mut z = train.x.clone();
                 logit_transform(&mut z, alpha, &table.source)?;
-                let stats = lib(Standardization::of(&z, dim))?;
-                if meta.standardized {
-                    config = config.standardized(&stats);
-                }
-                config.layers.extend(logit_layers(dim, alpha));
-            } else if meta.standardized {
-                config = config.standardized(&lib(Standardization::of(&train.x, dim))?);
             }
+            if meta.standardized {
+                let stats = lib(Standardization::of(&z, dim))?;
+                config = config.standardized(&stats);
+                stats.apply(&mut z);
+            }
+            if let Some(alpha) = meta.logit_alpha {
+                config.layers.extend(logit_layers(dim, alpha));
+            }
+            warn_beyond_tail_bound(&config, &z);
             if let Some(c) = &train.context {
                 config.context_standardization = Some(lib(Standardization::of(c, cdim))?);
             }

@@ -65,6 +65,10 @@ pub enum Family {
     Realnvp,
     /// NICE additive coupling with a final diagonal scale.
     Nice,
+    /// Neural spline flow, autoregressive: rational-quadratic splines in MADE, LU layers between.
+    Nsf,
+    /// Neural spline flow with spline coupling layers and LU layers between.
+    NsfCoupling,
     /// Planar residual flow (sampling only: no inverse, so no maximum-likelihood fit).
     Planar,
 }
@@ -76,6 +80,8 @@ impl Family {
             Family::Iaf => "iaf",
             Family::Realnvp => "realnvp",
             Family::Nice => "nice",
+            Family::Nsf => "nsf",
+            Family::NsfCoupling => "nsf-coupling",
             Family::Planar => "planar",
         }
     }
@@ -130,7 +136,8 @@ pub struct FitArgs {
     /// Flow family.
     #[arg(long, value_enum, default_value = "maf")]
     pub flow: Family,
-    /// Number of layers K (default: 5 for maf/iaf, 6 for realnvp/nice, 16 for planar).
+    /// Number of layers K (default: 5 for maf/iaf/nsf, 6 for realnvp/nice/nsf-coupling, 16 for
+    /// planar).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub transforms: Option<u64>,
     /// Hidden widths of each conditioner network.
@@ -142,6 +149,16 @@ pub struct FitArgs {
     /// Batch normalisation between layers.
     #[arg(long)]
     pub batch_norm: bool,
+    /// LU-decomposed linear layers (random fixed permutations) between transforms; always on for
+    /// the nsf families.
+    #[arg(long)]
+    pub lu: bool,
+    /// Spline bins (nsf families).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(2..=256), default_value = "8")]
+    pub bins: u64,
+    /// Spline tail bound B: splines act on [−B, B] of the standardized data, identity outside.
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_f64, default_value = "5")]
+    pub tail_bound: f64,
     /// Optimisation steps.
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "2000", conflicts_with = "epochs")]
     pub steps: u64,

@@ -128,13 +128,32 @@ fn a_diverging_fit_exits_1_and_writes_nothing() {
 fn every_family_fits_and_passes_the_self_check() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = small_model(dir.path());
-    for flow in ["maf", "iaf", "realnvp", "nice"] {
+    for flow in ["maf", "iaf", "realnvp", "nice", "nsf", "nsf-coupling"] {
         let model = p(dir.path(), &format!("{flow}.dfo"));
-        ok(&["fit", "--data", &data, "--flow", flow, "--steps", "40", "--hidden", "8", "--batch-norm", "--out", &model, "-q"]);
+        ok(&["fit", "--data", &data, "--flow", flow, "--steps", "40", "--hidden", "8", "--batch-norm", "--lu", "--bins", "4", "--out", &model, "-q"]);
         let c = json(&ok(&["check", "--model", &model, "--n", "200", "--json"]));
         assert_eq!(c["pass"], true, "{flow}: {c}");
         ok(&["sample", "--model", &model, "-n", "10", "--out", &p(dir.path(), "s.csv")]);
     }
+}
+
+#[test]
+fn splines_warn_about_data_beyond_the_tail_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::new();
+    for i in 0..300 {
+        let outlier = if i == 7 { 1e3 } else { 0.0 };
+        csv.push_str(&format!("{},{}\n", (i % 17) as f64 + outlier, (i % 5) as f64));
+    }
+    let data = write(dir.path(), "outlier.csv", &csv);
+    let model = p(dir.path(), "s.dfo");
+    let out = diffeo(&["fit", "--data", &data, "--flow", "nsf", "--steps", "5", "--hidden", "8", "--out", &model, "-q"]);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("beyond the spline tail bound ±5"), "{err}");
+    let out = diffeo(&["fit", "--data", &data, "--flow", "nsf", "--tail-bound", "20", "--steps", "5", "--hidden", "8", "--out", &model, "-q"]);
+    assert!(!text(&out.stderr).contains("tail bound"), "{}", text(&out.stderr));
+    bad(&["fit", "--data", &data, "--flow", "nsf", "--bins", "1", "--out", &model], "--bins");
 }
 
 #[test]
