@@ -224,6 +224,9 @@ pub fn fit(a: FitArgs) -> Result<()> {
     if let Some(p) = &a.plot_loss {
         data::check_output(p, &["png"])?;
     }
+    if let Some(p) = &a.curve {
+        data::check_output(p, &["csv"])?;
+    }
     let device = diffeo::cpu();
     let root = a.data.data_root.as_deref();
     let table = model::read_source(&a.data.data, Split::Train, root)?;
@@ -363,9 +366,31 @@ pub fn fit(a: FitArgs) -> Result<()> {
         Some(e) => e * train.n.div_ceil(cfg.batch_size.min(train.n)),
         None => cfg.steps,
     };
+    cfg.time_budget = a.time_budget;
+    let test_set = match &a.test {
+        Some(t) => {
+            let table = model::read_source(t, Split::Test, root)?;
+            Some(dataset(&model::inputs(&table, &meta, a.data.drop_nonfinite, &mut rng)?, dim, cdim))
+        }
+        None => None,
+    };
+    let mut curve: Vec<(f64, usize, f64, f64)> = Vec::new();
+    let mut monitor_error = None;
+    let mut monitor = |step: usize, seconds: f64, flow: &Flow| {
+        if let Some(t) = &test_set {
+            match diffeo::fit::mean_log_likelihood(flow, t) {
+                Ok((ll, se)) => curve.push((seconds, step, ll, se)),
+                Err(e) => monitor_error = Some(e),
+            }
+        }
+    };
     let mut progress = Progress::new(total, a.quiet, cfg.eval_every);
-    let result = diffeo::fit::fit(flow, &train_set, val_set.as_ref(), &cfg, &mut |e| progress.event(e));
+    let result =
+        diffeo::fit::fit_monitored(flow, &train_set, val_set.as_ref(), &cfg, &mut |e| progress.event(e), &mut monitor);
     progress.finish();
+    if let Some(e) = monitor_error {
+        bail!("evaluating the test data: {e}");
+    }
     let (flow, report) = match result {
         Ok(r) => r,
         Err(e @ diffeo::FlowError::NonFiniteLoss { .. }) => {
@@ -387,6 +412,15 @@ pub fn fit(a: FitArgs) -> Result<()> {
     model::save(&a.out, &flow, &meta, &summary)?;
     if let Some(p) = &a.plot_loss {
         crate::plot::loss_curve(&summary, p)?;
+    }
+    if let Some(p) = &a.curve {
+        let values: Vec<f64> = curve.iter().flat_map(|c| [c.0, c.1 as f64, c.2, c.3]).collect();
+        let names: Vec<String> = ["seconds", "step", "test_log_likelihood", "stderr"].iter().map(|s| s.to_string()).collect();
+        data::write_table(p, &values, 4, Some(&names))?;
+        crate::plot::test_curve(&curve, &p.with_extension("png"))?;
+        if let Some(last) = curve.last() {
+            println!("test log-likelihood {:.4} ± {:.4} (2 s.e.) at {:.0} s, step {}", last.2, 2.0 * last.3, last.0, last.1);
+        }
     }
     if !a.quiet {
         let val = match report.best_val_log_likelihood {

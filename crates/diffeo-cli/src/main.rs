@@ -204,6 +204,16 @@ pub struct FitArgs {
     /// Continue training this saved model (its architecture and preprocessing are kept).
     #[arg(long, value_name = "MODEL")]
     pub resume: Option<PathBuf>,
+    /// Wall-clock budget in seconds: stop (after a last validation) when it is spent; a cosine
+    /// schedule then follows time.
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_f64, value_name = "SECONDS")]
+    pub time_budget: Option<f64>,
+    /// Test data (file or builtin:NAME:test) evaluated at every validation, for --curve.
+    #[arg(long, value_name = "FILE|builtin:NAME")]
+    pub test: Option<String>,
+    /// Write the test log-likelihood against wall-clock time (CSV, and a PNG beside it).
+    #[arg(long, value_name = "CURVE.csv", requires = "test")]
+    pub curve: Option<PathBuf>,
     /// Save the training curve as a PNG.
     #[arg(long, value_name = "FIG.png")]
     pub plot_loss: Option<PathBuf>,

@@ -303,3 +303,33 @@ pub fn loss_curve(s: &TrainingSummary, out: &Path) -> Result<()> {
         Ok(())
     })
 }
+
+/// Test log-likelihood (± 2 standard errors) against wall-clock seconds.
+pub fn test_curve(points: &[(f64, usize, f64, f64)], out: &Path) -> Result<()> {
+    if points.is_empty() {
+        bail!("no test evaluations to plot");
+    }
+    let xmax = points.iter().map(|p| p.0).fold(1.0, f64::max);
+    let skip = points.len() / 10;
+    let ys: Vec<f64> = points.iter().skip(skip).flat_map(|p| [p.2 - 2.0 * p.3, p.2 + 2.0 * p.3]).collect();
+    let (ylo, yhi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+    let pad = 0.05 * (yhi - ylo).max(1e-6);
+    render(out, (720, 440), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption("test log-likelihood against wall-clock time", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..xmax, (ylo - pad)..(yhi + pad))
+            .map_err(perr)?;
+        chart.configure_mesh().x_label_formatter(&|v| format!("{v:.0}")).x_desc("seconds").y_desc("nats").draw().map_err(perr)?;
+        let blue = RGBColor(31, 119, 180);
+        chart
+            .draw_series(points.iter().map(|p| {
+                PathElement::new(vec![(p.0, p.2 - 2.0 * p.3), (p.0, p.2 + 2.0 * p.3)], blue.mix(0.4).stroke_width(1))
+            }))
+            .map_err(perr)?;
+        chart.draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.2)), blue.stroke_width(2))).map_err(perr)?;
+        Ok(())
+    })
+}

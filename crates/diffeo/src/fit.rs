@@ -66,6 +66,11 @@ pub struct FitConfig {
     /// Seed of the data order.
     #[config(default = 0)]
     pub seed: u64,
+    /// Wall-clock budget in seconds: training stops (after a last validation) once it is spent.
+    /// With a cosine schedule, the schedule then follows the larger of the step and time
+    /// fractions, so the rate reaches 0 when either runs out.
+    #[config(default = "None")]
+    pub time_budget: Option<f64>,
 }
 
 impl FitConfig {
@@ -95,14 +100,20 @@ impl FitConfig {
         if self.patience == Some(0) {
             return bad("patience must be at least 1");
         }
+        if let Some(b) = self.time_budget {
+            if !(b > 0.0 && b.is_finite()) {
+                return bad("time budget must be positive");
+            }
+        }
         Ok(())
     }
 
-    fn lr_at(&self, step: usize, total: usize) -> f64 {
+    fn lr_at(&self, step: usize, total: usize, seconds: f64) -> f64 {
         match self.schedule {
             Schedule::Constant => self.learning_rate,
             Schedule::Cosine => {
-                let t = step as f64 / total.max(1) as f64;
+                let by_time = self.time_budget.map_or(0.0, |b| seconds / b);
+                let t = (step as f64 / total.max(1) as f64).max(by_time).min(1.0);
                 self.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
             }
         }
@@ -250,7 +261,7 @@ pub struct FitReport {
     pub best_val_log_likelihood: Option<f64>,
     /// Mean training loss over the last validation interval.
     pub final_train_loss: f64,
-    /// Whether early stopping ended the fit.
+    /// Whether early stopping (patience or the time budget) ended the fit.
     pub stopped_early: bool,
     /// Loss curve.
     pub history: Vec<EvalRecord>,
@@ -363,6 +374,20 @@ pub fn fit(
     config: &FitConfig,
     observer: &mut dyn FnMut(&FitEvent),
 ) -> Result<(Flow, FitReport)> {
+    fit_monitored(flow, train, validation, config, observer, &mut |_, _, _| {})
+}
+
+/// [`fit`], with `monitor(step, seconds, model)` called at every validation point with the
+/// current model (inference copy), e.g. to record a test curve against wall-clock time. The
+/// monitor's own time is not counted in `seconds` nor against the time budget.
+pub fn fit_monitored(
+    flow: Flow,
+    train: &Dataset,
+    validation: Option<&Dataset>,
+    config: &FitConfig,
+    observer: &mut dyn FnMut(&FitEvent),
+    monitor: &mut dyn FnMut(usize, f64, &Flow),
+) -> Result<(Flow, FitReport)> {
     let start = Instant::now();
     config.validate()?;
     train.validate(&flow, "training data")?;
@@ -402,6 +427,7 @@ pub fn fit(
     let mut last_interval_loss = f64::NAN;
     let mut stopped_early = false;
     let mut steps_done = 0;
+    let mut paused = 0.0;
 
     for step in 1..=total {
         if cursor >= n {
@@ -421,14 +447,15 @@ pub fn fit(
         if let Some(max_norm) = config.grad_clip_norm {
             clip_global_norm(&mut grads, &ids.0, max_norm)?;
         }
-        let lr = config.lr_at(step - 1, total);
+        let lr = config.lr_at(step - 1, total, start.elapsed().as_secs_f64() - paused);
         model = optim.step(lr, model, grads);
         steps_done = step;
         interval_loss += loss_value;
         interval_count += 1;
         observer(&FitEvent::Step { step, total, loss: loss_value, learning_rate: lr });
 
-        if step % config.eval_every == 0 || step == total {
+        let out_of_time = config.time_budget.is_some_and(|b| start.elapsed().as_secs_f64() - paused >= b);
+        if step % config.eval_every == 0 || step == total || out_of_time {
             let train_loss = interval_loss / interval_count.max(1) as f64;
             last_interval_loss = train_loss;
             interval_loss = 0.0;
@@ -437,6 +464,9 @@ pub fn fit(
             if let Some(val) = validation {
                 let candidate = inference_copy(&model);
                 let (ll, _) = mean_log_likelihood(&candidate, val)?;
+                let t0 = Instant::now();
+                monitor(step, start.elapsed().as_secs_f64() - paused, &candidate);
+                paused += t0.elapsed().as_secs_f64();
                 record.val_log_likelihood = Some(ll);
                 let improved = ll.is_finite() && best.as_ref().is_none_or(|(b, _, _)| ll > *b);
                 if improved {
@@ -453,8 +483,15 @@ pub fn fit(
                     break;
                 }
             } else {
+                let t0 = Instant::now();
+                monitor(step, start.elapsed().as_secs_f64() - paused, &inference_copy(&model));
+                paused += t0.elapsed().as_secs_f64();
                 history.push(record);
             }
+        }
+        if out_of_time {
+            stopped_early = true;
+            break;
         }
     }
 
@@ -469,7 +506,7 @@ pub fn fit(
         final_train_loss: last_interval_loss,
         stopped_early,
         history,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds: start.elapsed().as_secs_f64() - paused,
     };
     Ok((flow, report))
 }

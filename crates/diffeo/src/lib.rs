@@ -63,7 +63,7 @@ pub mod prelude {
     pub use crate::bijections::{Bijection, Chain, Cost, Directions, Invert, LayerConfig, NormMode};
     pub use crate::distributions::BaseConfig;
     pub use crate::error::{Direction, FlowError};
-    pub use crate::fit::{fit, Dataset, FitConfig, FitEvent, FitReport, Schedule};
+    pub use crate::fit::{fit, fit_monitored, Dataset, FitConfig, FitEvent, FitReport, Schedule};
     pub use crate::flow::{iaf, maf, nice, nsf, nsf_coupling, realnvp, Flow, FlowConfig, MafConfig, RealNvpConfig, Standardization};
     pub use crate::transformer::Transformer;
     pub use burn::module::Module;

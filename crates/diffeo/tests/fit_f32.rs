@@ -231,3 +231,45 @@ fn early_stopping_restores_the_best_model() {
     assert!((ll - best).abs() < 1e-6 * best.abs().max(1.0), "restored model scores {ll}, best was {best}");
     assert!(report.best_step < report.steps);
 }
+
+#[test]
+fn spline_round_trip_in_f32() {
+    let device = diffeo::cpu();
+    let (n, d, k, bound) = (2000, 3, 8, 5.0);
+    let mut rng = StdRng::seed_from_u64(21);
+    let mut r = |len: usize, s: f64| (0..len).map(|_| s * rng.sample::<f64, _>(StandardNormal)).collect::<Vec<f64>>();
+    let x: Vec<f64> = r(n * d, 2.0).into_iter().map(|v| v.clamp(-bound, bound)).collect();
+    let t3 = |v: Vec<f64>, kk: usize| Tensor::<3>::from_data(burn::tensor::TensorData::new(v, [n, d, kk]), &device);
+    let (w, h, dv) = (r(n * d * k, 1.0), r(n * d * k, 1.0), r(n * d * (k - 1), 1.0));
+    let spline = |v: Tensor<2>, inverse: bool| {
+        diffeo::spline::rational_quadratic(v, t3(w.clone(), k), t3(h.clone(), k), t3(dv.clone(), k - 1), bound, inverse)
+    };
+    let (y, ld) = spline(matrix(x.clone(), n, d, &device), false);
+    let (back, ld_back) = spline(y, true);
+    let back = to_vec(back).unwrap();
+    let (ld, ld_back) = (to_vec(ld).unwrap(), to_vec(ld_back).unwrap());
+    // 1e-4 where the map is well conditioned (slope ≥ 0.01); where it is flat, an f32 rounding
+    // of y moves x by ε·|y|/slope, so the tolerance scales with 1/slope there.
+    for (((xi, bi), l), yi) in x.iter().zip(&back).zip(&ld).zip(0..) {
+        let slope = l.exp();
+        let tol = 1e-4 * (0.01 / slope).max(1.0);
+        assert!((xi - bi).abs() <= tol, "row {yi}: x {xi} → {bi} (slope {slope})");
+    }
+    let well = ld.iter().zip(&ld_back).filter(|(a, _)| a.exp() >= 0.01);
+    assert!(well.into_iter().all(|(a, b)| (a + b).abs() < 1e-3));
+}
+
+#[test]
+fn a_time_budget_stops_training() {
+    let device = diffeo::cpu();
+    let mut rng = StdRng::seed_from_u64(0);
+    let train = Dataset::new(two_moons(2000, &mut rng), 2);
+    let flow = maf(2, 2, vec![16]).init(&device);
+    let mut calls = 0;
+    let cfg = FitConfig::new().with_steps(1_000_000).with_eval_every(10).with_time_budget(Some(0.5));
+    let (_, report) =
+        diffeo::fit::fit_monitored(flow, &train, None, &cfg, &mut |_| {}, &mut |_, _, _| calls += 1).unwrap();
+    assert!(report.stopped_early && report.steps < 1_000_000);
+    assert!(report.seconds < 5.0, "{}", report.seconds);
+    assert!(calls >= 1 && calls == report.history.len());
+}

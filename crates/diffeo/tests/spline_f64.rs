@@ -159,11 +159,11 @@ fn extreme_but_valid_parameters() {
     assert!(all_finite(&f), "finite outputs and gradients");
     let b = run(&f.y, d, &p, true);
     assert!(all_finite(&b));
-    for i in 0..n {
+    for (((xi, yi), ld), back) in x.iter().zip(&f.y).zip(&f.ld).zip(&b.y) {
         // Tolerance scaled by the local slope: dx = dy / (dy/dx).
-        let slope = f.ld[i].exp();
+        let slope = ld.exp();
         let tol = 1e-10 * (1.0 + 1.0 / slope);
-        assert!((b.y[i] - x[i]).abs() <= tol, "x {} → {} → {} (slope {slope})", x[i], f.y[i], b.y[i]);
+        assert!((back - xi).abs() <= tol, "x {xi} → {yi} → {back} (slope {slope})");
     }
 }
 
