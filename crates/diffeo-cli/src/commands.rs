@@ -46,6 +46,9 @@ fn architecture(a: &FitArgs, dim: usize, context_dim: usize) -> Result<FlowConfi
         ActivationArg::Tanh => Activation::Tanh,
         ActivationArg::Elu => Activation::Elu,
     };
+    if a.dropout > 0.0 && a.residual_blocks == 0 {
+        bail!("--dropout acts inside residual blocks: add --residual-blocks N");
+    }
     let k = a.transforms.map(|k| k as usize);
     let spline = Transformer::RationalQuadratic { bins: a.bins as usize, tail_bound: a.tail_bound };
     Ok(match a.flow {
@@ -57,6 +60,8 @@ fn architecture(a: &FitArgs, dim: usize, context_dim: usize) -> Result<FlowConfi
                 .with_batch_norm(a.batch_norm)
                 .with_iaf(a.flow == Family::Iaf)
                 .with_lu(a.lu || a.flow == Family::Nsf)
+                .with_residual_blocks(a.residual_blocks as usize)
+                .with_dropout(a.dropout)
                 .with_seed(a.seed);
             if a.flow == Family::Nsf {
                 c = c.with_transformer(spline);
@@ -77,6 +82,8 @@ fn architecture(a: &FitArgs, dim: usize, context_dim: usize) -> Result<FlowConfi
                 .with_batch_norm(a.batch_norm)
                 .with_additive(a.flow == Family::Nice)
                 .with_lu(a.lu || a.flow == Family::NsfCoupling)
+                .with_residual_blocks(a.residual_blocks as usize)
+                .with_dropout(a.dropout)
                 .with_seed(a.seed);
             if a.flow == Family::NsfCoupling {
                 c = c.with_transformer(spline);
@@ -166,6 +173,7 @@ struct Progress {
     last_loss: f64,
     every: usize,
     val: String,
+    budget: Option<f64>,
 }
 
 impl Progress {
@@ -180,7 +188,7 @@ impl Progress {
             );
             b
         });
-        Self { bar, quiet, start: Instant::now(), last_loss: f64::NAN, every, val: String::new() }
+        Self { bar, quiet, start: Instant::now(), last_loss: f64::NAN, every, val: String::new(), budget: None }
     }
 
     fn event(&mut self, e: &FitEvent) {
@@ -194,7 +202,10 @@ impl Progress {
                     }
                 } else if !self.quiet && (step % self.every == 0 || step == total) && self.val.is_empty() {
                     let el = self.start.elapsed().as_secs_f64();
-                    let eta = el / step as f64 * (total - step) as f64;
+                    let mut eta = el / step as f64 * (total - step) as f64;
+                    if let Some(b) = self.budget {
+                        eta = eta.min((b - el).max(0.0));
+                    }
                     eprintln!("step {step}/{total}  loss {loss:.4}  {el:.1}s elapsed, ETA {eta:.0}s");
                 }
                 let _ = total;
@@ -385,6 +396,7 @@ pub fn fit(a: FitArgs) -> Result<()> {
         }
     };
     let mut progress = Progress::new(total, a.quiet, cfg.eval_every);
+    progress.budget = a.time_budget;
     let result =
         diffeo::fit::fit_monitored(flow, &train_set, val_set.as_ref(), &cfg, &mut |e| progress.event(e), &mut monitor);
     progress.finish();
@@ -584,7 +596,7 @@ pub fn check(a: CheckArgs) -> Result<()> {
             (_, Some(x)) => (x[..n_fd * d].to_vec(), false),
         };
         let ad = device.clone().autodiff();
-        let flow_ad = flow.clone().train();
+        let flow_ad = flow.clone().without_dropout().train();
         let cx_ad = context.as_ref().map(|v| matrix(v[..n_fd * c].to_vec(), n_fd, c, &ad));
         let map = |p: diffeo::burn::tensor::Tensor<2>| {
             let r = if forward { flow_ad.from_base(p, cx_ad.as_ref()) } else { flow_ad.to_base(p, cx_ad.as_ref()) };

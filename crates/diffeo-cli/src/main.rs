@@ -107,6 +107,13 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+fn probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not in [0, 1)")),
+    }
+}
+
 fn logit_alpha(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v < 0.5 => Ok(v),
@@ -153,6 +160,12 @@ pub struct FitArgs {
     /// the nsf families.
     #[arg(long)]
     pub lu: bool,
+    /// Residual blocks in each conditioner (ResMADE / residual MLP of width hidden[0]); 0: plain.
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(0..=64), default_value = "0")]
+    pub residual_blocks: u64,
+    /// Dropout probability inside the residual blocks (training only).
+    #[arg(long, allow_hyphen_values = true, value_parser = probability, default_value = "0")]
+    pub dropout: f64,
     /// Spline bins (nsf families).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(2..=256), default_value = "8")]
     pub bins: u64,

@@ -128,6 +128,12 @@ fn a_diverging_fit_exits_1_and_writes_nothing() {
 fn every_family_fits_and_passes_the_self_check() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = small_model(dir.path());
+    // A residual spline flow with dropout, as in the NSF paper's tabular models.
+    let res = p(dir.path(), "res.dfo");
+    ok(&["fit", "--data", &data, "--flow", "nsf", "--residual-blocks", "2", "--dropout", "0.1", "--hidden", "16", "--steps", "30", "--out", &res, "-q"]);
+    assert_eq!(json(&ok(&["check", "--model", &res, "--n", "200", "--json"]))["pass"], true);
+    bad(&["fit", "--data", &data, "--dropout", "0.1", "--out", &res], "residual");
+    bad(&["fit", "--data", &data, "--residual-blocks", "1", "--dropout", "1.5", "--out", &res], "--dropout");
     for flow in ["maf", "iaf", "realnvp", "nice", "nsf", "nsf-coupling"] {
         let model = p(dir.path(), &format!("{flow}.dfo"));
         ok(&["fit", "--data", &data, "--flow", flow, "--steps", "40", "--hidden", "8", "--batch-norm", "--lu", "--bins", "4", "--out", &model, "-q"]);

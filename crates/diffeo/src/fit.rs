@@ -396,6 +396,8 @@ pub fn fit_monitored(
     }
     let device = flow.device();
     let ad_device = device.clone().autodiff();
+    // Dropout draws from burn's generator: seed it so that a fit is reproducible.
+    ad_device.seed(config.seed);
     let mut model = if device.is_autodiff() { flow } else { flow.train() };
     model.set_norm_mode(NormMode::Training);
 

@@ -241,6 +241,21 @@ impl Flow {
         self.devices().into_iter().next().unwrap_or_default()
     }
 
+    /// The same flow with dropout switched off everywhere, so that it is a deterministic map
+    /// even on an autodiff device (e.g. to differentiate the trained map exactly).
+    pub fn without_dropout(self) -> Self {
+        struct Off;
+        impl burn::module::ModuleMapper for Off {
+            fn map_flag(
+                &mut self,
+                _flag: burn::module::Param<burn::module::Flag>,
+            ) -> burn::module::Param<burn::module::Flag> {
+                burn::module::Param::from_bool(false)
+            }
+        }
+        self.map(&mut Off)
+    }
+
     /// Sets the mode of every batch-norm layer ([`NormMode::Evaluation`] for inference).
     pub fn set_norm_mode(&mut self, mode: NormMode) {
         self.transform.set_norm_mode(mode);
@@ -421,6 +436,12 @@ pub struct MafConfig {
     /// but the first, as in the NSF paper.
     #[config(default = false)]
     pub lu: bool,
+    /// Residual blocks in each MADE (ResMADE; 0: plain MADE, `hidden` widths as given).
+    #[config(default = 0)]
+    pub residual_blocks: usize,
+    /// Dropout inside the residual blocks.
+    #[config(default = 0.0)]
+    pub dropout: f64,
     /// Elementwise transformer.
     #[config(default = "Transformer::Affine")]
     pub transformer: Transformer,
@@ -456,6 +477,8 @@ impl MafConfig {
                 order,
                 transformer: self.transformer.clone(),
                 activation: self.activation,
+                residual_blocks: self.residual_blocks,
+                dropout: self.dropout,
             });
             if self.iaf {
                 layer = layer.inverted();
@@ -517,6 +540,12 @@ pub struct RealNvpConfig {
     /// layer but the first, as in the NSF paper.
     #[config(default = false)]
     pub lu: bool,
+    /// Residual blocks in each conditioner (0: plain MLP).
+    #[config(default = 0)]
+    pub residual_blocks: usize,
+    /// Dropout inside the residual blocks.
+    #[config(default = 0.0)]
+    pub dropout: f64,
     /// A random permutation before each coupling layer (instead of alternating masks only).
     #[config(default = false)]
     pub random_permutations: bool,
@@ -559,6 +588,8 @@ impl RealNvpConfig {
                 mask,
                 transformer: transformer.clone(),
                 activation: self.activation,
+                residual_blocks: self.residual_blocks,
+                dropout: self.dropout,
             }));
         }
         if self.additive {

@@ -82,18 +82,90 @@ impl Dense {
     }
 }
 
+/// Checks residual-conditioner settings: blocks need a hidden width, dropout is in [0, 1).
+pub fn validate_residual(hidden: &[usize], blocks: usize, dropout: f64) -> crate::error::Result<()> {
+    if blocks > 0 && hidden.is_empty() {
+        return Err(crate::error::FlowError::InvalidConfig("residual blocks need a hidden width".into()));
+    }
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(crate::error::FlowError::InvalidConfig(format!("dropout must be in [0, 1), got {dropout}")));
+    }
+    Ok(())
+}
+
+/// Residual blocks of constant width (Durkan et al. 2019's tabular conditioners; masked, the
+/// ResMADE of Nash & Durkan 2019): `h ← h + W₂·dropout(act(W₁·act(h)))`. Each block's second
+/// layer starts at zero, so a block starts as the identity. Dropout is active only while
+/// training (on an autodiff device) and draws from burn's generator, which `fit` seeds.
+#[derive(Module, Debug)]
+pub struct ResidualBlocks {
+    /// First layer of each block.
+    pub first: Vec<MaskedDense>,
+    /// Second layer of each block (zero at the start).
+    pub second: Vec<MaskedDense>,
+    /// Dropout between the two layers.
+    pub dropout: burn::nn::Dropout,
+    /// Nonlinearity.
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl ResidualBlocks {
+    /// `blocks` blocks of width `mask_width`, with the fixed mask `mask` (`[width, width]`).
+    fn new(blocks: usize, mask: &[f64], width: usize, dropout: f64, activation: Activation, rng: &mut StdRng, device: &Device) -> Self {
+        let mut first = Vec::new();
+        let mut second = Vec::new();
+        for _ in 0..blocks {
+            first.push(MaskedDense::new(mask.to_vec(), width, width, Init::Uniform, rng, device));
+            second.push(MaskedDense::new(mask.to_vec(), width, width, Init::Zeros, rng, device));
+        }
+        Self { first, second, dropout: burn::nn::DropoutConfig::new(dropout).init(), activation }
+    }
+
+    /// Applies the blocks.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let mut h = x;
+        for (a, b) in self.first.iter().zip(&self.second) {
+            let t = a.forward(self.activation.apply(h.clone()));
+            let t = b.forward(self.dropout.forward(self.activation.apply(t)));
+            h = h.add(t);
+        }
+        h
+    }
+}
+
 /// A multilayer perceptron `in → hidden… → out`. The last layer starts at zero when
 /// `zero_last` is set.
 #[derive(Module, Debug)]
 pub struct Mlp {
     /// The affine layers, in order.
     pub layers: Vec<Dense>,
+    /// Residual blocks after the first layer (then `layers` is `[in → H, H → out]`).
+    pub residual: Option<ResidualBlocks>,
     /// Nonlinearity between layers.
     #[module(skip)]
     pub activation: Activation,
 }
 
 impl Mlp {
+    /// A residual network `in → H → blocks → out` with dropout inside the blocks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn residual(
+        d_in: usize,
+        width: usize,
+        blocks: usize,
+        d_out: usize,
+        dropout: f64,
+        activation: Activation,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Self {
+        let first = Dense::new(d_in, width, Init::Uniform, rng, device);
+        let residual = ResidualBlocks::new(blocks, &vec![1.0; width * width], width, dropout, activation, rng, device);
+        let last = Dense::new(width, d_out, Init::Zeros, rng, device);
+        Self { layers: vec![first, last], residual: Some(residual), activation }
+    }
+
     /// Builds the network.
     pub fn new(
         d_in: usize,
@@ -114,7 +186,7 @@ impl Mlp {
                 Dense::new(sizes[i], sizes[i + 1], init, rng, device)
             })
             .collect();
-        Self { layers, activation }
+        Self { layers, residual: None, activation }
     }
 
     /// Applies the network.
@@ -123,6 +195,11 @@ impl Mlp {
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
             h = layer.forward(h);
+            if i == 0 {
+                if let Some(r) = &self.residual {
+                    h = r.forward(h);
+                }
+            }
             if i + 1 < n {
                 h = self.activation.apply(h);
             }
@@ -184,6 +261,9 @@ pub struct Made {
     pub layers: Vec<MaskedDense>,
     /// Unmasked context weights `[C, first layer width]` (absent when unconditional).
     pub context: Option<Param<Tensor<2>>>,
+    /// Masked residual blocks after the first layer (ResMADE); then `layers` is
+    /// `[in → H, H → out]`.
+    pub residual: Option<ResidualBlocks>,
     /// Nonlinearity.
     #[module(skip)]
     pub activation: Activation,
@@ -202,6 +282,24 @@ impl Made {
         rng: &mut StdRng,
         device: &Device,
     ) -> Self {
+        Self::with_residual(order, context_dim, hidden, params_per_dim, activation, 0, 0.0, rng, device)
+    }
+
+    /// MADE whose single hidden width `hidden[0]` is followed by `blocks` masked residual
+    /// blocks with dropout (ResMADE); `blocks = 0` is plain MADE.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_residual(
+        order: &[usize],
+        context_dim: usize,
+        hidden: &[usize],
+        params_per_dim: usize,
+        activation: Activation,
+        blocks: usize,
+        dropout: f64,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Self {
+        let hidden = if blocks > 0 { &hidden[..1] } else { hidden };
         let d = order.len();
         let mut degrees: Vec<Vec<usize>> = vec![order.to_vec()];
         for &h in hidden {
@@ -234,7 +332,14 @@ impl Made {
             let w = init_values(context_dim, first_out, context_dim, init, rng);
             Param::from_tensor(matrix(w, context_dim, first_out, device))
         });
-        Self { layers, context, activation }
+        let residual = (blocks > 0 && !hidden.is_empty()).then(|| {
+            // Hidden units keep their degrees through the blocks: m_in ≤ m_out.
+            let deg = &degrees[1];
+            let h = deg.len();
+            let mask: Vec<f64> = (0..h * h).map(|k| if deg[k / h] <= deg[k % h] { 1.0 } else { 0.0 }).collect();
+            ResidualBlocks::new(blocks, &mask, h, dropout, activation, rng, device)
+        });
+        Self { layers, context, residual, activation }
     }
 
     /// Conditioner outputs `[N, params_per_dim · D]` for inputs `[N, D]` and optional context.
@@ -246,6 +351,9 @@ impl Made {
             if i == 0 {
                 if let (Some(c), Some(ctx)) = (&self.context, context) {
                     h = h.add(ctx.clone().matmul(c.val()));
+                }
+                if let Some(r) = &self.residual {
+                    h = r.forward(h);
                 }
             }
             if i + 1 < n {

@@ -60,6 +60,8 @@ fn made_layer(dim: usize, context_dim: usize, transformer: Transformer, order: V
         order,
         transformer,
         activation: diffeo::nn::Activation::Tanh,
+        residual_blocks: 0,
+        dropout: 0.0,
     })
 }
 
@@ -78,11 +80,18 @@ fn masked_autoregressive_maf_and_iaf() {
 
 #[test]
 fn made_is_autoregressive() {
-    // Perturbing feature k changes outputs only at positions later in the order.
+    // Perturbing feature k changes outputs only at positions later in the order: plain MADE and
+    // ResMADE (residual blocks keep the degrees).
+    for blocks in [0, 2] {
     let d = device();
     let dim = 4;
     let order = vec![3, 1, 4, 2];
-    let c = chain(dim, vec![made_layer(dim, 0, Transformer::Affine, order.clone())], 5);
+    let mut layer = made_layer(dim, 0, Transformer::Affine, order.clone());
+    if let LayerConfig::MaskedAutoregressive(c) = &mut layer {
+        c.residual_blocks = blocks;
+        c.hidden = vec![12];
+    }
+    let c = chain(dim, vec![layer], 5);
     let base = vec![0.1, -0.4, 0.7, 0.2];
     let (u0, _) = c.inverse(diffeo::tensor::matrix(base.clone(), 1, dim, &d), None).unwrap();
     let u0 = diffeo::tensor::to_vec(u0).unwrap();
@@ -100,6 +109,37 @@ fn made_is_autoregressive() {
             }
         }
     }
+    }
+}
+
+#[test]
+fn residual_conditioners_with_dropout() {
+    for (dim, ctx) in [(1, 0), (3, 2), (4, 0)] {
+        let mut made = MaskedAutoregressiveConfig::new(dim, vec![16]);
+        made.context_dim = ctx;
+        made.residual_blocks = 2;
+        made.dropout = 0.2;
+        made.transformer = Transformer::spline();
+        // Splines are steep in places: small finite-difference steps.
+        let fine = HarnessConfig { logdet_tol: 1e-5, fd_step: 1e-7, ..HarnessConfig::default() };
+        check(&chain(dim, vec![LayerConfig::MaskedAutoregressive(made)], 21), &fine);
+        if dim >= 2 {
+            let mut coupling = CouplingConfig::half(dim, vec![16], true);
+            coupling.context_dim = ctx;
+            coupling.residual_blocks = 2;
+            coupling.dropout = 0.2;
+            check(&chain(dim, vec![LayerConfig::Coupling(coupling)], 22), &HarnessConfig::default());
+        }
+    }
+    // A new residual conditioner still starts the flow at the identity.
+    let d = device();
+    let flow = MafConfig::new(3).with_residual_blocks(2).with_hidden(vec![8]).with_transformer(Transformer::spline()).init(&d);
+    let x = diffeo::tensor::matrix(vec![0.3, -2.0, 7.0], 1, 3, &d);
+    let (u, ld) = flow.to_base(x.clone(), None).unwrap();
+    assert_eq!(diffeo::tensor::to_vec(u).unwrap(), diffeo::tensor::to_vec(x).unwrap());
+    assert_eq!(diffeo::tensor::to_vec(ld).unwrap(), vec![0.0]);
+    let bad = MafConfig::new(2).with_residual_blocks(1).with_dropout(1.0).flow_config();
+    assert!(bad.try_init(&d).is_err());
 }
 
 #[test]

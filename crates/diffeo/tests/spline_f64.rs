@@ -183,6 +183,8 @@ fn spline_layers_pass_the_harness() {
             order,
             transformer: spline.clone(),
             activation: diffeo::nn::Activation::Tanh,
+            residual_blocks: 0,
+            dropout: 0.0,
         });
         for layer in [made.clone(), made.inverted()] {
             let c = Chain::from_configs(dim, &[layer], dim as u64, &dev).unwrap();

@@ -38,6 +38,13 @@ pub struct MaskedAutoregressiveConfig {
     /// Hidden nonlinearity.
     #[serde(default)]
     pub activation: Activation,
+    /// Residual blocks after the first hidden layer (ResMADE; 0: plain MADE). With blocks,
+    /// only `hidden[0]` is used, as the width of every block.
+    #[serde(default)]
+    pub residual_blocks: usize,
+    /// Dropout probability inside the residual blocks (training only).
+    #[serde(default)]
+    pub dropout: f64,
 }
 
 impl MaskedAutoregressiveConfig {
@@ -50,6 +57,8 @@ impl MaskedAutoregressiveConfig {
             order: (1..=dim).collect(),
             transformer: Transformer::Affine,
             activation: Activation::Relu,
+            residual_blocks: 0,
+            dropout: 0.0,
         }
     }
 
@@ -70,17 +79,20 @@ impl MaskedAutoregressiveConfig {
             return Err(FlowError::InvalidConfig("hidden layers must have at least one unit".into()));
         }
         self.transformer.validate()?;
+        crate::nn::validate_residual(&self.hidden, self.residual_blocks, self.dropout)?;
         Ok(())
     }
 
     /// Builds the layer with weights drawn from `rng` (last layer zero: identity start).
     pub fn init_with(&self, rng: &mut StdRng, device: &Device) -> MaskedAutoregressive {
-        let made = Made::new(
+        let made = Made::with_residual(
             &self.order,
             self.context_dim,
             &self.hidden,
             self.transformer.params_per_dim(),
             self.activation,
+            self.residual_blocks,
+            self.dropout,
             rng,
             device,
         );

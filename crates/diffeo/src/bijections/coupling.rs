@@ -33,13 +33,29 @@ pub struct CouplingConfig {
     /// Hidden nonlinearity.
     #[serde(default)]
     pub activation: Activation,
+    /// Residual blocks after the first hidden layer (0: plain MLP). With blocks, only
+    /// `hidden[0]` is used, as the width of every block.
+    #[serde(default)]
+    pub residual_blocks: usize,
+    /// Dropout probability inside the residual blocks (training only).
+    #[serde(default)]
+    pub dropout: f64,
 }
 
 impl CouplingConfig {
     /// The first ⌈D/2⌉ features condition the rest (`flip` swaps the roles).
     pub fn half(dim: usize, hidden: Vec<usize>, flip: bool) -> Self {
         let mask = (0..dim).map(|i| (i < dim.div_ceil(2)) != flip).collect();
-        Self { dim, context_dim: 0, hidden, mask, transformer: Transformer::Affine, activation: Activation::Relu }
+        Self {
+            dim,
+            context_dim: 0,
+            hidden,
+            mask,
+            transformer: Transformer::Affine,
+            activation: Activation::Relu,
+            residual_blocks: 0,
+            dropout: 0.0,
+        }
     }
 
     /// Checks the configuration.
@@ -61,6 +77,7 @@ impl CouplingConfig {
             return Err(FlowError::InvalidConfig("hidden layers must have at least one unit".into()));
         }
         self.transformer.validate()?;
+        crate::nn::validate_residual(&self.hidden, self.residual_blocks, self.dropout)?;
         Ok(())
     }
 
@@ -75,15 +92,12 @@ impl CouplingConfig {
             restore[i] = pos;
         }
         let p = self.transformer.params_per_dim();
-        let conditioner = Mlp::new(
-            kept.len() + self.context_dim,
-            &self.hidden,
-            p * changed.len(),
-            self.activation,
-            true,
-            rng,
-            device,
-        );
+        let d_in = kept.len() + self.context_dim;
+        let conditioner = if self.residual_blocks > 0 {
+            Mlp::residual(d_in, self.hidden[0], self.residual_blocks, p * changed.len(), self.dropout, self.activation, rng, device)
+        } else {
+            Mlp::new(d_in, &self.hidden, p * changed.len(), self.activation, true, rng, device)
+        };
         Coupling {
             conditioner,
             transformer: self.transformer.clone(),
