@@ -86,15 +86,23 @@ impl Table {
 
     /// Fails on the first non-finite value, naming its row and column.
     pub fn check_finite(&self) -> Result<()> {
-        if let Some(k) = self.values.iter().position(|v| !v.is_finite()) {
-            let (i, j) = (k / self.cols, k % self.cols);
-            bail!(
-                "{}: {}, column {} holds a non-finite value ({}); remove it or pass --drop-nonfinite",
-                self.source,
-                self.where_row(i),
-                self.column_label(j),
-                self.values[k]
-            );
+        self.select_finite_check(&(0..self.cols).collect::<Vec<_>>())
+    }
+
+    /// Fails on the first non-finite value among the given columns, naming its row and its
+    /// column in the file.
+    pub fn select_finite_check(&self, cols: &[usize]) -> Result<()> {
+        for i in 0..self.rows() {
+            let r = self.row(i);
+            if let Some(&j) = cols.iter().find(|&&j| !r[j].is_finite()) {
+                bail!(
+                    "{}: {}, column {} holds a non-finite value ({}); remove it or pass --drop-nonfinite",
+                    self.source,
+                    self.where_row(i),
+                    self.column_label(j),
+                    r[j]
+                );
+            }
         }
         Ok(())
     }

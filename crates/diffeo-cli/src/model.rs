@@ -148,20 +148,19 @@ pub fn inputs(table: &Table, meta: &ModelMeta, drop_nonfinite: bool, rng: &mut S
     }
     let mut all: Vec<usize> = meta.columns.clone();
     all.extend(&meta.context_columns);
-    let selected = table.select(&all);
-    let (selected, dropped) = if drop_nonfinite {
-        let (t, k) = selected.drop_nonfinite();
-        if t.rows() == 0 {
+    let (table, dropped) = if drop_nonfinite {
+        let keep: Vec<usize> =
+            (0..table.rows()).filter(|&i| all.iter().all(|&c| table.row(i)[c].is_finite())).collect();
+        if keep.is_empty() {
             bail!("{}: no rows left after dropping non-finite values", table.source);
         }
-        (t, k)
+        (table.take_rows(&keep), table.rows() - keep.len())
     } else {
-        selected.check_finite().map_err(|e| {
-            // Name the column in the file, not in the selection.
-            anyhow!("{e}")
-        })?;
-        (selected, 0)
+        // Report the first non-finite value by its row and column in the file.
+        table.select_finite_check(&all)?;
+        (table.clone(), 0)
     };
+    let selected = table.select(&all);
     let d = meta.columns.len();
     let c = meta.context_columns.len();
     let n = selected.rows();

@@ -302,6 +302,7 @@ fn bad_input_is_refused_cleanly() {
     fit(&write(d, "text.csv", "1,2\n3,abc\n"), "line 2, column 1");
     fit(&write(d, "nan.csv", "a,b\n1,2\n3,nan\n4,5\n"), "line 3, column 1");
     fit(&write(d, "inf.csv", "1,2\ninf,4\n"), "non-finite");
+    bad(&["fit", "--data", &write(d, "nan3.csv", "a,b,c\n1,2,3\n4,5,nan\n"), "--cols", "1,2", "--out", &out], "line 3, column 2 (\"c\")");
     fit(&write(d, "garbage.npy", "not numpy"), "not a valid .npy");
     fit("builtin:nosuch", "unknown built-in");
     // --drop-nonfinite accepts the NaN file.
