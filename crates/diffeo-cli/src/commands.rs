@@ -145,15 +145,15 @@ fn warn_beyond_tail_bound(config: &FlowConfig, z: &[f64]) {
     }
 }
 
-fn dataset(inp: &Inputs, dim: usize, context_dim: usize) -> Dataset {
-    let d = Dataset::new(inp.x.clone(), dim);
-    match &inp.context {
-        Some(c) => d.with_context(c.clone(), context_dim),
+fn dataset(inp: Inputs, dim: usize, context_dim: usize) -> Dataset {
+    let d = Dataset::new(inp.x, dim);
+    match inp.context {
+        Some(c) => d.with_context(c, context_dim),
         None => d,
     }
 }
 
-fn split_rows(inp: Inputs, dim: usize, cdim: usize, rows: &[usize]) -> Inputs {
+fn split_rows(inp: &Inputs, dim: usize, cdim: usize, rows: &[usize]) -> Inputs {
     let mut x = Vec::with_capacity(rows.len() * dim);
     let mut c = inp.context.as_ref().map(|_| Vec::with_capacity(rows.len() * cdim));
     for &i in rows {
@@ -208,7 +208,6 @@ impl Progress {
                     }
                     eprintln!("step {step}/{total}  loss {loss:.4}  {el:.1}s elapsed, ETA {eta:.0}s");
                 }
-                let _ = total;
             }
             FitEvent::Validation { step, log_likelihood, best } => {
                 self.val = format!("  val {log_likelihood:.4} (best {best:.4})");
@@ -296,15 +295,16 @@ pub fn fit(a: FitArgs) -> Result<()> {
     }
 
     // Validation data: --val, else the data set's own split, else 10% held out.
-    let builtin_val = a.data.data.strip_prefix("builtin:").filter(|s| {
-        let name = s.split(':').next().unwrap_or_default();
-        data::BUILTINS.iter().any(|b| b.name == name && b.file.is_some())
-    });
+    let builtin_val = a
+        .data
+        .data
+        .strip_prefix("builtin:")
+        .map(|s| s.split(':').next().unwrap_or_default())
+        .filter(|name| data::BUILTINS.iter().any(|b| b.name == *name && b.file.is_some()));
     let (train, val) = if let Some(v) = &a.val {
         let t = model::read_source(v, Split::Val, root)?;
         (all, Some(model::inputs(&t, &meta, a.data.drop_nonfinite, &mut rng)?))
     } else if let Some(name) = builtin_val {
-        let name = name.split(':').next().unwrap_or_default();
         let t = data::load_builtin(&format!("{name}:val"), Split::Val, root)?;
         (all, Some(model::inputs(&t, &meta, false, &mut rng)?))
     } else if all.n >= 20 {
@@ -312,8 +312,7 @@ pub fn fit(a: FitArgs) -> Result<()> {
         order.shuffle(&mut rng);
         let n_val = all.n / 10;
         let (v, t) = order.split_at(n_val);
-        let val = split_rows(Inputs { x: all.x.clone(), context: all.context.clone(), n: all.n, dropped: 0 }, dim, cdim, v);
-        (split_rows(all, dim, cdim, t), Some(val))
+        (split_rows(&all, dim, cdim, t), Some(split_rows(&all, dim, cdim, v)))
     } else {
         eprintln!("warning: only {} rows: training on all of them without validation", all.n);
         (all, None)
@@ -358,8 +357,9 @@ pub fn fit(a: FitArgs) -> Result<()> {
         Cost::Fast => {}
     }
 
-    let train_set = dataset(&train, dim, cdim);
-    let val_set = val.as_ref().map(|v| dataset(v, dim, cdim));
+    let (train_rows, val_rows) = (train.n, val.as_ref().map_or(0, |v| v.n));
+    let train_set = dataset(train, dim, cdim);
+    let val_set = val.map(|v| dataset(v, dim, cdim));
     let mut cfg = FitConfig::new()
         .with_learning_rate(a.lr)
         .with_steps(a.steps as usize)
@@ -374,14 +374,14 @@ pub fn fit(a: FitArgs) -> Result<()> {
     cfg.patience = a.patience.map(|p| p as usize);
     cfg.grad_clip_norm = a.clip_grad;
     let total = match cfg.epochs {
-        Some(e) => e * train.n.div_ceil(cfg.batch_size.min(train.n)),
+        Some(e) => e * train_rows.div_ceil(cfg.batch_size.min(train_rows)),
         None => cfg.steps,
     };
     cfg.time_budget = a.time_budget;
     let test_set = match &a.test {
         Some(t) => {
             let table = model::read_source(t, Split::Test, root)?;
-            Some(dataset(&model::inputs(&table, &meta, a.data.drop_nonfinite, &mut rng)?, dim, cdim))
+            Some(dataset(model::inputs(&table, &meta, a.data.drop_nonfinite, &mut rng)?, dim, cdim))
         }
         None => None,
     };
@@ -414,8 +414,8 @@ pub fn fit(a: FitArgs) -> Result<()> {
         steps_total: prior.steps_total + report.steps,
         runs: prior.runs + 1,
         seconds_total: prior.seconds_total + report.seconds,
-        train_rows: train.n,
-        val_rows: val.as_ref().map_or(0, |v| v.n),
+        train_rows,
+        val_rows,
         best_val_log_likelihood: report.best_val_log_likelihood,
         best_step: report.best_step,
         final_train_loss: report.final_train_loss,
@@ -443,7 +443,7 @@ pub fn fit(a: FitArgs) -> Result<()> {
             "saved {}: {} on {} rows, {val} ({} steps{}, {:.1} s)",
             a.out.display(),
             meta.family,
-            train.n,
+            train_rows,
             report.steps,
             if report.stopped_early { ", stopped early" } else { "" },
             report.seconds
@@ -452,22 +452,24 @@ pub fn fit(a: FitArgs) -> Result<()> {
     Ok(())
 }
 
-fn log_likelihoods(m: &model::Model, a_data: &crate::DataArgs, seed: u64) -> Result<(Vec<f64>, Inputs)> {
+/// Per-row log-likelihoods of a data source under the model, and the rows dropped as non-finite.
+fn log_likelihoods(m: &model::Model, a_data: &crate::DataArgs, seed: u64) -> Result<(Vec<f64>, usize)> {
     let table = model::read_source(&a_data.data, Split::Test, a_data.data_root.as_deref())?;
     let mut rng = StdRng::seed_from_u64(seed);
     let inp = model::inputs(&table, &m.meta, a_data.drop_nonfinite, &mut rng)?;
     if m.flow.directions().inverse == Cost::Unavailable {
         bail!("this {} model has no inverse, so it cannot evaluate densities of data", m.meta.family);
     }
-    let set = dataset(&inp, m.flow.dim(), m.flow.context_dim());
+    let dropped = inp.dropped;
+    let set = dataset(inp, m.flow.dim(), m.flow.context_dim());
     let ll = lib(diffeo::fit::log_likelihoods(&m.flow, &set))?;
-    Ok((ll, inp))
+    Ok((ll, dropped))
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     let device = diffeo::cpu();
     let m = model::load(&a.model, &device)?;
-    let (ll, inp) = log_likelihoods(&m, &a.data, a.seed)?;
+    let (ll, dropped) = log_likelihoods(&m, &a.data, a.seed)?;
     let d = m.flow.dim() as f64;
     let n_bad = ll.iter().filter(|v| !v.is_finite()).count();
     let (mean, se) = diffeo::fit::mean_and_stderr(&ll);
@@ -484,14 +486,14 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         eprintln!("warning: {n_bad} row(s) have zero density under the model (log-likelihood −inf)");
     }
     if a.json {
-        let mut o = json!({"log_likelihood": mean, "stderr": se, "n": inp.n, "dim": m.flow.dim(), "dropped": inp.dropped});
+        let mut o = json!({"log_likelihood": mean, "stderr": se, "n": ll.len(), "dim": m.flow.dim(), "dropped": dropped});
         if let Some((b, s)) = bpd {
             o["bits_per_dim"] = json!(b);
             o["bits_per_dim_stderr"] = json!(s);
         }
         println!("{o}");
     } else {
-        println!("log-likelihood: {mean:.4} ± {se:.4} nats (n = {}, dim = {})", inp.n, m.flow.dim());
+        println!("log-likelihood: {mean:.4} ± {se:.4} nats (n = {}, dim = {})", ll.len(), m.flow.dim());
         if let Some((b, s)) = bpd {
             println!("bits/dim: {b:.4} ± {s:.4}");
         }
@@ -504,7 +506,9 @@ pub fn log_prob(a: LogProbArgs) -> Result<()> {
     let device = diffeo::cpu();
     let m = model::load(&a.model, &device)?;
     let (ll, _) = log_likelihoods(&m, &a.data, a.seed)?;
-    data::write_table(&a.out, &ll, 1, Some(&["log_prob".to_string()]).filter(|_| a.out.extension().is_some_and(|e| e == "csv")).map(|v| &v[..]))
+    let csv = a.out.extension().is_some_and(|e| e == "csv");
+    let header = ["log_prob".to_string()];
+    data::write_table(&a.out, &ll, 1, csv.then_some(&header[..]))
 }
 
 pub fn sample(a: SampleArgs) -> Result<()> {
@@ -538,18 +542,15 @@ pub fn check(a: CheckArgs) -> Result<()> {
     let (d, c) = (flow.dim(), flow.context_dim());
     let n = a.n as usize;
     let mut rng = StdRng::seed_from_u64(a.seed);
+    // Contexts drawn around the training contexts (standard normal in standardized units).
     let context = (c > 0).then(|| {
         let s = flow.config().context_standardization.clone();
-        let v: Vec<f64> = (0..n * c)
+        (0..n * c)
             .map(|k| {
                 let z: f64 = rand::Rng::sample(&mut rng, rand_distr::StandardNormal);
-                match &s {
-                    Some(s) => s.mean[k % c] + s.std[k % c] * z,
-                    None => z,
-                }
+                s.as_ref().map_or(z, |s| s.mean[k % c] + s.std[k % c] * z)
             })
-            .collect();
-        v
+            .collect::<Vec<f64>>()
     });
     let ct = context.as_ref().map(|v| matrix(v.clone(), n, c, &device));
     let dirs = flow.directions();
@@ -558,59 +559,59 @@ pub fn check(a: CheckArgs) -> Result<()> {
     let mut report = serde_json::Map::new();
     let mut failures = Vec::new();
     let scale = |v: &[f64]| v.iter().fold(1f64, |m, x| m.max(x.abs()));
-
-    let (x, ld_fwd) = match dirs.forward {
-        Cost::Unavailable => (None, None),
-        _ => {
-            let (x, ld) = lib(flow.from_base(u.clone(), ct.as_ref()))?;
-            (Some(lib(to_vec(x))?), Some(lib(to_vec(ld))?))
-        }
+    let values = |(y, ld): (diffeo::burn::tensor::Tensor<2>, diffeo::burn::tensor::Tensor<1>)| -> Result<(Vec<f64>, Vec<f64>)> {
+        Ok((lib(to_vec(y))?, lib(to_vec(ld))?))
     };
-    if let (Some(x), Some(ld_f)) = (&x, &ld_fwd) {
-        if x.iter().any(|v| !v.is_finite()) || ld_f.iter().any(|v| !v.is_finite()) {
+
+    // Samples x = T(u) and log|det J_T(u)|.
+    let forward = match dirs.forward {
+        Cost::Unavailable => None,
+        _ => Some(values(lib(flow.from_base(u.clone(), ct.as_ref()))?)?),
+    };
+    if let Some((x, ld_f)) = &forward {
+        if x.iter().chain(ld_f).any(|v| !v.is_finite()) {
             failures.push("non-finite samples or log-determinants".to_string());
         }
     }
-    if dirs.inverse != Cost::Unavailable {
-        if let (Some(x), Some(ld_f)) = (&x, &ld_fwd) {
-            let (u2, ld_i) = lib(flow.to_base(matrix(x.clone(), n, d, &device), ct.as_ref()))?;
-            let u2 = lib(to_vec(u2))?;
-            let ld_i = lib(to_vec(ld_i))?;
-            let rec = u2.iter().zip(&u_vals).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale(&u_vals);
-            let cons = ld_i.iter().zip(ld_f).map(|(a, b)| (a + b).abs()).fold(0.0, f64::max);
-            report.insert("max_reconstruction_error".into(), json!(rec));
-            report.insert("max_logdet_consistency_error".into(), json!(cons));
-            if rec.is_nan() || rec > 1e-6 {
-                failures.push(format!("inverse reconstruction error {rec:.3e} > 1e-6"));
-            }
-            if cons.is_nan() || cons > 1e-6 * scale(ld_f) {
-                failures.push(format!("forward/inverse log-det mismatch {cons:.3e}"));
-            }
+    // T⁻¹ at the samples (or, without a forward pass, at the base draws).
+    let inverse = match (dirs.inverse, &forward) {
+        (Cost::Unavailable, _) => None,
+        (_, Some((x, _))) => Some(values(lib(flow.to_base(matrix(x.clone(), n, d, &device), ct.as_ref()))?)?),
+        (_, None) => Some(values(lib(flow.to_base(u.clone(), ct.as_ref()))?)?),
+    };
+    if let (Some((_, ld_f)), Some((u2, ld_i))) = (&forward, &inverse) {
+        let rec = u2.iter().zip(&u_vals).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale(&u_vals);
+        let cons = ld_i.iter().zip(ld_f).map(|(a, b)| (a + b).abs()).fold(0.0, f64::max);
+        report.insert("max_reconstruction_error".into(), json!(rec));
+        report.insert("max_logdet_consistency_error".into(), json!(cons));
+        if rec.is_nan() || rec > 1e-6 {
+            failures.push(format!("inverse reconstruction error {rec:.3e} > 1e-6"));
+        }
+        if cons.is_nan() || cons > 1e-6 * scale(ld_f) {
+            failures.push(format!("forward/inverse log-det mismatch {cons:.3e}"));
         }
     }
-    // Brute-force log|det J| (full Jacobian by autodiff) of the density direction (or of sampling for flows without an inverse).
+    // The log-dets against log|det| of the full Jacobian by autodiff: the density direction where
+    // there is one, else the sampling direction.
     if d <= 64 {
-        let n_fd = n;
-        let (points, forward) = match (dirs.inverse, &x) {
-            (Cost::Unavailable, _) | (_, None) => (u_vals[..n_fd * d].to_vec(), true),
-            (_, Some(x)) => (x[..n_fd * d].to_vec(), false),
+        let (points, is_forward, ld) = match (&inverse, &forward) {
+            (Some((_, ld_i)), Some((x, _))) => (x.clone(), false, ld_i),
+            (Some((_, ld_i)), None) => (u_vals.clone(), false, ld_i),
+            (None, Some((_, ld_f))) => (u_vals.clone(), true, ld_f),
+            (None, None) => bail!("the model has neither direction"),
         };
         let ad = device.clone().autodiff();
         let flow_ad = flow.clone().without_dropout().train();
-        let cx_ad = context.as_ref().map(|v| matrix(v[..n_fd * c].to_vec(), n_fd, c, &ad));
+        let cx_ad = context.as_ref().map(|v| matrix(v.clone(), n, c, &ad));
         let map = |p: diffeo::burn::tensor::Tensor<2>| {
-            let r = if forward { flow_ad.from_base(p, cx_ad.as_ref()) } else { flow_ad.to_base(p, cx_ad.as_ref()) };
+            let r = if is_forward { flow_ad.from_base(p, cx_ad.as_ref()) } else { flow_ad.to_base(p, cx_ad.as_ref()) };
             r.map(|(y, _)| y).map_err(|e| e.to_string())
         };
-        let fd = diffeo::testing::autodiff_log_abs_det_jacobians(map, &points, d, &ad).map_err(|e| anyhow!(e))?;
-        let pt = matrix(points.clone(), n_fd, d, &device);
-        let cx = context.as_ref().map(|v| matrix(v[..n_fd * c].to_vec(), n_fd, c, &device));
-        let ld = if forward { lib(flow.from_base(pt, cx.as_ref()))?.1 } else { lib(flow.to_base(pt, cx.as_ref()))?.1 };
-        let ld = lib(to_vec(ld))?;
-        let err = ld.iter().zip(&fd).map(|(a, b)| (a - b).abs() / 1f64.max(b.abs())).fold(0.0, f64::max);
+        let exact = diffeo::testing::autodiff_log_abs_det_jacobians(map, &points, d, &ad).map_err(|e| anyhow!(e))?;
+        let err = ld.iter().zip(&exact).map(|(a, b)| (a - b).abs() / 1f64.max(b.abs())).fold(0.0, f64::max);
         report.insert("max_logdet_error".into(), json!(err));
-        report.insert("logdet_points".into(), json!(n_fd));
-        report.insert("logdet_direction".into(), json!(if forward { "forward" } else { "inverse" }));
+        report.insert("logdet_points".into(), json!(n));
+        report.insert("logdet_direction".into(), json!(if is_forward { "forward" } else { "inverse" }));
         if err.is_nan() || err > 1e-6 {
             failures.push(format!("log-det differs from log|det| of the autodiff Jacobian by {err:.3e} (relative) > 1e-6"));
         }

@@ -107,9 +107,14 @@ impl Table {
         Ok(())
     }
 
+    /// Indices of the rows whose values in `cols` are all finite.
+    pub fn finite_rows(&self, cols: &[usize]) -> Vec<usize> {
+        (0..self.rows()).filter(|&i| cols.iter().all(|&c| self.row(i)[c].is_finite())).collect()
+    }
+
     /// Rows whose values are all finite; returns the table and the number dropped.
     pub fn drop_nonfinite(&self) -> (Table, usize) {
-        let keep: Vec<usize> = (0..self.rows()).filter(|&i| self.row(i).iter().all(|v| v.is_finite())).collect();
+        let keep = self.finite_rows(&(0..self.cols).collect::<Vec<_>>());
         let dropped = self.rows() - keep.len();
         (self.take_rows(&keep), dropped)
     }

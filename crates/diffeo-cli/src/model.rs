@@ -148,29 +148,25 @@ pub fn inputs(table: &Table, meta: &ModelMeta, drop_nonfinite: bool, rng: &mut S
     }
     let mut all: Vec<usize> = meta.columns.clone();
     all.extend(&meta.context_columns);
-    let (table, dropped) = if drop_nonfinite {
-        let keep: Vec<usize> =
-            (0..table.rows()).filter(|&i| all.iter().all(|&c| table.row(i)[c].is_finite())).collect();
-        if keep.is_empty() {
-            bail!("{}: no rows left after dropping non-finite values", table.source);
-        }
-        (table.take_rows(&keep), table.rows() - keep.len())
+    let rows = if drop_nonfinite {
+        table.finite_rows(&all)
     } else {
         // Report the first non-finite value by its row and column in the file.
         table.select_finite_check(&all)?;
-        (table.clone(), 0)
+        (0..table.rows()).collect()
     };
-    let selected = table.select(&all);
-    let d = meta.columns.len();
-    let c = meta.context_columns.len();
-    let n = selected.rows();
+    if rows.is_empty() {
+        bail!("{}: no rows left after dropping non-finite values", table.source);
+    }
+    let (d, c, n) = (meta.columns.len(), meta.context_columns.len(), rows.len());
     let mut x = Vec::with_capacity(n * d);
     let mut ctx = Vec::with_capacity(n * c);
-    for i in 0..n {
-        let r = selected.row(i);
-        x.extend_from_slice(&r[..d]);
-        ctx.extend_from_slice(&r[d..]);
+    for &i in &rows {
+        let r = table.row(i);
+        x.extend(meta.columns.iter().map(|&j| r[j]));
+        ctx.extend(meta.context_columns.iter().map(|&j| r[j]));
     }
+    let dropped = table.rows() - n;
     if meta.dequantize {
         data::dequantize(&mut x, rng);
     }

@@ -16,6 +16,10 @@ use crate::model::{self, TrainingSummary};
 use crate::PlotArgs;
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+/// Colour of data (and of training curves).
+const DATA_COLOR: RGBColor = RGBColor(31, 119, 180);
+/// Colour of the model (and of validation curves).
+const MODEL_COLOR: RGBColor = RGBColor(214, 39, 40);
 
 fn fonts() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -170,7 +174,7 @@ pub fn plot(a: PlotArgs) -> Result<()> {
             Ok(())
         };
         if let Some(dx) = &data {
-            scatter(&areas[k], dx, "data", RGBColor(31, 119, 180))?;
+            scatter(&areas[k], dx, "data", DATA_COLOR)?;
             k += 1;
         }
         if let Some(p) = &density {
@@ -187,7 +191,7 @@ pub fn plot(a: PlotArgs) -> Result<()> {
                 .map_err(perr)?;
             k += 1;
         }
-        scatter(&areas[k], &samples, "model samples", RGBColor(214, 39, 40))?;
+        scatter(&areas[k], &samples, "model samples", MODEL_COLOR)?;
         Ok(())
     })
 }
@@ -195,8 +199,7 @@ pub fn plot(a: PlotArgs) -> Result<()> {
 /// Pairwise scatter (first 6 features) of samples over data; histograms on the diagonal.
 fn pairwise(out: &Path, samples: &[f64], data: Option<&[f64]>, d: usize, names: &[String], title: &str) -> Result<()> {
     let k = d.min(6);
-    let blue = RGBColor(31, 119, 180);
-    let red = RGBColor(214, 39, 40);
+    let (blue, red) = (DATA_COLOR, MODEL_COLOR);
     let ranges: Vec<(f64, f64)> =
         (0..k).map(|j| range(column(data.unwrap_or(samples), d, j).chain(column(samples, d, j)))).collect();
     render(out, (220 * k as u32 + 40, 220 * k as u32 + 70), |root| {
@@ -261,6 +264,28 @@ fn pairwise(out: &Path, samples: &[f64], data: Option<&[f64]>, d: usize, names: 
     })
 }
 
+/// A chart for curves over `[0, xmax]`, its vertical range fitted to `ys` with a 5% margin.
+fn curve_chart<'a, 'b>(
+    root: &'a Area<'b>,
+    title: &str,
+    xmax: f64,
+    ys: &[f64],
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<Chart<'a, 'b>> {
+    let (ylo, yhi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+    let pad = 0.05 * (yhi - ylo).max(1e-6);
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..xmax, (ylo - pad)..(yhi + pad))
+        .map_err(perr)?;
+    chart.configure_mesh().x_label_formatter(&|v| format!("{v:.0}")).x_desc(x_desc).y_desc(y_desc).draw().map_err(perr)?;
+    Ok(chart)
+}
+
 /// The training curve: minibatch loss (negative log-likelihood) and validation
 /// negative log-likelihood against steps.
 pub fn loss_curve(s: &TrainingSummary, out: &Path) -> Result<()> {
@@ -274,19 +299,9 @@ pub fn loss_curve(s: &TrainingSummary, out: &Path) -> Result<()> {
     // Skip the first 5% of the curve when choosing the vertical range: early losses dwarf the rest.
     let skip = train.len() / 20;
     let ys: Vec<f64> = train.iter().skip(skip).chain(val.iter().skip(skip)).map(|p| p.1).collect();
-    let (ylo, yhi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
-    let pad = 0.05 * (yhi - ylo).max(1e-6);
     render(out, (720, 440), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption("training curve", ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0.0..xmax, (ylo - pad)..(yhi + pad))
-            .map_err(perr)?;
-        chart.configure_mesh().x_label_formatter(&|v| format!("{v:.0}")).x_desc("step").y_desc("negative log-likelihood (nats)").draw().map_err(perr)?;
-        let blue = RGBColor(31, 119, 180);
-        let red = RGBColor(214, 39, 40);
+        let mut chart = curve_chart(root, "training curve", xmax, &ys, "step", "negative log-likelihood (nats)")?;
+        let (blue, red) = (DATA_COLOR, MODEL_COLOR);
         chart
             .draw_series(LineSeries::new(train.clone(), blue.stroke_width(2)))
             .map_err(perr)?
@@ -312,18 +327,10 @@ pub fn test_curve(points: &[(f64, usize, f64, f64)], out: &Path) -> Result<()> {
     let xmax = points.iter().map(|p| p.0).fold(1.0, f64::max);
     let skip = points.len() / 10;
     let ys: Vec<f64> = points.iter().skip(skip).flat_map(|p| [p.2 - 2.0 * p.3, p.2 + 2.0 * p.3]).collect();
-    let (ylo, yhi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
-    let pad = 0.05 * (yhi - ylo).max(1e-6);
     render(out, (720, 440), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption("test log-likelihood against wall-clock time", ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0.0..xmax, (ylo - pad)..(yhi + pad))
-            .map_err(perr)?;
-        chart.configure_mesh().x_label_formatter(&|v| format!("{v:.0}")).x_desc("seconds").y_desc("nats").draw().map_err(perr)?;
-        let blue = RGBColor(31, 119, 180);
+        let title = "test log-likelihood against wall-clock time";
+        let mut chart = curve_chart(root, title, xmax, &ys, "seconds", "nats")?;
+        let blue = DATA_COLOR;
         chart
             .draw_series(points.iter().map(|p| {
                 PathElement::new(vec![(p.0, p.2 - 2.0 * p.3), (p.0, p.2 + 2.0 * p.3)], blue.mix(0.4).stroke_width(1))

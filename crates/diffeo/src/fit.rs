@@ -462,14 +462,13 @@ pub fn fit_monitored(
             last_interval_loss = train_loss;
             interval_loss = 0.0;
             interval_count = 0;
-            let mut record = EvalRecord { step, train_loss, val_log_likelihood: None };
-            if let Some(val) = validation {
-                let candidate = inference_copy(&model);
-                let (ll, _) = mean_log_likelihood(&candidate, val)?;
-                let t0 = Instant::now();
-                monitor(step, start.elapsed().as_secs_f64() - paused, &candidate);
-                paused += t0.elapsed().as_secs_f64();
-                record.val_log_likelihood = Some(ll);
+            let candidate = inference_copy(&model);
+            let val_ll = validation.map(|val| mean_log_likelihood(&candidate, val)).transpose()?.map(|(ll, _)| ll);
+            let t0 = Instant::now();
+            monitor(step, start.elapsed().as_secs_f64() - paused, &candidate);
+            paused += t0.elapsed().as_secs_f64();
+            history.push(EvalRecord { step, train_loss, val_log_likelihood: val_ll });
+            if let Some(ll) = val_ll {
                 let improved = ll.is_finite() && best.as_ref().is_none_or(|(b, _, _)| ll > *b);
                 if improved {
                     best = Some((ll, step, candidate));
@@ -479,16 +478,10 @@ pub fn fit_monitored(
                 }
                 let best_ll = best.as_ref().map(|b| b.0).unwrap_or(f64::NAN);
                 observer(&FitEvent::Validation { step, log_likelihood: ll, best: best_ll });
-                history.push(record);
                 if config.patience.is_some_and(|p| since_best >= p) {
                     stopped_early = true;
                     break;
                 }
-            } else {
-                let t0 = Instant::now();
-                monitor(step, start.elapsed().as_secs_f64() - paused, &inference_copy(&model));
-                paused += t0.elapsed().as_secs_f64();
-                history.push(record);
             }
         }
         if out_of_time {
