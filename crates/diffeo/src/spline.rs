@@ -26,6 +26,8 @@ use burn::tensor::{Int, Tensor};
 
 use crate::tensor::{dims2, softplus};
 
+pub mod fused;
+
 /// Default number of bins (K = 8, as in zuko and the NSF paper's tabular models).
 pub const DEFAULT_BINS: usize = 8;
 /// Default tail bound B (data are standardized, so ±5 covers all but ~6e−7 of a Gaussian).
@@ -40,6 +42,42 @@ pub const MIN_DERIVATIVE: f64 = 1e-3;
 /// Parameters per feature: `3K − 1`.
 pub fn params_per_dim(bins: usize) -> usize {
     3 * bins - 1
+}
+
+/// Width, height and derivative logits `[N, D, K]`, `[N, D, K]`, `[N, D, K−1]` from the packed
+/// parameters `[N, (3K−1)·D]` (parameter `p` of feature `j` in column `p·D + j`).
+pub fn unpack(params: &Tensor<2>, bins: usize, d: usize) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
+    let n = params.dims()[0];
+    let block = |start: usize, count: usize| {
+        params.clone().narrow(1, start * d, count * d).reshape([n, count, d]).swap_dims(1, 2)
+    };
+    (block(0, bins), block(bins, bins), block(2 * bins, bins - 1))
+}
+
+/// Whether `DIFFEO_COMPOSED_SPLINES` is set (to anything but `0`): every spline then runs as
+/// composed tensor ops, the reference implementation, instead of the fused CPU kernel.
+pub fn composed_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("DIFFEO_COMPOSED_SPLINES").is_ok_and(|v| v != "0"))
+}
+
+/// The spline on packed parameters `[N, (3K−1)·D]`: `(output, log-det)`, both `[N, D]`.
+///
+/// On the CPU (Flex) backend this is one fused operation with a hand-written backward
+/// ([`fused`]); elsewhere, or with `DIFFEO_COMPOSED_SPLINES=1`, it is [`rational_quadratic`]
+/// composed from tensor ops. Both compute the same function and gradients.
+pub fn rational_quadratic_packed(
+    v: Tensor<2>,
+    params: &Tensor<2>,
+    bins: usize,
+    bound: f64,
+    inverse: bool,
+) -> (Tensor<2>, Tensor<2>) {
+    if fused::supported(&v.device()) && !composed_forced() {
+        return fused::rational_quadratic(v, params.clone(), bins, bound, inverse);
+    }
+    let (w, h, dv) = unpack(params, bins, dims2(&v).1);
+    rational_quadratic(v, w, h, dv, bound, inverse)
 }
 
 /// Knot positions `[N, D, K+1]` from `[N, D, K]` logits: `lo`, `lo + L·cumsum(sizes)`, `hi`

@@ -37,6 +37,20 @@ pub struct HarnessConfig {
     pub gradients: bool,
     /// Seed of the test points.
     pub seed: u64,
+    /// The Jacobian the log-dets are checked against.
+    pub jacobian: JacobianReference,
+}
+
+/// How the harness builds the brute-force Jacobian for the log-det check (for `D ≤ 6`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JacobianReference {
+    /// Central finite differences with step `fd_step`: independent of the layer's gradients, but
+    /// noisy where the map is very flat or bends sharply (spline knots).
+    #[default]
+    FiniteDifferences,
+    /// Automatic differentiation (`D` backward passes): exact to rounding, and relies on the
+    /// layer's gradients (checked separately for custom kernels).
+    Autodiff,
 }
 
 impl Default for HarnessConfig {
@@ -50,6 +64,7 @@ impl Default for HarnessConfig {
             fd_step: 1e-5,
             gradients: true,
             seed: 7,
+            jacobian: JacobianReference::FiniteDifferences,
         }
     }
 }
@@ -103,20 +118,35 @@ fn apply<B: Bijection>(b: &B, forward: bool, x: Tensor<2>, c: Option<&Tensor<2>>
     Ok((to_vec(y).map_err(|e| e.to_string())?, to_vec(ld).map_err(|e| e.to_string())?))
 }
 
-/// Finite-difference log|det J| of one direction at each of the `n` points.
+/// Brute-force log|det J| of one direction at each of the `n` points.
 #[allow(clippy::too_many_arguments)]
-fn fd_logdets<B: Bijection>(
+fn fd_logdets<B: Bijection + Module>(
     b: &B,
     forward: bool,
     x: &[f64],
     ctx: Option<&[f64]>,
     d: usize,
     c: usize,
-    h: f64,
+    cfg: &HarnessConfig,
     device: &Device,
 ) -> Result<Vec<f64>, String> {
-    let map = |x: Tensor<2>, c: Option<&Tensor<2>>| apply(b, forward, x, c).map(|r| r.0);
-    fd_log_abs_det_jacobians(map, x, ctx.map(|v| (v, c)), d, h, device)
+    match cfg.jacobian {
+        JacobianReference::FiniteDifferences => {
+            let map = |x: Tensor<2>, c: Option<&Tensor<2>>| apply(b, forward, x, c).map(|r| r.0);
+            fd_log_abs_det_jacobians(map, x, ctx.map(|v| (v, c)), d, cfg.fd_step, device)
+        }
+        JacobianReference::Autodiff => {
+            let ad = device.clone().autodiff();
+            let b_ad = if device.is_autodiff() { b.clone() } else { b.clone().train() };
+            let n = x.len() / d.max(1);
+            let ct = ctx.map(|v| matrix(v.to_vec(), n, c, &ad));
+            let map = |x: Tensor<2>| {
+                let r = if forward { b_ad.forward(x, ct.as_ref()) } else { b_ad.inverse(x, ct.as_ref()) };
+                r.map(|(y, _)| y).map_err(|e| e.to_string())
+            };
+            autodiff_log_abs_det_jacobians(map, x, d, &ad)
+        }
+    }
 }
 
 /// log|det J| of `map` at each row of `x` (`[n, d]` row-major) by central finite differences
@@ -248,7 +278,7 @@ pub fn check_bijection<B: Bijection + Module>(b: &B, device: &Device, cfg: &Harn
             return Err(format!("{}: forward produced non-finite values", b.name()));
         }
         if d <= 6 {
-            let fd = fd_logdets(b, true, &x, ctx.as_deref(), d, c, cfg.fd_step, device)?;
+            let fd = fd_logdets(b, true, &x, ctx.as_deref(), d, c, cfg, device)?;
             compare(&ldf, &fd, cfg.logdet_tol, &mut report.max_logdet_error, |a, e| {
                 format!("{}: forward log-det {a} but finite differences give {e}", b.name())
             })?;
@@ -272,7 +302,7 @@ pub fn check_bijection<B: Bijection + Module>(b: &B, device: &Device, cfg: &Harn
             return Err(format!("{}: inverse produced non-finite values", b.name()));
         }
         if d <= 6 {
-            let fd = fd_logdets(b, false, &y, ctx.as_deref(), d, c, cfg.fd_step, device)?;
+            let fd = fd_logdets(b, false, &y, ctx.as_deref(), d, c, cfg, device)?;
             compare(&ldi, &fd, cfg.logdet_tol, &mut report.max_logdet_error, |a, e| {
                 format!("{}: inverse log-det {a} but finite differences give {e}", b.name())
             })?;

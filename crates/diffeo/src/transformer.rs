@@ -41,17 +41,6 @@ fn block(params: &Tensor<2>, p: usize, d: usize) -> Tensor<2> {
     params.clone().narrow(1, p * d, d)
 }
 
-/// Blocks `[start, start + count)` as `[N, D, count]`.
-fn blocks3(params: &Tensor<2>, start: usize, count: usize, d: usize) -> Tensor<3> {
-    let n = params.dims()[0];
-    params.clone().narrow(1, start * d, count * d).reshape([n, count, d]).swap_dims(1, 2)
-}
-
-/// Width, height and derivative logits of a spline with `bins` bins.
-fn spline_params(params: &Tensor<2>, bins: usize, d: usize) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
-    (blocks3(params, 0, bins, d), blocks3(params, bins, bins, d), blocks3(params, 2 * bins, bins - 1, d))
-}
-
 impl Transformer {
     /// Number of parameters per dimension.
     pub fn params_per_dim(&self) -> usize {
@@ -113,8 +102,7 @@ impl Transformer {
                 (x.add(shift), ld)
             }
             Transformer::RationalQuadratic { bins, tail_bound } => {
-                let (w, h, dv) = spline_params(params, *bins, d);
-                spline::rational_quadratic(x, w, h, dv, *tail_bound, false)
+                spline::rational_quadratic_packed(x, params, *bins, *tail_bound, false)
             }
         }
     }
@@ -135,8 +123,7 @@ impl Transformer {
                 (y.sub(shift), ld)
             }
             Transformer::RationalQuadratic { bins, tail_bound } => {
-                let (w, h, dv) = spline_params(params, *bins, d);
-                spline::rational_quadratic(y, w, h, dv, *tail_bound, true)
+                spline::rational_quadratic_packed(y, params, *bins, *tail_bound, true)
             }
         }
     }

@@ -241,22 +241,31 @@ fn spline_round_trip_in_f32() {
     let x: Vec<f64> = r(n * d, 2.0).into_iter().map(|v| v.clamp(-bound, bound)).collect();
     let t3 = |v: Vec<f64>, kk: usize| Tensor::<3>::from_data(burn::tensor::TensorData::new(v, [n, d, kk]), &device);
     let (w, h, dv) = (r(n * d * k, 1.0), r(n * d * k, 1.0), r(n * d * (k - 1), 1.0));
-    let spline = |v: Tensor<2>, inverse: bool| {
-        diffeo::spline::rational_quadratic(v, t3(w.clone(), k), t3(h.clone(), k), t3(dv.clone(), k - 1), bound, inverse)
-    };
-    let (y, ld) = spline(matrix(x.clone(), n, d, &device), false);
-    let (back, ld_back) = spline(y, true);
-    let back = to_vec(back).unwrap();
-    let (ld, ld_back) = (to_vec(ld).unwrap(), to_vec(ld_back).unwrap());
-    // 1e-4 where the map is well conditioned (slope ≥ 0.01); where it is flat, an f32 rounding
-    // of y moves x by ε·|y|/slope, so the tolerance scales with 1/slope there.
-    for (((xi, bi), l), yi) in x.iter().zip(&back).zip(&ld).zip(0..) {
-        let slope = l.exp();
-        let tol = 1e-4 * (0.01 / slope).max(1.0);
-        assert!((xi - bi).abs() <= tol, "row {yi}: x {xi} → {bi} (slope {slope})");
+    // Both implementations: the composed reference and the fused kernel (packed parameters).
+    let packed = |v: Vec<f64>, kk: usize| t3(v, kk).swap_dims(1, 2).reshape([n, kk * d]);
+    let params = Tensor::cat(vec![packed(w.clone(), k), packed(h.clone(), k), packed(dv.clone(), k - 1)], 1);
+    for fused in [false, true] {
+        let spline = |v: Tensor<2>, inverse: bool| {
+            if fused {
+                diffeo::spline::fused::rational_quadratic(v, params.clone(), k, bound, inverse)
+            } else {
+                diffeo::spline::rational_quadratic(v, t3(w.clone(), k), t3(h.clone(), k), t3(dv.clone(), k - 1), bound, inverse)
+            }
+        };
+        let (y, ld) = spline(matrix(x.clone(), n, d, &device), false);
+        let (back, ld_back) = spline(y, true);
+        let back = to_vec(back).unwrap();
+        let (ld, ld_back) = (to_vec(ld).unwrap(), to_vec(ld_back).unwrap());
+        // 1e-4 where the map is well conditioned (slope ≥ 0.01); where it is flat, an f32 rounding
+        // of y moves x by ε·|y|/slope, so the tolerance scales with 1/slope there.
+        for (((xi, bi), l), yi) in x.iter().zip(&back).zip(&ld).zip(0..) {
+            let slope = l.exp();
+            let tol = 1e-4 * (0.01 / slope).max(1.0);
+            assert!((xi - bi).abs() <= tol, "row {yi}: x {xi} → {bi} (slope {slope})");
+        }
+        let well = ld.iter().zip(&ld_back).filter(|(a, _)| a.exp() >= 0.01);
+        assert!(well.into_iter().all(|(a, b)| (a + b).abs() < 1e-3));
     }
-    let well = ld.iter().zip(&ld_back).filter(|(a, _)| a.exp() >= 0.01);
-    assert!(well.into_iter().all(|(a, b)| (a + b).abs() < 1e-3));
 }
 
 #[test]

@@ -1,0 +1,462 @@
+//! The fused rational-quadratic spline for the CPU (Flex) backend.
+//!
+//! One pass per element computes the bin widths/heights (softmax with floors), the knots, the
+//! derivatives, a binary search for the bin and the spline (or its inverse) with its log-det; a
+//! second pass computes the vector-Jacobian product for the backward step. Both are registered as a
+//! burn backend extension (`Flex`, and `Autodiff` with a hand-written backward), so a spline layer
+//! costs two graph nodes instead of ~100. Arithmetic is in f64 whatever the tensor's dtype.
+//!
+//! The composed-op version ([`rational_quadratic`](super::rational_quadratic)) is the reference the
+//! tests compare against; it also runs on every other backend.
+//!
+//! Gradients follow the composed version's conventions: clamped quantities (ξ outside [0, 1], an
+//! output beyond ±B) pass no gradient, inputs outside `[−B, B]` are the identity with no parameter
+//! gradient, and the inverse is differentiated implicitly (`∂ξ/∂θ = −(∂y/∂θ)/(∂y/∂ξ)`), which is the
+//! derivative of the exact root.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, DispatchDevice, Flex};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::{MIN_BIN_HEIGHT, MIN_BIN_WIDTH, MIN_DERIVATIVE};
+
+/// The spline as one backend operation: `v` `[N, D]`, `params` `[N, (3K−1)·D]` (parameter-major:
+/// parameter `p` of feature `j` in column `p·D + j`) → `[N, 2D]`, the output then the log-det.
+#[backend_extension(Flex, Autodiff)]
+pub trait RqSplineBackend: Backend {
+    /// Forward (or, with `inverse`, inverse) spline and log-det, concatenated along columns.
+    fn rq_spline(
+        v: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        bins: usize,
+        bound: f64,
+        inverse: bool,
+    ) -> FloatTensor<Self>;
+}
+
+/// The backward kernel: gradients of `⟨grad, rq_spline(v, params)⟩` with respect to `v` and `params`.
+pub trait RqSplineGrad: Backend {
+    /// `(∂/∂v, ∂/∂params)` for the upstream gradient `grad` `[N, 2D]`.
+    fn rq_spline_grad(
+        v: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        bins: usize,
+        bound: f64,
+        inverse: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// Whether tensors on `device` can use the fused kernel.
+pub fn supported(device: &Device) -> bool {
+    matches!(device.as_dispatch().clone().inner(), DispatchDevice::Flex(_))
+}
+
+/// The fused spline on a supported device: `(output, log-det)`, both `[N, D]`.
+pub fn rational_quadratic(
+    v: Tensor<2>,
+    params: Tensor<2>,
+    bins: usize,
+    bound: f64,
+    inverse: bool,
+) -> (Tensor<2>, Tensor<2>) {
+    let d = v.dims()[1];
+    let out = <Dispatch as RqSplineBackend>::rq_spline(
+        v.into_dispatch(),
+        params.into_dispatch(),
+        bins,
+        bound,
+        inverse,
+    );
+    let out = Tensor::<2>::from_dispatch(out);
+    (out.clone().narrow(1, 0, d), out.narrow(1, d, d))
+}
+
+impl RqSplineBackend for Flex {
+    fn rq_spline(v: FlexTensor, params: FlexTensor, bins: usize, bound: f64, inverse: bool) -> FlexTensor {
+        let dtype = v.dtype();
+        let (n, d) = dims(&v);
+        let v = host(v);
+        let params = host(params);
+        let mut out = vec![0.0; n * 2 * d];
+        let kernel = Kernel::new(bins, bound, inverse, d);
+        kernel.run(&v, &params, None, &mut out, None);
+        device(out, [n, 2 * d], dtype)
+    }
+}
+
+impl RqSplineGrad for Flex {
+    fn rq_spline_grad(
+        v: FlexTensor,
+        params: FlexTensor,
+        grad: FlexTensor,
+        bins: usize,
+        bound: f64,
+        inverse: bool,
+    ) -> (FlexTensor, FlexTensor) {
+        let dtype = v.dtype();
+        let (n, d) = dims(&v);
+        let p = dims(&params).1;
+        let (v, params, grad) = (host(v), host(params), host(grad));
+        let mut out = vec![0.0; n * 2 * d];
+        let mut gv = vec![0.0; n * d];
+        let mut gp = vec![0.0; n * p];
+        let kernel = Kernel::new(bins, bound, inverse, d);
+        kernel.run(&v, &params, Some(&grad), &mut out, Some((&mut gv, &mut gp)));
+        (device(gv, [n, d], dtype), device(gp, [n, p], dtype))
+    }
+}
+
+impl<B: Backend + RqSplineBackend + RqSplineGrad, C: CheckpointStrategy> RqSplineBackend for Autodiff<B, C> {
+    fn rq_spline(
+        v: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        bins: usize,
+        bound: f64,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct RqSplineStep;
+
+        impl<B: Backend + RqSplineGrad> Backward<B, 2> for RqSplineStep {
+            type State = (FloatTensor<B>, FloatTensor<B>, usize, f64, bool);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_v, node_params] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (v, params, bins, bound, inverse) = ops.state;
+                let (gv, gp) = B::rq_spline_grad(v, params, grad, bins, bound, inverse);
+                if let Some(node) = node_v {
+                    grads.register::<B>(node.id, gv);
+                }
+                if let Some(node) = node_params {
+                    grads.register::<B>(node.id, gp);
+                }
+            }
+        }
+
+        let guards = [v.node(), params.node()];
+        let (v, params) = (v.into_primitive(), params.into_primitive());
+        let out = B::rq_spline(v.clone(), params.clone(), bins, bound, inverse);
+        match RqSplineStep.prepare::<C>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((v, params, bins, bound, inverse), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+}
+
+fn dims(t: &FlexTensor) -> (usize, usize) {
+    let shape = t.layout().shape();
+    (shape[0], shape[1])
+}
+
+/// Row-major host values as f64.
+fn host(t: FlexTensor) -> Vec<f64> {
+    let data = t.into_data();
+    match data.dtype() {
+        DType::F64 => data.try_into_vec::<f64>().unwrap_or_default(),
+        DType::F32 => data.as_slice::<f32>().map(|s| s.iter().map(|&x| x as f64).collect()).unwrap_or_default(),
+        _ => data.iter::<f64>().collect(),
+    }
+}
+
+fn device(values: Vec<f64>, shape: [usize; 2], dtype: DType) -> FlexTensor {
+    let data = match dtype {
+        DType::F64 => TensorData::new(values, shape),
+        DType::F32 => TensorData::new(values.into_iter().map(|x| x as f32).collect::<Vec<f32>>(), shape),
+        other => TensorData::new(values, shape).convert_dtype(other),
+    };
+    FlexTensor::from_data(data)
+}
+
+/// `ln(1 + eᶻ)`, stable.
+fn softplus(z: f64) -> f64 {
+    z.max(0.0) + (-z.abs()).exp().ln_1p()
+}
+
+fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Knots `[K+1]` from `K` logits: softmax, floor `min`, cumulative sum scaled to `[−B, B]`, ends
+/// pinned; the softmax probabilities go to `probs`.
+fn knots(logits: &[f64], min: f64, bound: f64, probs: &mut [f64], knots: &mut [f64]) {
+    let k = logits.len();
+    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(z));
+    let mut sum = 0.0;
+    for (p, &z) in probs.iter_mut().zip(logits) {
+        *p = (z - max).exp();
+        sum += *p;
+    }
+    let scale = 1.0 - min * k as f64;
+    knots[0] = -bound;
+    let mut cum = 0.0;
+    for i in 0..k {
+        probs[i] /= sum;
+        if i + 1 < k {
+            cum += min + scale * probs[i];
+            knots[i + 1] = cum * 2.0 * bound - bound;
+        }
+    }
+    knots[k] = bound;
+}
+
+/// Gradient of the knots `g_knots` (only the interior ones count) pushed back to the logits:
+/// `knot_j = −B + 2B·Σ_{i<j} (min + (1 − K·min)·softmax_i)`.
+fn knots_backward(g_knots: &[f64], probs: &[f64], min: f64, bound: f64, g_logits: &mut [f64]) {
+    let k = probs.len();
+    let scale = 2.0 * bound * (1.0 - min * k as f64);
+    // g_prob_i = scale · Σ_{j=i+1}^{K−1} g_knot_j (suffix sums), then the softmax backward.
+    let mut suffix = 0.0;
+    for i in (0..k).rev() {
+        if i + 1 < k {
+            suffix += g_knots[i + 1];
+        }
+        g_logits[i] = scale * suffix;
+    }
+    let dot: f64 = probs.iter().zip(g_logits.iter()).map(|(p, g)| p * g).sum();
+    for (g, p) in g_logits.iter_mut().zip(probs) {
+        *g = p * (*g - dot);
+    }
+}
+
+/// One spline shape for a whole batch, with scratch space for one element.
+struct Kernel {
+    bins: usize,
+    bound: f64,
+    inverse: bool,
+    dim: usize,
+    shift: f64,
+}
+
+struct Scratch {
+    theta: Vec<f64>,
+    g_theta: Vec<f64>,
+    pw: Vec<f64>,
+    ph: Vec<f64>,
+    xk: Vec<f64>,
+    yk: Vec<f64>,
+    gxk: Vec<f64>,
+    gyk: Vec<f64>,
+}
+
+impl Kernel {
+    fn new(bins: usize, bound: f64, inverse: bool, dim: usize) -> Self {
+        let shift = ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln();
+        Kernel { bins, bound, inverse, dim, shift }
+    }
+
+    fn scratch(&self) -> Scratch {
+        let k = self.bins;
+        Scratch {
+            theta: vec![0.0; 3 * k - 1],
+            g_theta: vec![0.0; 3 * k - 1],
+            pw: vec![0.0; k],
+            ph: vec![0.0; k],
+            xk: vec![0.0; k + 1],
+            yk: vec![0.0; k + 1],
+            gxk: vec![0.0; k + 1],
+            gyk: vec![0.0; k + 1],
+        }
+    }
+
+    /// Every element of the batch: outputs into `out` `[N, 2D]`; with `grad` `[N, 2D]`, also the
+    /// gradients with respect to the inputs `[N, D]` and the parameters `[N, (3K−1)·D]`. Blocks of
+    /// rows run in parallel.
+    fn run(
+        &self,
+        v: &[f64],
+        params: &[f64],
+        grad: Option<&[f64]>,
+        out: &mut [f64],
+        grads: Option<(&mut [f64], &mut [f64])>,
+    ) {
+        const ROWS: usize = 64;
+        let d = self.dim.max(1);
+        let p = 3 * self.bins - 1;
+        match grads {
+            None => out.par_chunks_mut(ROWS * 2 * d).enumerate().for_each(|(c, o)| {
+                self.rows(c * ROWS, v, params, grad, o, None);
+            }),
+            Some((gv, gp)) => out
+                .par_chunks_mut(ROWS * 2 * d)
+                .zip(gv.par_chunks_mut(ROWS * d))
+                .zip(gp.par_chunks_mut(ROWS * p * d))
+                .enumerate()
+                .for_each(|(c, ((o, gv), gp))| self.rows(c * ROWS, v, params, grad, o, Some((gv, gp)))),
+        }
+    }
+
+    /// Rows `first ..` of the batch, as many as `out` holds.
+    fn rows(
+        &self,
+        first: usize,
+        v: &[f64],
+        params: &[f64],
+        grad: Option<&[f64]>,
+        out: &mut [f64],
+        mut grads: Option<(&mut [f64], &mut [f64])>,
+    ) {
+        let d = self.dim;
+        let p = 3 * self.bins - 1;
+        let mut s = self.scratch();
+        for local in 0..out.len() / (2 * d) {
+            let row = first + local;
+            let prow = &params[row * p * d..(row + 1) * p * d];
+            for j in 0..d {
+                for (q, t) in s.theta.iter_mut().enumerate() {
+                    *t = prow[q * d + j];
+                }
+                let upstream = grad.map(|g| (g[row * 2 * d + j], g[row * 2 * d + d + j]));
+                let (o, ld, gv) = self.element(v[row * d + j], upstream, &mut s);
+                out[local * 2 * d + j] = o;
+                out[local * 2 * d + d + j] = ld;
+                if let Some((gvs, gps)) = grads.as_mut() {
+                    gvs[local * d + j] = gv;
+                    let gprow = &mut gps[local * p * d..(local + 1) * p * d];
+                    for (q, g) in s.g_theta.iter().enumerate() {
+                        gprow[q * d + j] = *g;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Derivative at knot `j` and its derivative with respect to its logit.
+    fn derivative(&self, theta: &[f64], j: usize) -> (f64, f64) {
+        let k = self.bins;
+        if j == 0 || j == k {
+            (1.0, 0.0)
+        } else {
+            let z = theta[2 * k + j - 1] + self.shift;
+            (MIN_DERIVATIVE + softplus(z), sigmoid(z))
+        }
+    }
+
+    /// One element: `(output, log-det, input gradient)`. With `upstream = Some((g_out, g_ld))`,
+    /// `s.g_theta` receives the parameter gradient (the input gradient is 0 without it).
+    fn element(&self, v: f64, upstream: Option<(f64, f64)>, s: &mut Scratch) -> (f64, f64, f64) {
+        let (k, bound) = (self.bins, self.bound);
+        if v <= -bound || v >= bound {
+            s.g_theta.fill(0.0);
+            return (v, 0.0, upstream.map_or(0.0, |(g, _)| g));
+        }
+        knots(&s.theta[..k], MIN_BIN_WIDTH, bound, &mut s.pw, &mut s.xk);
+        knots(&s.theta[k..2 * k], MIN_BIN_HEIGHT, bound, &mut s.ph, &mut s.yk);
+        let search = if self.inverse { &s.yk } else { &s.xk };
+        let idx = search[1..k].partition_point(|&z| z <= v);
+        let (x0, w) = (s.xk[idx], s.xk[idx + 1] - s.xk[idx]);
+        let (y0, h) = (s.yk[idx], s.yk[idx + 1] - s.yk[idx]);
+        let (d0, dd0) = self.derivative(&s.theta, idx);
+        let (d1, dd1) = self.derivative(&s.theta, idx + 1);
+        let sl = h / w;
+        let sd = d0 + d1 - 2.0 * sl;
+
+        let (xi_raw, out_raw) = if !self.inverse {
+            let xi_raw = (v - x0) / w;
+            let xi = xi_raw.clamp(0.0, 1.0);
+            let t = xi * (1.0 - xi);
+            let y = y0 + h * (sl * xi * xi + d0 * t) / (sl + sd * t);
+            (xi_raw, y)
+        } else {
+            let dy = v - y0;
+            let a = h * (sl - d0) + dy * sd;
+            let b = h * d0 - dy * sd;
+            let c = -sl * dy;
+            let disc = (b * b - 4.0 * a * c).max(0.0);
+            let root = (-b - disc.sqrt()).min(-1e-30);
+            let xi_raw = 2.0 * c / root;
+            (xi_raw, xi_raw.clamp(0.0, 1.0) * w + x0)
+        };
+        let xi = xi_raw.clamp(0.0, 1.0);
+        let out = out_raw.clamp(-bound, bound);
+        let t = xi * (1.0 - xi);
+        let den = sl + sd * t;
+        let q = d1 * xi * xi + 2.0 * sl * t + d0 * (1.0 - xi) * (1.0 - xi);
+        let ld_fwd = (sl * sl * q).ln() - 2.0 * den.ln();
+        let ld = if self.inverse { -ld_fwd } else { ld_fwd };
+
+        let Some((g_out, g_ld)) = upstream else {
+            return (out, ld, 0.0);
+        };
+        let g_out = if out_raw < -bound || out_raw > bound { 0.0 } else { g_out };
+        let xi_free = (0.0..=1.0).contains(&xi_raw);
+
+        // Partials of y = y0 + h·P/den and of the forward log-det at ξ.
+        let pp = sl * xi * xi + d0 * t;
+        let dt = 1.0 - 2.0 * xi;
+        let den2 = den * den;
+        let f_xi = h * ((2.0 * sl * xi + d0 * dt) * den - pp * sd * dt) / den2;
+        let f_sl = h * (xi * xi * den - pp * (1.0 - 2.0 * t)) / den2;
+        let f_d0 = h * t * (den - pp) / den2;
+        let f_d1 = -h * pp * t / den2;
+        let f_h = pp / den;
+        let q_xi = 2.0 * d1 * xi + 2.0 * sl * dt - 2.0 * d0 * (1.0 - xi);
+        let l_xi = q_xi / q - 2.0 * sd * dt / den;
+        let l_sl = 2.0 / sl + 2.0 * t / q - 2.0 * (1.0 - 2.0 * t) / den;
+        let l_d0 = (1.0 - xi) * (1.0 - xi) / q - 2.0 * t / den;
+        let l_d1 = xi * xi / q - 2.0 * t / den;
+
+        let (g_v, g_x0, mut g_w, g_y0, mut g_h, g_sl, g_d0, g_d1) = if !self.inverse {
+            let g_xi = if xi_free { g_out * f_xi + g_ld * l_xi } else { 0.0 };
+            // ξ = (v − x0)/w
+            (
+                g_xi / w,
+                -g_xi / w,
+                -g_xi * xi / w,
+                g_out,
+                g_out * f_h,
+                g_out * f_sl + g_ld * l_sl,
+                g_out * f_d0 + g_ld * l_d0,
+                g_out * f_d1 + g_ld * l_d1,
+            )
+        } else {
+            // x = ξ·w + x0, log-det = −ld_fwd(ξ, s, d0, d1), ξ the root of y(ξ; θ) = v.
+            let g_xi = if xi_free { g_out * w - g_ld * l_xi } else { 0.0 };
+            let r = g_xi / f_xi;
+            (
+                r,
+                g_out,
+                g_out * xi,
+                -r,
+                -r * f_h,
+                -g_ld * l_sl - r * f_sl,
+                -g_ld * l_d0 - r * f_d0,
+                -g_ld * l_d1 - r * f_d1,
+            )
+        };
+        // s = h/w
+        g_h += g_sl / w;
+        g_w -= g_sl * sl / w;
+
+        s.gxk.fill(0.0);
+        s.gyk.fill(0.0);
+        s.gxk[idx] += g_x0 - g_w;
+        s.gxk[idx + 1] += g_w;
+        s.gyk[idx] += g_y0 - g_h;
+        s.gyk[idx + 1] += g_h;
+        let (gw, rest) = s.g_theta.split_at_mut(k);
+        let (gh, gd) = rest.split_at_mut(k);
+        knots_backward(&s.gxk, &s.pw, MIN_BIN_WIDTH, bound, gw);
+        knots_backward(&s.gyk, &s.ph, MIN_BIN_HEIGHT, bound, gh);
+        gd.fill(0.0);
+        if idx >= 1 {
+            gd[idx - 1] += g_d0 * dd0;
+        }
+        if idx + 1 < k {
+            gd[idx] += g_d1 * dd1;
+        }
+        (out, ld, g_v)
+    }
+}
