@@ -3,7 +3,7 @@
 
 use diffeo::bijections::*;
 use diffeo::prelude::*;
-use diffeo::testing::{check_bijection, randomize_parameters, HarnessConfig};
+use diffeo::testing::{check_bijection, randomize_parameters, HarnessConfig, JacobianReference};
 use diffeo::transformer::Transformer;
 
 fn device() -> Device {
@@ -356,6 +356,43 @@ fn planar_forward_only() {
     let (y, x, ld) = (diffeo::tensor::to_vec(y).unwrap(), diffeo::tensor::to_vec(x).unwrap(), diffeo::tensor::to_vec(ld).unwrap());
     assert!(y.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-12), "{y:?} vs {x:?}");
     assert!(ld.iter().all(|v| v.abs() < 1e-12));
+}
+
+fn assert_identity<B: Bijection>(b: &B, dim: usize) {
+    let d = device();
+    let values: Vec<f64> = (0..2 * dim).map(|k| 0.7 * k as f64 - 1.3).collect();
+    let x = diffeo::tensor::matrix(values.clone(), 2, dim, &d);
+    let (y, ld) = b.forward(x, None).unwrap();
+    let (y, ld) = (diffeo::tensor::to_vec(y).unwrap(), diffeo::tensor::to_vec(ld).unwrap());
+    assert!(y.iter().zip(&values).all(|(a, b)| (a - b).abs() < 1e-12), "{}: {y:?} vs {values:?}", b.name());
+    assert!(ld.iter().all(|v| v.abs() < 1e-12), "{}: log-dets {ld:?}", b.name());
+}
+
+#[test]
+fn radial_and_sylvester_forward_only() {
+    let d = device();
+    for dim in [1, 2, 5] {
+        let mut layers = vec![vec![LayerConfig::Radial(RadialConfig { dim }); 2]];
+        let orth = SylvesterConfig { dim, hidden: dim.div_ceil(2), basis: SylvesterBasis::Orthogonal };
+        let hh = SylvesterConfig { dim, hidden: dim, basis: SylvesterBasis::Householder { reflections: dim.max(2) } };
+        layers.push(vec![LayerConfig::Sylvester(orth.clone()); 2]);
+        layers.push(vec![LayerConfig::Sylvester(hh.clone()); 2]);
+        for l in layers {
+            let c = chain(dim, l, 11 + dim as u64);
+            assert_eq!(c.directions().inverse, Cost::Unavailable);
+            check(&c, &HarnessConfig::default());
+            check(&c, &HarnessConfig { logdet_tol: 1e-10, jacobian: JacobianReference::Autodiff, ..HarnessConfig::default() });
+        }
+        // New layers are exactly the identity.
+        let mut rng = StdRng::seed_from_u64(dim as u64);
+        assert_identity(&RadialConfig { dim }.init_with(&mut rng, &d), dim);
+        assert_identity(&orth.init_with(&mut rng, &d), dim);
+        assert_identity(&hh.init_with(&mut rng, &d), dim);
+    }
+    // Björck orthogonalization: a trained-looking (non-orthogonal) basis still gives orthonormal
+    // columns, so the log-det formula stays exact (checked above against the Jacobian).
+    assert!(SylvesterConfig { dim: 3, hidden: 4, basis: SylvesterBasis::Orthogonal }.validate().is_err());
+    assert!(SylvesterConfig { dim: 3, hidden: 2, basis: SylvesterBasis::Householder { reflections: 2 } }.validate().is_err());
 }
 
 #[test]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     BatchNorm, BatchNormConfig, Bijection, Coupling, CouplingConfig, Directions, Elementwise, ElementwiseAffine,
     ElementwiseKind, Householder, HouseholderConfig, LuLinear, LuLinearConfig, Mapped, MaskedAutoregressive, MaskedAutoregressiveConfig, NormMode, Permutation, Planar,
-    PlanarConfig,
+    PlanarConfig, Radial, RadialConfig, Sylvester, SylvesterConfig,
 };
 use crate::error::{FlowError, Result};
 
@@ -82,6 +82,10 @@ pub enum LayerConfig {
     BatchNorm(BatchNormConfig),
     /// Planar residual layer (no inverse).
     Planar(PlanarConfig),
+    /// Radial residual layer (no inverse).
+    Radial(RadialConfig),
+    /// Sylvester residual layer (no inverse).
+    Sylvester(SylvesterConfig),
     /// LU-decomposed invertible linear map.
     LuLinear(LuLinearConfig),
     /// Product of Householder reflections.
@@ -103,6 +107,8 @@ impl LayerConfig {
             LayerConfig::Permutation { perm } => perm.len(),
             LayerConfig::BatchNorm(c) => c.dim,
             LayerConfig::Planar(c) => c.dim,
+            LayerConfig::Radial(c) => c.dim,
+            LayerConfig::Sylvester(c) => c.dim,
             LayerConfig::LuLinear(c) => c.dim,
             LayerConfig::Householder(c) => c.dim,
             LayerConfig::Invert { layer } => layer.dim(),
@@ -162,6 +168,8 @@ impl LayerConfig {
                 Err(FlowError::InvalidConfig("batch norm needs D ≥ 1, ε > 0 and momentum in [0, 1]".into()))
             }
             LayerConfig::Planar(c) if c.dim == 0 => Err(FlowError::InvalidConfig("layer with 0 features".into())),
+            LayerConfig::Radial(c) if c.dim == 0 => Err(FlowError::InvalidConfig("layer with 0 features".into())),
+            LayerConfig::Sylvester(c) => c.validate(),
             LayerConfig::LuLinear(c) => c.validate(),
             LayerConfig::Householder(c) => c.validate(),
             LayerConfig::Invert { layer } => layer.validate(),
@@ -178,6 +186,8 @@ impl LayerConfig {
             LayerConfig::Permutation { perm } => Layer::Permutation(Permutation::new(perm.clone(), device)),
             LayerConfig::BatchNorm(c) => Layer::BatchNorm(c.init(device)),
             LayerConfig::Planar(c) => Layer::Planar(c.init_with(rng, device)),
+            LayerConfig::Radial(c) => Layer::Radial(c.init_with(rng, device)),
+            LayerConfig::Sylvester(c) => Layer::Sylvester(c.init_with(rng, device)),
             LayerConfig::LuLinear(c) => Layer::LuLinear(c.init(device)),
             LayerConfig::Householder(c) => Layer::Householder(c.init_with(rng, device)),
             LayerConfig::Invert { layer } => return layer.build(rng, device, !inverted),
@@ -204,6 +214,10 @@ pub enum Layer {
     BatchNorm(BatchNorm),
     /// See [`Planar`].
     Planar(Planar),
+    /// See [`Radial`].
+    Radial(Radial),
+    /// See [`Sylvester`].
+    Sylvester(Sylvester),
     /// See [`LuLinear`].
     LuLinear(LuLinear),
     /// See [`Householder`].
@@ -220,6 +234,8 @@ macro_rules! dispatch {
             Layer::Permutation($l) => $e,
             Layer::BatchNorm($l) => $e,
             Layer::Planar($l) => $e,
+            Layer::Radial($l) => $e,
+            Layer::Sylvester($l) => $e,
             Layer::LuLinear($l) => $e,
             Layer::Householder($l) => $e,
         }

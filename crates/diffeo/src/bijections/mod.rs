@@ -27,7 +27,7 @@ pub use coupling::{Coupling, CouplingConfig};
 pub use elementwise::{Elementwise, ElementwiseAffine, ElementwiseKind};
 pub use linear::{Householder, HouseholderConfig, LuLinear, LuLinearConfig};
 pub use permutation::Permutation;
-pub use residual::{Planar, PlanarConfig};
+pub use residual::{Planar, PlanarConfig, Radial, RadialConfig, Sylvester, SylvesterBasis, SylvesterConfig};
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
