@@ -269,7 +269,7 @@ pub struct FitReport {
     pub seconds: f64,
 }
 
-struct ParamIds(Vec<(ParamId, usize)>);
+pub(crate) struct ParamIds(pub(crate) Vec<(ParamId, usize)>);
 
 impl ModuleVisitor for ParamIds {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -277,7 +277,7 @@ impl ModuleVisitor for ParamIds {
     }
 }
 
-fn clip_global_norm(grads: &mut GradientsParams, ids: &[(ParamId, usize)], max_norm: f64) -> Result<()> {
+pub(crate) fn clip_global_norm(grads: &mut GradientsParams, ids: &[(ParamId, usize)], max_norm: f64) -> Result<()> {
     let mut total: Option<Tensor<1>> = None;
     let mut add = |t: Tensor<1>| {
         total = Some(match total.take() {
@@ -355,7 +355,7 @@ pub fn log_likelihoods(flow: &Flow, data: &Dataset) -> Result<Vec<f64>> {
     Ok(out)
 }
 
-fn inference_copy(model: &Flow) -> Flow {
+pub(crate) fn inference_copy(model: &Flow) -> Flow {
     let mut v = model.valid();
     v.set_norm_mode(NormMode::Evaluation);
     v

@@ -36,6 +36,7 @@ pub mod spline;
 pub mod tensor;
 pub mod testing;
 pub mod transformer;
+pub mod vi;
 
 pub use burn;
 pub use error::{FlowError, Result};
