@@ -25,7 +25,7 @@ fn lib<T>(r: diffeo::Result<T>) -> Result<T> {
     r.map_err(|e| anyhow!("{e}"))
 }
 
-fn model_output(path: &Path) -> Result<()> {
+pub(crate) fn model_output(path: &Path) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),

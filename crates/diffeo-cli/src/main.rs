@@ -6,6 +6,7 @@ mod commands;
 mod data;
 mod model;
 mod plot;
+mod vi;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Fit a flow to data by maximum likelihood and save it.
     Fit(Box<FitArgs>),
+    /// Fit a flow to a target density by variational inference (reverse KL) and save it.
+    Vi(Box<vi::ViArgs>),
     /// Mean log-likelihood (± standard error) of a model on data.
     Eval(EvalArgs),
     /// Per-row log density of data under a model.
@@ -100,7 +103,7 @@ pub enum ScheduleArg {
     Cosine,
 }
 
-fn positive_f64(s: &str) -> Result<f64, String> {
+pub(crate) fn positive_f64(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!("{s:?} is not a positive number")),
@@ -125,7 +128,7 @@ fn logit_alpha(s: &str) -> Result<f64, String> {
 #[derive(Clone, Debug)]
 pub struct Widths(pub Vec<usize>);
 
-fn widths(s: &str) -> Result<Widths, String> {
+pub(crate) fn widths(s: &str) -> Result<Widths, String> {
     let w: Result<Vec<usize>, _> = s.split(',').map(|p| p.trim().parse::<usize>()).collect();
     match w {
         Ok(w) if !w.is_empty() && w.iter().all(|&v| v > 0) => Ok(Widths(w)),
@@ -364,6 +367,7 @@ impl std::error::Error for Failed {}
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Fit(a) => commands::fit(*a),
+        Command::Vi(a) => vi::vi(*a),
         Command::Eval(a) => commands::eval(a),
         Command::LogProb(a) => commands::log_prob(a),
         Command::Sample(a) => commands::sample(a),

@@ -16,6 +16,17 @@ use crate::data::{self, Split, Table};
 pub const META_KEY: &str = "cli";
 /// Key of the training summary.
 pub const REPORT_KEY: &str = "training";
+/// Key of the variational-inference record (target and diagnostics) of a `diffeo vi` model.
+pub const VI_KEY: &str = "vi";
+
+/// What `diffeo vi` stores with its model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ViRecord {
+    /// The target the flow approximates.
+    pub target: diffeo::vi::StandardTarget,
+    /// Diagnostics at the end of the fit.
+    pub diagnostics: diffeo::vi::ViDiagnostics,
+}
 
 /// How data files map onto the model's inputs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -70,6 +81,7 @@ pub struct Model {
     pub flow: Flow,
     pub meta: ModelMeta,
     pub summary: Option<TrainingSummary>,
+    pub vi: Option<ViRecord>,
 }
 
 /// Loads a model; every failure is a one-line error naming the file.
@@ -99,14 +111,23 @@ pub fn load(path: &Path, device: &Device) -> Result<Model> {
         }
     };
     let summary = loaded.extra.get(REPORT_KEY).and_then(|s| serde_json::from_str(s).ok());
-    Ok(Model { flow: loaded.flow, meta, summary })
+    let vi = loaded.extra.get(VI_KEY).and_then(|s| serde_json::from_str(s).ok());
+    Ok(Model { flow: loaded.flow, meta, summary, vi })
 }
 
 /// Saves a model atomically with its metadata.
 pub fn save(path: &Path, flow: &Flow, meta: &ModelMeta, summary: &TrainingSummary) -> Result<()> {
+    save_with(path, flow, meta, summary, None)
+}
+
+/// [`save`], with the record of a variational fit.
+pub fn save_with(path: &Path, flow: &Flow, meta: &ModelMeta, summary: &TrainingSummary, vi: Option<&ViRecord>) -> Result<()> {
     let mut extra = BTreeMap::new();
     extra.insert(META_KEY.to_string(), serde_json::to_string(meta)?);
     extra.insert(REPORT_KEY.to_string(), serde_json::to_string(summary)?);
+    if let Some(v) = vi {
+        extra.insert(VI_KEY.to_string(), serde_json::to_string(v)?);
+    }
     diffeo::io::save(flow, path, &extra).map_err(|e| anyhow!("cannot save {}: {e}", path.display()))
 }
 

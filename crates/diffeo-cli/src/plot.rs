@@ -142,26 +142,41 @@ pub fn plot(a: PlotArgs) -> Result<()> {
         return pairwise(&a.out, &samples, data.as_deref(), d, &names, &title);
     }
 
-    // 2-D: heat map of the density on a grid, beside data and samples.
+    // 2-D: heat maps of the densities on a grid (the target's, for a variational model), beside
+    // data and samples.
+    let energy = m.vi.as_ref().is_some_and(|v| {
+        use diffeo::vi::StandardTarget::*;
+        matches!(v.target, U1 | U2 | U3 | U4)
+    });
     let reference = data.as_deref().unwrap_or(&samples);
-    let (x0, x1) = range(column(reference, 2, 0));
-    let (y0, y1) = range(column(reference, 2, 1));
+    let ((x0, x1), (y0, y1)) = if energy {
+        ((-diffeo::vi::ENERGY_BOX, diffeo::vi::ENERGY_BOX), (-diffeo::vi::ENERGY_BOX, diffeo::vi::ENERGY_BOX))
+    } else {
+        (range(column(reference, 2, 0)), range(column(reference, 2, 1)))
+    };
     let grid = 160usize;
-    let density = if m.flow.directions().inverse != Cost::Unavailable {
-        let mut pts = Vec::with_capacity(grid * grid * 2);
-        for i in 0..grid {
-            for j in 0..grid {
-                pts.push(x0 + (x1 - x0) * (j as f64 + 0.5) / grid as f64);
-                pts.push(y0 + (y1 - y0) * (i as f64 + 0.5) / grid as f64);
-            }
+    let mut pts = Vec::with_capacity(grid * grid * 2);
+    for i in 0..grid {
+        for j in 0..grid {
+            pts.push(x0 + (x1 - x0) * (j as f64 + 0.5) / grid as f64);
+            pts.push(y0 + (y1 - y0) * (i as f64 + 0.5) / grid as f64);
         }
+    }
+    let target_density = match &m.vi {
+        Some(v) => {
+            let lp = diffeo::vi::log_density_at(&v.target, &pts, &device).map_err(|e| anyhow!("{e}"))?;
+            Some(lp.into_iter().map(f64::exp).collect::<Vec<f64>>())
+        }
+        None => None,
+    };
+    let density = if m.flow.directions().inverse != Cost::Unavailable {
         let c = ctx.as_ref().map(|c| diffeo::tensor::repeat_rows(c, grid * grid));
         let lp = m.flow.log_prob(matrix(pts, grid * grid, 2, &device), c.as_ref()).map_err(|e| anyhow!("{e}"))?;
         Some(to_vec(lp).map_err(|e| anyhow!("{e}"))?.into_iter().map(f64::exp).collect::<Vec<f64>>())
     } else {
         None
     };
-    let panels = 1 + usize::from(data.is_some()) + usize::from(density.is_some());
+    let panels = 1 + usize::from(data.is_some()) + usize::from(density.is_some()) + usize::from(target_density.is_some());
     render(&a.out, (420 * panels as u32, 460), |root| {
         let (top, body) = root.split_vertically(36);
         top.titled(&title, ("sans-serif", 20)).map_err(perr)?;
@@ -173,13 +188,9 @@ pub fn plot(a: PlotArgs) -> Result<()> {
             panel(area, label, xr, yr, &names)?.draw_series(shown).map_err(perr)?;
             Ok(())
         };
-        if let Some(dx) = &data {
-            scatter(&areas[k], dx, "data", DATA_COLOR)?;
-            k += 1;
-        }
-        if let Some(p) = &density {
+        let heat = |area: &Area, p: &[f64], label: &str| -> Result<()> {
             let max = p.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-300);
-            let mut chart = panel(&areas[k], "model density", xr, yr, &names)?;
+            let mut chart = panel(area, label, xr, yr, &names)?;
             let (dx, dy) = ((x1 - x0) / grid as f64, (y1 - y0) / grid as f64);
             chart
                 .draw_series((0..grid * grid).map(|q| {
@@ -189,6 +200,18 @@ pub fn plot(a: PlotArgs) -> Result<()> {
                     Rectangle::new([(cx, cy), (cx + dx, cy + dy)], viridis(v).filled())
                 }))
                 .map_err(perr)?;
+            Ok(())
+        };
+        if let Some(dx) = &data {
+            scatter(&areas[k], dx, "data", DATA_COLOR)?;
+            k += 1;
+        }
+        if let Some(p) = &target_density {
+            heat(&areas[k], p, "target density")?;
+            k += 1;
+        }
+        if let Some(p) = &density {
+            heat(&areas[k], p, "model density")?;
             k += 1;
         }
         scatter(&areas[k], &samples, "model samples", MODEL_COLOR)?;

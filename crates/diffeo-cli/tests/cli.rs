@@ -365,3 +365,40 @@ fn help_version_and_datasets() {
     }
     bad(&["frobnicate"], "frobnicate");
 }
+
+#[test]
+fn vi_fits_targets_reports_diagnostics_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    for (target, flow) in [("u1", "nsf-coupling"), ("u3", "planar"), ("rosenbrock", "iaf"), ("banana", "radial"), ("u4", "sylvester-householder")] {
+        let model = p(dir.path(), &format!("{target}-{flow}.dfo"));
+        let v = json(&ok(&["vi", "--target", target, "--flow", flow, "--steps", "60", "--samples", "2000", "--json", "--out", &model]));
+        for key in ["elbo", "log_z", "log_z_stderr", "ess_fraction", "khat", "kl"] {
+            assert!(v[key].is_number(), "{target}/{flow}: {key} missing in {v}");
+        }
+        assert!(v["kl"].as_f64().unwrap() > -0.05, "KL(q‖p) ≥ 0 up to noise: {v}");
+        // The model samples, and for a box target every sample lies in the box.
+        let samples = p(dir.path(), "s.csv");
+        ok(&["sample", "--model", &model, "-n", "500", "--out", &samples]);
+        if target.starts_with('u') && target != "u1" {
+            let text = std::fs::read_to_string(&samples).unwrap();
+            let inside = text.lines().flat_map(|l| l.split(',')).filter_map(|x| x.parse::<f64>().ok()).all(|x| x.abs() <= 4.0);
+            assert!(inside, "{target}: samples outside the box");
+        }
+        let fig = p(dir.path(), &format!("{target}.png"));
+        ok(&["plot", "--model", &model, "--out", &fig, "-n", "500"]);
+        assert!(std::fs::metadata(&fig).unwrap().len() > 1000);
+    }
+    // The funnel in 10-D with an affine flow: pairwise figure.
+    let funnel = p(dir.path(), "funnel.dfo");
+    let v = json(&ok(&["vi", "--target", "funnel", "--flow", "iaf", "--steps", "40", "--samples", "1000", "--stl", "--json", "--out", &funnel]));
+    assert_eq!(v["dim"], 10);
+    ok(&["plot", "--model", &funnel, "--out", &p(dir.path(), "funnel.png"), "-n", "300"]);
+    // Bad input: one line, exit 2, nothing written.
+    let out = p(dir.path(), "bad.dfo");
+    bad(&["vi", "--target", "u9", "--out", &out], "u9");
+    bad(&["vi", "--target", "u1", "--dim", "5", "--out", &out], "funnel");
+    bad(&["vi", "--target", "u1", "--flow", "planar", "--stl", "--out", &out], "inverse");
+    bad(&["vi", "--target", "u1", "--steps", "0", "--out", &out], "steps");
+    bad(&["vi", "--target", "u1", "--out", &p(dir.path(), "missing/m.dfo")], "does not exist");
+    assert!(!Path::new(&out).exists());
+}

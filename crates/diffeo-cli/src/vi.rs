@@ -1,0 +1,268 @@
+//! `diffeo vi`: fit a flow to a built-in target density by variational inference.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use diffeo::bijections::{ElementwiseKind, LayerConfig, PlanarConfig, RadialConfig, SylvesterBasis, SylvesterConfig};
+use diffeo::fit::Schedule;
+use diffeo::flow::{iaf, nsf_coupling, realnvp, FlowConfig};
+use diffeo::transformer::Transformer;
+use diffeo::vi::{diagnostics, fit_reverse_kl, ReverseKlConfig, StandardTarget, Target};
+use serde_json::json;
+
+use crate::commands::model_output;
+use crate::model::{self, ModelMeta, TrainingSummary, ViRecord};
+use crate::{positive_f64, widths, Failed, ScheduleArg, Widths};
+
+/// Flows for variational inference (all sample in one pass).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViFamily {
+    /// Planar residual layers (default K = 32).
+    Planar,
+    /// Radial residual layers (default K = 32).
+    Radial,
+    /// Orthogonal Sylvester layers (Björck-orthogonalized basis, M = D; default K = 8).
+    Sylvester,
+    /// Householder Sylvester layers (M = D, D reflections; default K = 8).
+    SylvesterHouseholder,
+    /// Inverse autoregressive flow, affine (default K = 5).
+    Iaf,
+    /// RealNVP affine coupling (default K = 6).
+    Realnvp,
+    /// Rational-quadratic spline coupling with LU layers (default K = 4).
+    NsfCoupling,
+}
+
+impl ViFamily {
+    fn name(self) -> &'static str {
+        match self {
+            ViFamily::Planar => "planar",
+            ViFamily::Radial => "radial",
+            ViFamily::Sylvester => "sylvester",
+            ViFamily::SylvesterHouseholder => "sylvester-householder",
+            ViFamily::Iaf => "iaf",
+            ViFamily::Realnvp => "realnvp",
+            ViFamily::NsfCoupling => "nsf-coupling",
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ViArgs {
+    /// Target: u1, u2, u3, u4 (Rezende & Mohamed; u2–u4 on the box [−4, 4]²), funnel (Neal,
+    /// d = 10), banana (b = 0.03), banana-strong (b = 0.1), rosenbrock.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(StandardTarget::NAMES))]
+    pub target: String,
+    /// Dimension of the funnel.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=1000))]
+    pub dim: Option<u64>,
+    /// Flow family.
+    #[arg(long, value_enum, default_value = "nsf-coupling")]
+    pub flow: ViFamily,
+    /// Number of layers K.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub transforms: Option<u64>,
+    /// Hidden widths of each conditioner network (iaf, realnvp, nsf-coupling).
+    #[arg(long, value_parser = widths, default_value = "64,64")]
+    pub hidden: Widths,
+    /// Spline bins (nsf-coupling).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=256), default_value = "8")]
+    pub bins: u64,
+    /// Spline tail bound B (nsf-coupling).
+    #[arg(long, value_parser = positive_f64, default_value = "5")]
+    pub tail_bound: f64,
+    /// Optimisation steps.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "3000")]
+    pub steps: u64,
+    /// Monte-Carlo samples per step.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000), default_value = "256")]
+    pub batch: u64,
+    /// Adam learning rate.
+    #[arg(long, value_parser = positive_f64, default_value = "0.002")]
+    pub lr: f64,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: ScheduleArg,
+    /// Sticking-the-landing gradients (needs a flow with an inverse: iaf, realnvp, nsf-coupling).
+    #[arg(long)]
+    pub stl: bool,
+    /// Anneal the target as p̃^β, β from 0.01 to 1 over this many steps.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub anneal: Option<u64>,
+    /// Clip the global gradient norm.
+    #[arg(long, value_parser = positive_f64)]
+    pub clip_grad: Option<f64>,
+    /// Samples for the final diagnostics.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=10_000_000), default_value = "20000")]
+    pub samples: u64,
+    /// Seed for weights and Monte-Carlo draws.
+    #[arg(long, default_value = "0")]
+    pub seed: u64,
+    /// Print one JSON object (elbo, log_z, log_z_stderr, ess_fraction, khat, kl, …).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Where to save the model (written atomically).
+    #[arg(long, value_name = "MODEL")]
+    pub out: PathBuf,
+}
+
+fn target(a: &ViArgs) -> Result<StandardTarget> {
+    let mut t = StandardTarget::from_name(&a.target).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match (&mut t, a.dim) {
+        (StandardTarget::Funnel { dim }, Some(d)) => *dim = d as usize,
+        (_, Some(_)) => bail!("--dim applies to the funnel only"),
+        _ => {}
+    }
+    t.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(t)
+}
+
+/// The flow for `target`: the family's layers, then a map onto the target's box if it has one.
+fn architecture(a: &ViArgs, t: &StandardTarget) -> Result<FlowConfig> {
+    let d = t.dim();
+    let k = a.transforms.map(|k| k as usize);
+    let mut config = match a.flow {
+        ViFamily::Planar => FlowConfig::new(d, vec![LayerConfig::Planar(PlanarConfig { dim: d }); k.unwrap_or(32)]),
+        ViFamily::Radial => FlowConfig::new(d, vec![LayerConfig::Radial(RadialConfig { dim: d }); k.unwrap_or(32)]),
+        ViFamily::Sylvester | ViFamily::SylvesterHouseholder => {
+            let basis = if a.flow == ViFamily::Sylvester {
+                SylvesterBasis::Orthogonal
+            } else {
+                SylvesterBasis::Householder { reflections: d }
+            };
+            let layer = LayerConfig::Sylvester(SylvesterConfig { dim: d, hidden: d, basis });
+            FlowConfig::new(d, vec![layer; k.unwrap_or(8)])
+        }
+        ViFamily::Iaf => iaf(d, k.unwrap_or(5), a.hidden.0.clone()).flow_config(),
+        ViFamily::Realnvp => realnvp(d, k.unwrap_or(6), a.hidden.0.clone()).flow_config(),
+        ViFamily::NsfCoupling => nsf_coupling(d, k.unwrap_or(4), a.hidden.0.clone())
+            .with_transformer(Transformer::RationalQuadratic { bins: a.bins as usize, tail_bound: a.tail_bound })
+            .flow_config(),
+    }
+    .with_seed(a.seed);
+    // A learnable scale and shift on the base: targets far from N(0, I) start closer.
+    config.layers.insert(0, LayerConfig::ElementwiseAffine { dim: d });
+    if let Some((lo, hi)) = t.support() {
+        config.layers.push(LayerConfig::Elementwise { dim: d, kind: ElementwiseKind::Box { low: vec![lo; d], high: vec![hi; d] } });
+    }
+    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(config)
+}
+
+pub fn vi(a: ViArgs) -> Result<()> {
+    model_output(&a.out)?;
+    let t = target(&a)?;
+    let config = architecture(&a, &t)?;
+    let device = diffeo::cpu();
+    let flow = config.init(&device);
+    let cfg = ReverseKlConfig::new()
+        .with_steps(a.steps as usize)
+        .with_batch_size(a.batch as usize)
+        .with_learning_rate(a.lr)
+        .with_schedule(match a.schedule {
+            ScheduleArg::Constant => Schedule::Constant,
+            ScheduleArg::Cosine => Schedule::Cosine,
+        })
+        .with_sticking_the_landing(a.stl)
+        .with_annealing_steps(a.anneal.unwrap_or(0) as usize)
+        .with_grad_clip_norm(a.clip_grad)
+        .with_eval_every((a.steps as usize / 100).clamp(1, 500))
+        .with_seed(a.seed);
+    let bar = (!a.quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(a.steps);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise}, ETA {eta}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let quiet = a.quiet;
+    let report_every = (a.steps as usize / 10).max(1);
+    let mut observer = |p: &diffeo::vi::ReverseKlProgress| {
+        if let Some(b) = &bar {
+            b.set_position(p.step as u64);
+            b.set_message(format!("ELBO {:.4}  β {:.2}", p.elbo, p.beta));
+        } else if !quiet && (p.step % report_every < (a.steps as usize / 100).clamp(1, 500) || p.step == p.total) {
+            eprintln!("step {}  ELBO {:.4}  β {:.2}", p.step, p.elbo, p.beta);
+        }
+    };
+    let fitted = fit_reverse_kl(flow, &t, &cfg, &mut observer);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let (flow, report) = match fitted {
+        Ok(r) => r,
+        Err(e @ diffeo::FlowError::NonFiniteLoss { .. }) => {
+            return Err(Failed(format!("training failed, no model written: {e}")).into())
+        }
+        Err(e) => bail!("{e}"),
+    };
+    let diag = diagnostics(&flow, &t, a.samples as usize, a.seed.wrapping_add(1)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let d = t.dim();
+    let meta = ModelMeta {
+        family: format!("{} (vi)", a.flow.name()),
+        data_source: format!("target:{}", a.target),
+        input_columns: d,
+        columns: (0..d).collect(),
+        context_columns: vec![],
+        column_names: None,
+        dequantize: false,
+        images: false,
+        logit_alpha: None,
+        standardized: false,
+    };
+    let summary = TrainingSummary {
+        steps_total: report.steps,
+        runs: 1,
+        seconds_total: report.seconds,
+        best_step: report.steps,
+        final_train_loss: -report.history.last().map_or(f64::NAN, |h| h.1),
+        history: report.history.iter().map(|(s, elbo)| (*s, -elbo, None)).collect(),
+        ..TrainingSummary::default()
+    };
+    let record = ViRecord { target: t.clone(), diagnostics: diag.clone() };
+    model::save_with(&a.out, &flow, &meta, &summary, Some(&record))?;
+    if a.json {
+        let v = json!({
+            "target": a.target,
+            "flow": a.flow.name(),
+            "dim": d,
+            "steps": report.steps,
+            "seconds": report.seconds,
+            "samples": diag.samples,
+            "dropped": diag.dropped,
+            "dropped_training": report.dropped,
+            "elbo": diag.elbo,
+            "elbo_stderr": diag.elbo_stderr,
+            "log_z": diag.log_z,
+            "log_z_stderr": diag.log_z_stderr,
+            "ess": diag.ess,
+            "ess_fraction": diag.ess_fraction,
+            "khat": diag.khat,
+            "true_log_z": diag.true_log_z,
+            "kl": diag.kl,
+        });
+        println!("{v}");
+    } else {
+        println!("{} on {} ({} steps, {:.1} s)", a.flow.name(), t.name(), report.steps, report.seconds);
+        println!("ELBO {:.4} ± {:.4}", diag.elbo, diag.elbo_stderr);
+        println!("log Z (importance sampling) {:.4} ± {:.4}", diag.log_z, diag.log_z_stderr);
+        if let (Some(z), Some(kl)) = (diag.true_log_z, diag.kl) {
+            println!("true log Z {z:.4}: KL(q‖p) = {kl:.4} nats");
+        }
+        println!("ESS {:.0} of {} ({:.1}%), Pareto k̂ {:.2}", diag.ess, diag.samples - diag.dropped, 100.0 * diag.ess_fraction, diag.khat);
+        if diag.khat > 0.7 {
+            println!("warning: k̂ > 0.7: the importance weights are heavy-tailed; the log Z estimate and its error are unreliable");
+        }
+        if diag.dropped + report.dropped > 0 {
+            println!("dropped {} samples where the target was not finite", diag.dropped + report.dropped);
+        }
+        println!("saved {}", a.out.display());
+    }
+    Ok(())
+}
