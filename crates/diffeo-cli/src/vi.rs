@@ -172,6 +172,7 @@ pub fn vi(a: ViArgs) -> Result<()> {
         .with_annealing_steps(a.anneal.unwrap_or(0) as usize)
         .with_grad_clip_norm(a.clip_grad)
         .with_eval_every((a.steps as usize / 100).clamp(1, 500))
+        .with_diagnostic_samples(a.samples as usize)
         .with_seed(a.seed);
     let bar = (!a.quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(a.steps);
@@ -202,7 +203,10 @@ pub fn vi(a: ViArgs) -> Result<()> {
         }
         Err(e) => bail!("{e}"),
     };
-    let diag = diagnostics(&flow, &t, a.samples as usize, a.seed.wrapping_add(1)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let diag = match report.diagnostics.clone() {
+        Some(d) => d,
+        None => diagnostics(&flow, &t, a.samples as usize, a.seed.wrapping_add(1)).map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
     let d = t.dim();
     let meta = ModelMeta {
         family: format!("{} (vi)", a.flow.name()),

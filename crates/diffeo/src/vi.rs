@@ -346,6 +346,9 @@ pub struct ReverseKlConfig {
     /// Seed of the Monte-Carlo draws.
     #[config(default = 0)]
     pub seed: u64,
+    /// Samples for the [`diagnostics`] of the fitted flow stored in the report (0: none).
+    #[config(default = 10000)]
+    pub diagnostic_samples: usize,
 }
 
 impl ReverseKlConfig {
@@ -410,8 +413,10 @@ pub struct ReverseKlReport {
     pub history: Vec<(usize, f64)>,
     /// Samples dropped because the target was not finite there.
     pub dropped: usize,
-    /// Wall-clock seconds.
+    /// Wall-clock seconds (fit only).
     pub seconds: f64,
+    /// [`diagnostics`] of the fitted flow (`diagnostic_samples` draws, seed + 1).
+    pub diagnostics: Option<ViDiagnostics>,
 }
 
 struct Detach;
@@ -520,7 +525,11 @@ pub fn fit_reverse_kl(
         }
     }
     report.seconds = start.elapsed().as_secs_f64();
-    Ok((inference_copy(&model), report))
+    let fitted = inference_copy(&model);
+    if config.diagnostic_samples >= 2 {
+        report.diagnostics = Some(diagnostics(&fitted, target, config.diagnostic_samples, config.seed.wrapping_add(1))?);
+    }
+    Ok((fitted, report))
 }
 
 /// Diagnostics of `q` against a target (see [`diagnostics`]).

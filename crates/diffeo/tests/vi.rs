@@ -193,9 +193,13 @@ fn u1_is_fitted_within_0_05_nats() {
     let target = StandardTarget::U1;
     let flow = nsf_coupling(2, 4, vec![64, 64]).with_seed(1).init(&device());
     let cfg = ReverseKlConfig::new().with_steps(1500).with_batch_size(256).with_learning_rate(3e-3).with_schedule(Schedule::Cosine).with_seed(2);
-    let (flow, _) = fit_reverse_kl(flow, &target, &cfg, &mut |_| {}).unwrap();
+    let (flow, report) = fit_reverse_kl(flow, &target, &cfg, &mut |_| {}).unwrap();
     let diag = diagnostics(&flow, &target, 20_000, 3).unwrap();
     eprintln!("U1: {diag:?}");
+    // The fit reports its own diagnostics (10,000 draws by default).
+    let own = report.diagnostics.expect("diagnostics in the report");
+    assert_eq!(own.samples, 10_000);
+    assert!((own.elbo - diag.elbo).abs() < 5.0 * (own.elbo_stderr + diag.elbo_stderr));
     assert!(diag.kl.unwrap() <= 0.05, "KL(q‖p) = {:?}", diag.kl);
     assert!((diag.log_z - 1.8775).abs() < 3.0 * diag.log_z_stderr + 0.01);
 }
@@ -230,3 +234,4 @@ fn rosenbrock_log_z_by_importance_sampling() {
     assert!(diag.khat < 0.7, "k̂ = {}", diag.khat);
     assert!((diag.log_z - LN_2PI).abs() < 3.0 * diag.log_z_stderr, "log Z {} ± {} vs ln 2π", diag.log_z, diag.log_z_stderr);
 }
+
