@@ -2,6 +2,9 @@
 //!
 //! Exit codes: 0 success; 1 a check or a training run failed; 2 bad input (usage, files, data).
 
+#![recursion_limit = "256"]
+
+mod bench;
 mod commands;
 mod data;
 mod model;
@@ -41,6 +44,8 @@ enum Command {
     Info(InfoArgs),
     /// List the built-in data sets.
     Datasets(DatasetsArgs),
+    /// Time a fixed configuration of the peer benchmark harness; prints one JSON line.
+    Bench(bench::BenchArgs),
 }
 
 /// Where data come from.
@@ -375,6 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(a) => commands::check(a),
         Command::Info(a) => commands::info(a),
         Command::Datasets(a) => commands::datasets(a),
+        Command::Bench(a) => bench::bench(a),
     }
 }
 

@@ -402,3 +402,30 @@ fn vi_fits_targets_reports_diagnostics_and_plots() {
     bad(&["vi", "--target", "u1", "--out", &p(dir.path(), "missing/m.dfo")], "does not exist");
     assert!(!Path::new(&out).exists());
 }
+
+#[test]
+fn bench_prints_the_peer_harness_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model) = small_model(dir.path());
+    let data = dir.path().join("toy");
+    std::fs::create_dir(&data).unwrap();
+    for (k, split) in ["train", "val", "test"].iter().enumerate() {
+        ok(&["sample", "--model", &model, "-n", "600", "--seed", &k.to_string(), "--out", &p(&data, &format!("{split}.npy"))]);
+    }
+    std::fs::write(data.join("meta.json"), r#"{"true_loglik_test": -2.5}"#).unwrap();
+    let root = dir.path().display().to_string();
+    let results = p(dir.path(), "r.jsonl");
+    for config in ["maf-toy", "nsf-toy"] {
+        let v = json(&ok(&["bench", "--config", config, "--data-dir", &root, "--steps", "5", "--n-sample", "200", "--threads", "1", "--out", &results]));
+        for key in ["steps_per_s", "steady_steps_per_s", "test_ll", "logprob_per_s", "sample_per_s", "peak_rss_mib", "n_params", "first_step_s", "val_ll"] {
+            assert!(v[key].is_number(), "{config}: {key} missing in {v}");
+        }
+        assert_eq!(v["lib"], "diffeo");
+        assert_eq!(v["batch"], 512);
+        assert_eq!(v["hidden"], 128);
+        assert_eq!(v["true_test_ll"], -2.5);
+    }
+    assert_eq!(std::fs::read_to_string(&results).unwrap().lines().count(), 2);
+    bad(&["bench", "--config", "glow-toy", "--data-dir", &root], "maf or nsf");
+    bad(&["bench", "--config", "maf-nothing", "--data-dir", &root], "no such data folder");
+}
