@@ -266,7 +266,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "sample_finite_frac": finite_rows as f64 / (samples.len() / d).max(1) as f64,
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "peak_rss_mib_checkpoints": { "after_train": round(rss_train, 1), "after_logprob": round(rss_logprob, 1), "after_sample": round(peak_rss_mib(), 1) },
-        "threads": a.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as u64, |t| t),
+        "threads": a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as u64),
         "cpu_count": std::thread::available_parallelism().map_or(1, |n| n.get()),
     });
     if let Some(m) = &meta {
