@@ -4,6 +4,11 @@
 
 #![recursion_limit = "256"]
 
+/// mimalloc keeps freed tensor buffers for reuse instead of returning them to the kernel (glibc maps
+/// and unmaps large blocks, so every op paid for page faults).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod commands;
 mod data;
