@@ -1,10 +1,12 @@
 //! The fused rational-quadratic spline for the CPU (Flex) backend.
 //!
 //! One pass per element computes the bin widths/heights (softmax with floors), the knots, the
-//! derivatives, a binary search for the bin and the spline (or its inverse) with its log-det; a
-//! second pass computes the vector-Jacobian product for the backward step. Both are registered as a
-//! burn backend extension (`Flex`, and `Autodiff` with a hand-written backward), so a spline layer
-//! costs two graph nodes instead of ~100. Arithmetic is in f64 whatever the tensor's dtype.
+//! derivatives, a binary search for the bin and the spline (or its inverse) with its log-det; when
+//! gradients are tracked the same pass also stores the element's local Jacobian (output and
+//! log-det with respect to the input and the 3K − 1 parameters), and the backward step is a
+//! product with it. Registered as a burn backend extension (`Flex`, and `Autodiff` with a
+//! hand-written backward), so a spline layer is one graph node instead of ~100. Arithmetic is in
+//! f64 whatever the tensor's dtype.
 //!
 //! The composed-op version ([`rational_quadratic`](super::rational_quadratic)) is the reference the
 //! tests compare against; it also runs on every other backend.
@@ -40,17 +42,21 @@ pub trait RqSplineBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// The backward kernel: gradients of `⟨grad, rq_spline(v, params)⟩` with respect to `v` and `params`.
+/// The kernels behind the backward step: the forward pass also returns each element's local
+/// Jacobian (two rows of `1 + P` partials: output and log-det with respect to the input and the
+/// `P = 3K − 1` parameters), so the backward step is a cheap product instead of a second pass.
 pub trait RqSplineGrad: Backend {
-    /// `(∂/∂v, ∂/∂params)` for the upstream gradient `grad` `[N, 2D]`.
-    fn rq_spline_grad(
+    /// `rq_spline` and the Jacobian rows `[N·D, 2(P + 1)]`.
+    fn rq_spline_with_jacobian(
         v: FloatTensor<Self>,
         params: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
         bins: usize,
         bound: f64,
         inverse: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `(∂/∂v, ∂/∂params)` of `⟨grad, rq_spline(v, params)⟩` from the Jacobian rows.
+    fn rq_spline_vjp(jac: FloatTensor<Self>, grad: FloatTensor<Self>, bins: usize) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// Whether tensors on `device` can use the fused kernel.
@@ -82,34 +88,51 @@ impl RqSplineBackend for Flex {
     fn rq_spline(v: FlexTensor, params: FlexTensor, bins: usize, bound: f64, inverse: bool) -> FlexTensor {
         let dtype = v.dtype();
         let (n, d) = dims(&v);
-        let v = host(v);
-        let params = host(params);
+        let (v, params) = (host(v), host(params));
         let mut out = vec![0.0; n * 2 * d];
-        let kernel = Kernel::new(bins, bound, inverse, d);
-        kernel.run(&v, &params, None, &mut out, None);
+        Kernel::new(bins, bound, inverse, d).run(&v, &params, &mut out, None);
         device(out, [n, 2 * d], dtype)
     }
 }
 
 impl RqSplineGrad for Flex {
-    fn rq_spline_grad(
+    fn rq_spline_with_jacobian(
         v: FlexTensor,
         params: FlexTensor,
-        grad: FlexTensor,
         bins: usize,
         bound: f64,
         inverse: bool,
     ) -> (FlexTensor, FlexTensor) {
         let dtype = v.dtype();
         let (n, d) = dims(&v);
-        let p = dims(&params).1;
-        let (v, params, grad) = (host(v), host(params), host(grad));
+        let (v, params) = (host(v), host(params));
+        let width = 2 * 3 * bins;
         let mut out = vec![0.0; n * 2 * d];
+        let mut jac = vec![0.0; n * d * width];
+        Kernel::new(bins, bound, inverse, d).run(&v, &params, &mut out, Some(&mut jac));
+        (device(out, [n, 2 * d], dtype), device(jac, [n * d, width], dtype))
+    }
+
+    fn rq_spline_vjp(jac: FlexTensor, grad: FlexTensor, bins: usize) -> (FlexTensor, FlexTensor) {
+        let dtype = grad.dtype();
+        let (n, d2) = dims(&grad);
+        let d = d2 / 2;
+        let p = 3 * bins - 1;
+        let (jac, grad) = (host(jac), host(grad));
         let mut gv = vec![0.0; n * d];
-        let mut gp = vec![0.0; n * p];
-        let kernel = Kernel::new(bins, bound, inverse, d);
-        kernel.run(&v, &params, Some(&grad), &mut out, Some((&mut gv, &mut gp)));
-        (device(gv, [n, d], dtype), device(gp, [n, p], dtype))
+        let mut gp = vec![0.0; n * p * d];
+        gv.par_chunks_mut(d.max(1)).zip(gp.par_chunks_mut((p * d).max(1))).enumerate().for_each(|(row, (gv, gp))| {
+            for j in 0..d {
+                let (g_out, g_ld) = (grad[row * 2 * d + j], grad[row * 2 * d + d + j]);
+                let e = &jac[(row * d + j) * 2 * (p + 1)..(row * d + j + 1) * 2 * (p + 1)];
+                let (r_out, r_ld) = e.split_at(p + 1);
+                gv[j] = g_out * r_out[0] + g_ld * r_ld[0];
+                for q in 0..p {
+                    gp[q * d + j] = g_out * r_out[q + 1] + g_ld * r_ld[q + 1];
+                }
+            }
+        });
+        (device(gv, [n, d], dtype), device(gp, [n, p * d], dtype))
     }
 }
 
@@ -125,13 +148,13 @@ impl<B: Backend + RqSplineBackend + RqSplineGrad, C: CheckpointStrategy> RqSplin
         struct RqSplineStep;
 
         impl<B: Backend + RqSplineGrad> Backward<B, 2> for RqSplineStep {
-            type State = (FloatTensor<B>, FloatTensor<B>, usize, f64, bool);
+            type State = (FloatTensor<B>, usize);
 
             fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let [node_v, node_params] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
-                let (v, params, bins, bound, inverse) = ops.state;
-                let (gv, gp) = B::rq_spline_grad(v, params, grad, bins, bound, inverse);
+                let (jac, bins) = ops.state;
+                let (gv, gp) = B::rq_spline_vjp(jac, grad, bins);
                 if let Some(node) = node_v {
                     grads.register::<B>(node.id, gv);
                 }
@@ -143,10 +166,12 @@ impl<B: Backend + RqSplineBackend + RqSplineGrad, C: CheckpointStrategy> RqSplin
 
         let guards = [v.node(), params.node()];
         let (v, params) = (v.into_primitive(), params.into_primitive());
-        let out = B::rq_spline(v.clone(), params.clone(), bins, bound, inverse);
         match RqSplineStep.prepare::<C>(guards).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((v, params, bins, bound, inverse), out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
+            OpsKind::Tracked(prep) => {
+                let (out, jac) = B::rq_spline_with_jacobian(v, params, bins, bound, inverse);
+                prep.finish((jac, bins), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::rq_spline(v, params, bins, bound, inverse)),
         }
     }
 }
@@ -249,6 +274,7 @@ struct Scratch {
     yk: Vec<f64>,
     gxk: Vec<f64>,
     gyk: Vec<f64>,
+    jac: Vec<f64>,
 }
 
 impl Kernel {
@@ -268,48 +294,34 @@ impl Kernel {
             yk: vec![0.0; k + 1],
             gxk: vec![0.0; k + 1],
             gyk: vec![0.0; k + 1],
+            jac: vec![0.0; 2 * 3 * k],
         }
     }
 
-    /// Every element of the batch: outputs into `out` `[N, 2D]`; with `grad` `[N, 2D]`, also the
-    /// gradients with respect to the inputs `[N, D]` and the parameters `[N, (3K−1)·D]`. Blocks of
-    /// rows run in parallel.
-    fn run(
-        &self,
-        v: &[f64],
-        params: &[f64],
-        grad: Option<&[f64]>,
-        out: &mut [f64],
-        grads: Option<(&mut [f64], &mut [f64])>,
-    ) {
+    /// Every element of the batch: outputs into `out` `[N, 2D]`; with `jac`, also each element's
+    /// Jacobian rows `[N, D, 2, P + 1]` (see [`element`](Self::element)). Blocks of rows run in
+    /// parallel.
+    fn run(&self, v: &[f64], params: &[f64], out: &mut [f64], jac: Option<&mut [f64]>) {
         const ROWS: usize = 64;
         let d = self.dim.max(1);
         let p = 3 * self.bins - 1;
-        match grads {
+        match jac {
             None => out.par_chunks_mut(ROWS * 2 * d).enumerate().for_each(|(c, o)| {
-                self.rows(c * ROWS, v, params, grad, o, None);
+                self.rows(c * ROWS, v, params, o, None);
             }),
-            Some((gv, gp)) => out
+            Some(jac) => out
                 .par_chunks_mut(ROWS * 2 * d)
-                .zip(gv.par_chunks_mut(ROWS * d))
-                .zip(gp.par_chunks_mut(ROWS * p * d))
+                .zip(jac.par_chunks_mut(ROWS * d * 2 * (p + 1)))
                 .enumerate()
-                .for_each(|(c, ((o, gv), gp))| self.rows(c * ROWS, v, params, grad, o, Some((gv, gp)))),
+                .for_each(|(c, (o, jac))| self.rows(c * ROWS, v, params, o, Some(jac))),
         }
     }
 
     /// Rows `first ..` of the batch, as many as `out` holds.
-    fn rows(
-        &self,
-        first: usize,
-        v: &[f64],
-        params: &[f64],
-        grad: Option<&[f64]>,
-        out: &mut [f64],
-        mut grads: Option<(&mut [f64], &mut [f64])>,
-    ) {
+    fn rows(&self, first: usize, v: &[f64], params: &[f64], out: &mut [f64], mut jac: Option<&mut [f64]>) {
         let d = self.dim;
         let p = 3 * self.bins - 1;
+        let block = 2 * (p + 1);
         let mut s = self.scratch();
         for local in 0..out.len() / (2 * d) {
             let row = first + local;
@@ -318,16 +330,11 @@ impl Kernel {
                 for (q, t) in s.theta.iter_mut().enumerate() {
                     *t = prow[q * d + j];
                 }
-                let upstream = grad.map(|g| (g[row * 2 * d + j], g[row * 2 * d + d + j]));
-                let (o, ld, gv) = self.element(v[row * d + j], upstream, &mut s);
+                let (o, ld) = self.element(v[row * d + j], jac.is_some(), &mut s);
                 out[local * 2 * d + j] = o;
                 out[local * 2 * d + d + j] = ld;
-                if let Some((gvs, gps)) = grads.as_mut() {
-                    gvs[local * d + j] = gv;
-                    let gprow = &mut gps[local * p * d..(local + 1) * p * d];
-                    for (q, g) in s.g_theta.iter().enumerate() {
-                        gprow[q * d + j] = *g;
-                    }
+                if let Some(jac) = jac.as_mut() {
+                    jac[(local * d + j) * block..(local * d + j + 1) * block].copy_from_slice(&s.jac);
                 }
             }
         }
@@ -344,13 +351,17 @@ impl Kernel {
         }
     }
 
-    /// One element: `(output, log-det, input gradient)`. With `upstream = Some((g_out, g_ld))`,
-    /// `s.g_theta` receives the parameter gradient (the input gradient is 0 without it).
-    fn element(&self, v: f64, upstream: Option<(f64, f64)>, s: &mut Scratch) -> (f64, f64, f64) {
+    /// One element: `(output, log-det)`. With `jacobian`, `s.jac` receives its two rows
+    /// `[∂/∂v, ∂/∂θ_0, …, ∂/∂θ_{P−1}]` (output, then log-det).
+    fn element(&self, v: f64, jacobian: bool, s: &mut Scratch) -> (f64, f64) {
         let (k, bound) = (self.bins, self.bound);
+        let p = 3 * k - 1;
         if v <= -bound || v >= bound {
-            s.g_theta.fill(0.0);
-            return (v, 0.0, upstream.map_or(0.0, |(g, _)| g));
+            if jacobian {
+                s.jac.fill(0.0);
+                s.jac[0] = 1.0;
+            }
+            return (v, 0.0);
         }
         knots(&s.theta[..k], MIN_BIN_WIDTH, bound, &mut s.pw, &mut s.xk);
         knots(&s.theta[k..2 * k], MIN_BIN_HEIGHT, bound, &mut s.ph, &mut s.yk);
@@ -386,60 +397,80 @@ impl Kernel {
         let q = d1 * xi * xi + 2.0 * sl * t + d0 * (1.0 - xi) * (1.0 - xi);
         let ld_fwd = (sl * sl * q).ln() - 2.0 * den.ln();
         let ld = if self.inverse { -ld_fwd } else { ld_fwd };
-
-        let Some((g_out, g_ld)) = upstream else {
-            return (out, ld, 0.0);
-        };
-        let g_out = if out_raw < -bound || out_raw > bound { 0.0 } else { g_out };
-        let xi_free = (0.0..=1.0).contains(&xi_raw);
+        if !jacobian {
+            return (out, ld);
+        }
 
         // Partials of y = y0 + h·P/den and of the forward log-det at ξ.
         let pp = sl * xi * xi + d0 * t;
         let dt = 1.0 - 2.0 * xi;
         let den2 = den * den;
-        let f_xi = h * ((2.0 * sl * xi + d0 * dt) * den - pp * sd * dt) / den2;
-        let f_sl = h * (xi * xi * den - pp * (1.0 - 2.0 * t)) / den2;
-        let f_d0 = h * t * (den - pp) / den2;
-        let f_d1 = -h * pp * t / den2;
-        let f_h = pp / den;
-        let q_xi = 2.0 * d1 * xi + 2.0 * sl * dt - 2.0 * d0 * (1.0 - xi);
-        let l_xi = q_xi / q - 2.0 * sd * dt / den;
-        let l_sl = 2.0 / sl + 2.0 * t / q - 2.0 * (1.0 - 2.0 * t) / den;
-        let l_d0 = (1.0 - xi) * (1.0 - xi) / q - 2.0 * t / den;
-        let l_d1 = xi * xi / q - 2.0 * t / den;
+        let local = Local {
+            idx,
+            w,
+            xi,
+            sl,
+            dd0,
+            dd1,
+            out_free: (-bound..=bound).contains(&out_raw),
+            xi_free: (0.0..=1.0).contains(&xi_raw),
+            f_xi: h * ((2.0 * sl * xi + d0 * dt) * den - pp * sd * dt) / den2,
+            f_sl: h * (xi * xi * den - pp * (1.0 - 2.0 * t)) / den2,
+            f_d0: h * t * (den - pp) / den2,
+            f_d1: -h * pp * t / den2,
+            f_h: pp / den,
+            l_xi: (2.0 * d1 * xi + 2.0 * sl * dt - 2.0 * d0 * (1.0 - xi)) / q - 2.0 * sd * dt / den,
+            l_sl: 2.0 / sl + 2.0 * t / q - 2.0 * (1.0 - 2.0 * t) / den,
+            l_d0: (1.0 - xi) * (1.0 - xi) / q - 2.0 * t / den,
+            l_d1: xi * xi / q - 2.0 * t / den,
+        };
+        for (r, (g_out, g_ld)) in [(1.0, 0.0), (0.0, 1.0)].into_iter().enumerate() {
+            let g_v = self.pull(&local, g_out, g_ld, s);
+            let row = &mut s.jac[r * (p + 1)..(r + 1) * (p + 1)];
+            row[0] = g_v;
+            row[1..].copy_from_slice(&s.g_theta);
+        }
+        (out, ld)
+    }
 
+    /// The vector-Jacobian product of one element for the upstream `(g_out, g_ld)`: returns the
+    /// input gradient and leaves the parameter gradient in `s.g_theta`.
+    fn pull(&self, l: &Local, g_out: f64, g_ld: f64, s: &mut Scratch) -> f64 {
+        let (k, bound) = (self.bins, self.bound);
+        let g_out = if l.out_free { g_out } else { 0.0 };
         let (g_v, g_x0, mut g_w, g_y0, mut g_h, g_sl, g_d0, g_d1) = if !self.inverse {
-            let g_xi = if xi_free { g_out * f_xi + g_ld * l_xi } else { 0.0 };
+            let g_xi = if l.xi_free { g_out * l.f_xi + g_ld * l.l_xi } else { 0.0 };
             // ξ = (v − x0)/w
             (
-                g_xi / w,
-                -g_xi / w,
-                -g_xi * xi / w,
+                g_xi / l.w,
+                -g_xi / l.w,
+                -g_xi * l.xi / l.w,
                 g_out,
-                g_out * f_h,
-                g_out * f_sl + g_ld * l_sl,
-                g_out * f_d0 + g_ld * l_d0,
-                g_out * f_d1 + g_ld * l_d1,
+                g_out * l.f_h,
+                g_out * l.f_sl + g_ld * l.l_sl,
+                g_out * l.f_d0 + g_ld * l.l_d0,
+                g_out * l.f_d1 + g_ld * l.l_d1,
             )
         } else {
             // x = ξ·w + x0, log-det = −ld_fwd(ξ, s, d0, d1), ξ the root of y(ξ; θ) = v.
-            let g_xi = if xi_free { g_out * w - g_ld * l_xi } else { 0.0 };
-            let r = g_xi / f_xi;
+            let g_xi = if l.xi_free { g_out * l.w - g_ld * l.l_xi } else { 0.0 };
+            let r = g_xi / l.f_xi;
             (
                 r,
                 g_out,
-                g_out * xi,
+                g_out * l.xi,
                 -r,
-                -r * f_h,
-                -g_ld * l_sl - r * f_sl,
-                -g_ld * l_d0 - r * f_d0,
-                -g_ld * l_d1 - r * f_d1,
+                -r * l.f_h,
+                -g_ld * l.l_sl - r * l.f_sl,
+                -g_ld * l.l_d0 - r * l.f_d0,
+                -g_ld * l.l_d1 - r * l.f_d1,
             )
         };
         // s = h/w
-        g_h += g_sl / w;
-        g_w -= g_sl * sl / w;
+        g_h += g_sl / l.w;
+        g_w -= g_sl * l.sl / l.w;
 
+        let idx = l.idx;
         s.gxk.fill(0.0);
         s.gyk.fill(0.0);
         s.gxk[idx] += g_x0 - g_w;
@@ -452,11 +483,33 @@ impl Kernel {
         knots_backward(&s.gyk, &s.ph, MIN_BIN_HEIGHT, bound, gh);
         gd.fill(0.0);
         if idx >= 1 {
-            gd[idx - 1] += g_d0 * dd0;
+            gd[idx - 1] += g_d0 * l.dd0;
         }
         if idx + 1 < k {
-            gd[idx] += g_d1 * dd1;
+            gd[idx] += g_d1 * l.dd1;
         }
-        (out, ld, g_v)
+        g_v
     }
 }
+
+/// What the backward step of one element needs from its forward pass.
+struct Local {
+    idx: usize,
+    w: f64,
+    xi: f64,
+    sl: f64,
+    dd0: f64,
+    dd1: f64,
+    out_free: bool,
+    xi_free: bool,
+    f_xi: f64,
+    f_sl: f64,
+    f_d0: f64,
+    f_d1: f64,
+    f_h: f64,
+    l_xi: f64,
+    l_sl: f64,
+    l_d0: f64,
+    l_d1: f64,
+}
+
