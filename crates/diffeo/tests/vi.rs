@@ -190,18 +190,29 @@ fn non_finite_target_values_are_dropped_or_refused() {
 
 #[test]
 fn u1_is_fitted_within_0_05_nats() {
+    // U1 has two lobes: reverse KL must balance their mass, and gradient noise can tip the
+    // balance (KL ln 2 for a lost lobe). Sticking-the-landing gradients and 1024 draws per step
+    // keep the fit stable across seeds (seeds 1–3: KL 0.030, 0.023, 0.002).
     let target = StandardTarget::U1;
-    let flow = nsf_coupling(2, 4, vec![64, 64]).with_seed(1).init(&device());
-    let cfg = ReverseKlConfig::new().with_steps(1500).with_batch_size(256).with_learning_rate(3e-3).with_schedule(Schedule::Cosine).with_seed(2);
+    let mut config = nsf_coupling(2, 4, vec![64, 64]).with_seed(1).flow_config();
+    config.layers.insert(0, LayerConfig::ElementwiseAffine { dim: 2 });
+    let flow = config.init(&device());
+    let cfg = ReverseKlConfig::new()
+        .with_steps(1500)
+        .with_batch_size(1024)
+        .with_learning_rate(2e-3)
+        .with_schedule(Schedule::Cosine)
+        .with_sticking_the_landing(true)
+        .with_seed(2);
     let (flow, report) = fit_reverse_kl(flow, &target, &cfg, &mut |_| {}).unwrap();
     let diag = diagnostics(&flow, &target, 20_000, 3).unwrap();
     eprintln!("U1: {diag:?}");
+    assert!(diag.kl.unwrap() <= 0.05, "KL(q‖p) = {:?}", diag.kl);
+    assert!((diag.log_z - 1.8775).abs() < 3.0 * diag.log_z_stderr + 0.01);
     // The fit reports its own diagnostics (10,000 draws by default).
     let own = report.diagnostics.expect("diagnostics in the report");
     assert_eq!(own.samples, 10_000);
     assert!((own.elbo - diag.elbo).abs() < 5.0 * (own.elbo_stderr + diag.elbo_stderr));
-    assert!(diag.kl.unwrap() <= 0.05, "KL(q‖p) = {:?}", diag.kl);
-    assert!((diag.log_z - 1.8775).abs() < 3.0 * diag.log_z_stderr + 0.01);
 }
 
 #[test]
