@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{Bijection, Cost, Directions, Mapped};
 use crate::error::{FlowError, Result};
 use crate::nn::{Activation, Made};
-use crate::tensor::sum_rows;
+use crate::tensor::{dims2, indices, sum_rows};
 use crate::transformer::Transformer;
 
 /// Configuration of one masked autoregressive layer.
@@ -101,6 +101,7 @@ impl MaskedAutoregressiveConfig {
             transformer: self.transformer.clone(),
             dim: self.dim,
             context_dim: self.context_dim,
+            order: self.order.clone(),
         }
     }
 }
@@ -117,6 +118,9 @@ pub struct MaskedAutoregressive {
     pub dim: usize,
     /// Context width.
     pub context_dim: usize,
+    /// Autoregressive order (`order[i]`: the position of feature `i`, 1-based).
+    #[module(skip)]
+    pub order: Vec<usize>,
 }
 
 impl Bijection for MaskedAutoregressive {
@@ -137,16 +141,34 @@ impl Bijection for MaskedAutoregressive {
         format!("MaskedAutoregressive({})", self.transformer.name())
     }
 
-    /// Sequential: D passes, each fixing one more position of the order.
+    /// Sequential: D passes of MADE, each fixing the next feature of the order; the transformer
+    /// runs on that feature's column only.
     fn forward_unchecked(&self, u: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
         let ctx = if self.context_dim > 0 { context } else { None };
+        let (n, d) = dims2(&u);
+        if d <= 1 {
+            let params = self.made.forward(u.zeros_like(), ctx);
+            let (x, ld) = self.transformer.forward(u, &params);
+            return Ok((x, sum_rows(ld)));
+        }
+        let p = self.transformer.params_per_dim();
+        let mut by_position = vec![0; d];
+        for (feature, &position) in self.order.iter().enumerate() {
+            by_position[position - 1] = feature;
+        }
+        let device = u.device();
         let mut x = u.zeros_like();
-        let mut ld = None;
-        for _ in 0..self.dim.max(1) {
-            let params = self.made.forward(x, ctx);
-            let (xn, l) = self.transformer.forward(u.clone(), &params);
-            x = xn;
-            ld = Some(l);
+        let mut ld: Option<Tensor<2>> = None;
+        for &c in &by_position {
+            let params = self.made.forward(x.clone(), ctx);
+            let cols: Vec<usize> = (0..p).map(|q| q * d + c).collect();
+            let params_c = params.select(1, indices(&cols, &device));
+            let (xc, lc) = self.transformer.forward(u.clone().narrow(1, c, 1), &params_c);
+            x = x.slice_assign([0..n, c..c + 1], xc);
+            ld = Some(match ld {
+                Some(total) => total.add(lc),
+                None => lc,
+            });
         }
         Ok((x, sum_rows(ld.expect("at least one pass"))))
     }
