@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use diffeo::bijections::{Bijection, Cost, ElementwiseKind, LayerConfig, PlanarConfig};
 use diffeo::burn::module::Module;
-use diffeo::fit::{Dataset, FitConfig, FitEvent, Schedule};
+use diffeo::fit::{Dataset, FitConfig, FitEvent};
 use diffeo::flow::{Flow, FlowConfig, MafConfig, RealNvpConfig, Standardization};
 use diffeo::nn::Activation;
 use diffeo::transformer::Transformer;
@@ -176,18 +176,21 @@ struct Progress {
     budget: Option<f64>,
 }
 
+/// A progress bar over `total` steps on a terminal (none when quiet or not a terminal).
+pub(crate) fn progress_bar(total: usize, quiet: bool) -> Option<indicatif::ProgressBar> {
+    (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(total as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise}, ETA {eta}]")
+                .expect("valid template"),
+        );
+        b
+    })
+}
+
 impl Progress {
     fn new(total: usize, quiet: bool, every: usize) -> Self {
-        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let b = indicatif::ProgressBar::new(total as u64);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise}, ETA {eta}]",
-                )
-                .expect("valid template"),
-            );
-            b
-        });
+        let bar = progress_bar(total, quiet);
         Self { bar, quiet, start: Instant::now(), last_loss: f64::NAN, every, val: String::new(), budget: None }
     }
 
@@ -366,10 +369,7 @@ pub fn fit(a: FitArgs) -> Result<()> {
         .with_batch_size(a.batch as usize)
         .with_eval_every(a.eval_every as usize)
         .with_seed(a.seed)
-        .with_schedule(match a.schedule {
-            crate::ScheduleArg::Constant => Schedule::Constant,
-            crate::ScheduleArg::Cosine => Schedule::Cosine,
-        });
+        .with_schedule(a.schedule.into());
     cfg.epochs = a.epochs.map(|e| e as usize);
     cfg.patience = a.patience.map(|p| p as usize);
     cfg.grad_clip_norm = a.clip_grad;

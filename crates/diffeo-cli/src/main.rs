@@ -113,6 +113,15 @@ pub enum ScheduleArg {
     Cosine,
 }
 
+impl From<ScheduleArg> for diffeo::fit::Schedule {
+    fn from(s: ScheduleArg) -> Self {
+        match s {
+            ScheduleArg::Constant => diffeo::fit::Schedule::Constant,
+            ScheduleArg::Cosine => diffeo::fit::Schedule::Cosine,
+        }
+    }
+}
+
 pub(crate) fn positive_f64(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),

@@ -1,18 +1,16 @@
 //! `diffeo vi`: fit a flow to a built-in target density by variational inference.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use diffeo::bijections::{ElementwiseKind, LayerConfig, PlanarConfig, RadialConfig, SylvesterBasis, SylvesterConfig};
-use diffeo::fit::Schedule;
 use diffeo::flow::{iaf, nsf_coupling, realnvp, FlowConfig};
 use diffeo::transformer::Transformer;
-use diffeo::vi::{diagnostics, fit_reverse_kl, ReverseKlConfig, StandardTarget, Target};
+use diffeo::vi::{fit_reverse_kl, ReverseKlConfig, StandardTarget, Target};
 use serde_json::json;
 
-use crate::commands::model_output;
+use crate::commands::{model_output, progress_bar};
 use crate::model::{self, ModelMeta, TrainingSummary, ViRecord};
 use crate::{positive_f64, widths, Failed, ScheduleArg, Widths};
 
@@ -164,24 +162,14 @@ pub fn vi(a: ViArgs) -> Result<()> {
         .with_steps(a.steps as usize)
         .with_batch_size(a.batch as usize)
         .with_learning_rate(a.lr)
-        .with_schedule(match a.schedule {
-            ScheduleArg::Constant => Schedule::Constant,
-            ScheduleArg::Cosine => Schedule::Cosine,
-        })
+        .with_schedule(a.schedule.into())
         .with_sticking_the_landing(a.stl)
         .with_annealing_steps(a.anneal.unwrap_or(0) as usize)
         .with_grad_clip_norm(a.clip_grad)
         .with_eval_every((a.steps as usize / 100).clamp(1, 500))
         .with_diagnostic_samples(a.samples as usize)
         .with_seed(a.seed);
-    let bar = (!a.quiet && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(a.steps);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise}, ETA {eta}]")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    });
+    let bar = progress_bar(a.steps as usize, a.quiet);
     let quiet = a.quiet;
     let report_every = (a.steps as usize / 10).max(1);
     let mut observer = |p: &diffeo::vi::ReverseKlProgress| {
@@ -203,10 +191,8 @@ pub fn vi(a: ViArgs) -> Result<()> {
         }
         Err(e) => bail!("{e}"),
     };
-    let diag = match report.diagnostics.clone() {
-        Some(d) => d,
-        None => diagnostics(&flow, &t, a.samples as usize, a.seed.wrapping_add(1)).map_err(|e| anyhow::anyhow!("{e}"))?,
-    };
+    // `--samples` ≥ 100, so the fit always reports its diagnostics.
+    let diag = report.diagnostics.clone().ok_or_else(|| anyhow::anyhow!("the fit reported no diagnostics"))?;
     let d = t.dim();
     let meta = ModelMeta {
         family: format!("{} (vi)", a.flow.name()),

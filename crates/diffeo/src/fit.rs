@@ -32,6 +32,16 @@ pub enum Schedule {
     Cosine,
 }
 
+impl Schedule {
+    /// The rate at progress `t ∈ [0, 1]` of the run (clamped), for base rate `base`.
+    pub fn rate(self, base: f64, t: f64) -> f64 {
+        match self {
+            Schedule::Constant => base,
+            Schedule::Cosine => base * 0.5 * (1.0 + (std::f64::consts::PI * t.clamp(0.0, 1.0)).cos()),
+        }
+    }
+}
+
 /// Settings of [`fit`]. Defaults: Adam (β = 0.9, 0.999, ε = 1e−8) at 1e−3, 1000 steps of
 /// batch 256, constant rate, validation every 100 steps, no early stopping, no clipping, seed 0.
 #[derive(Config, Debug)]
@@ -108,15 +118,10 @@ impl FitConfig {
         Ok(())
     }
 
+    /// The rate at `step`: the schedule follows the larger of the step and time fractions.
     fn lr_at(&self, step: usize, total: usize, seconds: f64) -> f64 {
-        match self.schedule {
-            Schedule::Constant => self.learning_rate,
-            Schedule::Cosine => {
-                let by_time = self.time_budget.map_or(0.0, |b| seconds / b);
-                let t = (step as f64 / total.max(1) as f64).max(by_time).min(1.0);
-                self.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
-            }
-        }
+        let by_time = self.time_budget.map_or(0.0, |b| seconds / b);
+        self.schedule.rate(self.learning_rate, (step as f64 / total.max(1) as f64).max(by_time))
     }
 }
 

@@ -39,6 +39,11 @@ pub const MIN_BIN_HEIGHT: f64 = 1e-3;
 /// Minimum derivative at the knots.
 pub const MIN_DERIVATIVE: f64 = 1e-3;
 
+/// `c = ln(e^{1 − d_min} − 1)`: derivatives are `d_min + softplus(d̃ + c)`, so `d̃ = 0` gives 1.
+pub fn derivative_shift() -> f64 {
+    ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln()
+}
+
 /// Parameters per feature: `3K − 1`.
 pub fn params_per_dim(bins: usize) -> usize {
     3 * bins - 1
@@ -119,7 +124,7 @@ pub fn rational_quadratic(
     let device = v.device();
     let (xk, w) = knots(widths, MIN_BIN_WIDTH, bound);
     let (yk, h) = knots(heights, MIN_BIN_HEIGHT, bound);
-    let shift = ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln();
+    let shift = derivative_shift();
     let ones = Tensor::<3>::ones([n, d, 1], &device);
     let inner = softplus(derivatives.add_scalar(shift)).add_scalar(MIN_DERIVATIVE);
     let dk = Tensor::cat(vec![ones.clone(), inner, ones], 2);

@@ -118,6 +118,11 @@ fn apply<B: Bijection>(b: &B, forward: bool, x: Tensor<2>, c: Option<&Tensor<2>>
     Ok((to_vec(y).map_err(|e| e.to_string())?, to_vec(ld).map_err(|e| e.to_string())?))
 }
 
+/// `b` with its parameters on the autodiff version of `device`.
+fn on_autodiff<B: Bijection + Module>(b: &B, device: &Device) -> B {
+    if device.is_autodiff() { b.clone() } else { b.clone().train() }
+}
+
 /// Brute-force log|det J| of one direction at each of the `n` points.
 #[allow(clippy::too_many_arguments)]
 fn fd_logdets<B: Bijection + Module>(
@@ -137,7 +142,7 @@ fn fd_logdets<B: Bijection + Module>(
         }
         JacobianReference::Autodiff => {
             let ad = device.clone().autodiff();
-            let b_ad = if device.is_autodiff() { b.clone() } else { b.clone().train() };
+            let b_ad = on_autodiff(b, device);
             let n = x.len() / d.max(1);
             let ct = ctx.map(|v| matrix(v.to_vec(), n, c, &ad));
             let map = |x: Tensor<2>| {
@@ -317,7 +322,7 @@ pub fn check_bijection<B: Bijection + Module>(b: &B, device: &Device, cfg: &Harn
 
     if cfg.gradients {
         let ad = device.clone().autodiff();
-        let b_ad = if device.is_autodiff() { b.clone() } else { b.clone().train() };
+        let b_ad = on_autodiff(b, device);
         for (forward, pts) in [(true, &x), (false, &y)] {
             let cost = if forward { dirs.forward } else { dirs.inverse };
             if cost == Cost::Unavailable {

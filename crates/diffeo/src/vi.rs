@@ -379,13 +379,7 @@ impl ReverseKlConfig {
     }
 
     fn lr_at(&self, step: usize) -> f64 {
-        match self.schedule {
-            Schedule::Constant => self.learning_rate,
-            Schedule::Cosine => {
-                let t = step as f64 / self.steps as f64;
-                self.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
-            }
-        }
+        self.schedule.rate(self.learning_rate, step as f64 / self.steps as f64)
     }
 }
 

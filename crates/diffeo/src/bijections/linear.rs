@@ -177,19 +177,24 @@ pub struct Householder {
     pub vectors: Param<Tensor<2>>,
 }
 
+/// Rows of `x` `[N, D]` reflected by each of the vectors `[K, D]` in turn (`x·H₁⋯H_K`; with
+/// `reverse`, `x·H_K⋯H₁`), `H = I − 2vvᵀ/‖v‖²`.
+pub(crate) fn reflect_rows(x: Tensor<2>, vectors: &Tensor<2>, reverse: bool) -> Tensor<2> {
+    let k = vectors.dims()[0];
+    let mut h = x;
+    let order: Vec<usize> = if reverse { (0..k).rev().collect() } else { (0..k).collect() };
+    for i in order {
+        let vi = vectors.clone().narrow(0, i, 1); // [1, D]
+        let norm2 = vi.clone().square().sum().clamp_min(1e-30).unsqueeze_dim::<2>(0); // [1, 1]
+        let proj = h.clone().matmul(vi.clone().transpose()).div(norm2).mul_scalar(2.0); // [N, 1]
+        h = h.sub(proj.mul(vi));
+    }
+    h
+}
+
 impl Householder {
     fn reflect(&self, x: Tensor<2>, reverse: bool) -> Tensor<2> {
-        let v = self.vectors.val();
-        let k = v.dims()[0];
-        let mut h = x;
-        let order: Vec<usize> = if reverse { (0..k).rev().collect() } else { (0..k).collect() };
-        for i in order {
-            let vi = v.clone().narrow(0, i, 1); // [1, D]
-            let norm2 = vi.clone().square().sum().clamp_min(1e-30).unsqueeze_dim::<2>(0); // [1, 1]
-            let proj = h.clone().matmul(vi.clone().transpose()).div(norm2).mul_scalar(2.0); // [N, 1]
-            h = h.sub(proj.mul(vi));
-        }
-        h
+        reflect_rows(x, &self.vectors.val(), reverse)
     }
 }
 

@@ -273,16 +273,7 @@ impl Sylvester {
         let b = self.basis.val();
         if self.householder {
             // Rows of the identity reflected in turn: I·H₁⋯H_K.
-            let [k, d] = b.dims();
-            let mut q = self.eye.clone();
-            for i in 0..k {
-                let v = b.clone().narrow(0, i, 1);
-                let norm2 = v.clone().square().sum().clamp_min(1e-30).unsqueeze_dim::<2>(0);
-                let proj = q.clone().matmul(v.clone().transpose()).div(norm2).mul_scalar(2.0);
-                q = q.sub(proj.mul(v));
-            }
-            debug_assert_eq!(q.dims(), [d, d]);
-            q
+            super::linear::reflect_rows(self.eye.clone(), &b, false)
         } else {
             let norm = b.clone().square().sum().clamp_min(1e-30).sqrt().unsqueeze_dim::<2>(0);
             let mut q = b.div(norm);

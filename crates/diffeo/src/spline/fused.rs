@@ -279,8 +279,7 @@ struct Scratch {
 
 impl Kernel {
     fn new(bins: usize, bound: f64, inverse: bool, dim: usize) -> Self {
-        let shift = ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln();
-        Kernel { bins, bound, inverse, dim, shift }
+        Kernel { bins, bound, inverse, dim, shift: super::derivative_shift() }
     }
 
     fn scratch(&self) -> Scratch {
