@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// Samples drawn for the sampling rate.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "10000")]
     pub n_sample: u64,
+    /// Device: `cpu`, or `cuda` / `cuda:N` (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Also append the JSON line to this file.
     #[arg(long, value_name = "FILE.jsonl")]
     pub out: Option<PathBuf>,
@@ -133,6 +136,21 @@ fn round(v: f64, digits: i32) -> f64 {
     (v * p).round() / p
 }
 
+/// The device named by `--device`.
+fn bench_device(name: &str) -> Result<diffeo::burn::tensor::Device> {
+    match name {
+        "cpu" => Ok(diffeo::cpu()),
+        cuda if cuda == "cuda" || cuda.starts_with("cuda:") => {
+            let index: usize = cuda.strip_prefix("cuda:").map_or(Ok(0), str::parse).map_err(|_| anyhow!("--device: bad CUDA index in {cuda:?}"))?;
+            #[cfg(feature = "cuda")]
+            return Ok(diffeo::cuda(index));
+            #[cfg(not(feature = "cuda"))]
+            bail!("--device {cuda}: this build has no CUDA support (build with --features cuda); device index {index}")
+        }
+        other => bail!("--device: expected cpu, cuda or cuda:N, got {other:?}"),
+    }
+}
+
 pub fn bench(a: BenchArgs) -> Result<()> {
     let (model, data_name) = a
         .config
@@ -161,7 +179,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if model == "nsf" {
         config = config.with_transformer(Transformer::RationalQuadratic { bins, tail_bound: tail });
     }
-    let device = diffeo::cpu();
+    let device = bench_device(&a.device)?;
     let flow: Flow = config.init(&device);
     let n_params = flow.num_params();
     let load0 = std::fs::read_to_string("/proc/loadavg")
@@ -266,6 +284,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "sample_finite_frac": finite_rows as f64 / (samples.len() / d).max(1) as f64,
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "peak_rss_mib_checkpoints": { "after_train": round(rss_train, 1), "after_logprob": round(rss_logprob, 1), "after_sample": round(peak_rss_mib(), 1) },
+        "device": a.device,
         "threads": a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as u64),
         "cpu_count": std::thread::available_parallelism().map_or(1, |n| n.get()),
     });

@@ -122,6 +122,21 @@ pub struct FlowConfig {
 }
 
 impl FlowConfig {
+    /// Whether a training pass depends on the whole batch at once (batch norm's statistics) or
+    /// draws random numbers (dropout), so that splitting a batch would change the result.
+    pub fn batch_dependent(&self) -> bool {
+        fn dependent(layer: &LayerConfig) -> bool {
+            match layer {
+                LayerConfig::BatchNorm(_) => true,
+                LayerConfig::MaskedAutoregressive(c) => c.dropout > 0.0,
+                LayerConfig::Coupling(c) => c.dropout > 0.0,
+                LayerConfig::Invert { layer } => dependent(layer),
+                _ => false,
+            }
+        }
+        self.layers.iter().any(dependent)
+    }
+
     /// Appends a fixed affine layer mapping standardized values to the data's units, so that
     /// the flow models standardized data while its densities and samples are in the original
     /// units (the layer's log-det is part of every density).

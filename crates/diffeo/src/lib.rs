@@ -48,6 +48,11 @@ pub fn cpu() -> Device {
     Device::flex()
 }
 
+/// Whether `device` is the CPU (burn's `flex` backend, with or without autodiff).
+pub fn on_cpu(device: &Device) -> bool {
+    spline::fused::supported(device)
+}
+
 /// The CPU device configured for f64. burn fixes a device's float type once, before its first
 /// tensor: call this before any other tensor work in the process (a second call is harmless).
 pub fn cpu_f64() -> Result<Device> {
@@ -57,6 +62,13 @@ pub fn cpu_f64() -> Result<Device> {
         Err(_) if matches!(device.settings().float_dtype, FloatDType::F64) => Ok(device),
         Err(e) => Err(FlowError::Backend(format!("cannot switch the CPU device to f64: {e:?}"))),
     }
+}
+
+/// The CUDA device `index` (burn's `cuda` backend; feature `cuda`), in f32. Splines run as composed
+/// tensor operations there (the fused spline kernel is CPU-only).
+#[cfg(feature = "cuda")]
+pub fn cuda(index: usize) -> Device {
+    Device::cuda(index)
 }
 
 /// Common imports.

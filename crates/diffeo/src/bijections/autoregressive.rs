@@ -141,8 +141,9 @@ impl Bijection for MaskedAutoregressive {
         format!("MaskedAutoregressive({})", self.transformer.name())
     }
 
-    /// Sequential: D passes of MADE, each fixing the next feature of the order; the transformer
-    /// runs on that feature's column only.
+    /// Sequential: D passes, each fixing the next feature of the order (the transformer runs on
+    /// that feature's column only). MADE is evaluated in order of degree ([`Made::sweep`]), so
+    /// the passes together cost about one network evaluation; ResMADE takes D full passes.
     fn forward_unchecked(&self, u: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
         let ctx = if self.context_dim > 0 { context } else { None };
         let (n, d) = dims2(&u);
@@ -151,6 +152,36 @@ impl Bijection for MaskedAutoregressive {
             let (x, ld) = self.transformer.forward(u, &params);
             return Ok((x, sum_rows(ld)));
         }
+        let mut ld: Option<Tensor<2>> = None;
+        let swept = self.made.sweep(&self.order, n, ctx, |feature, theta| {
+            let (xc, lc) = self.transformer.forward(u.clone().narrow(1, feature, 1), &theta);
+            ld = Some(match ld.take() {
+                Some(total) => total.add(lc),
+                None => lc,
+            });
+            Ok(xc)
+        })?;
+        if let Some(columns) = swept {
+            return Ok((Tensor::cat(columns, 1), sum_rows(ld.expect("at least one pass"))));
+        }
+        self.forward_full_passes(u, ctx)
+    }
+
+    /// One pass.
+    fn inverse_unchecked(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
+        let ctx = if self.context_dim > 0 { context } else { None };
+        let params = self.made.forward(x.clone(), ctx);
+        let (u, ld) = self.transformer.inverse(x, &params);
+        Ok((u, sum_rows(ld)))
+    }
+}
+
+impl MaskedAutoregressive {
+    /// The sampling direction by D full passes of MADE (the reference for [`Made::sweep`], and
+    /// the method for ResMADE).
+    pub fn forward_full_passes(&self, u: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
+        let ctx = if self.context_dim > 0 { context } else { None };
+        let (n, d) = dims2(&u);
         let p = self.transformer.params_per_dim();
         let mut by_position = vec![0; d];
         for (feature, &position) in self.order.iter().enumerate() {
@@ -171,13 +202,5 @@ impl Bijection for MaskedAutoregressive {
             });
         }
         Ok((x, sum_rows(ld.expect("at least one pass"))))
-    }
-
-    /// One pass.
-    fn inverse_unchecked(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        let ctx = if self.context_dim > 0 { context } else { None };
-        let params = self.made.forward(x.clone(), ctx);
-        let (u, ld) = self.transformer.inverse(x, &params);
-        Ok((u, sum_rows(ld)))
     }
 }

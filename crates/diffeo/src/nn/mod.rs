@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::tensor::{matrix, vector};
 
+pub mod fused;
+
 /// Hidden-layer nonlinearity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -78,7 +80,24 @@ impl Dense {
 
     /// `x W + b`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        x.matmul(self.weight.val()).add(self.bias.val().unsqueeze())
+        self.forward_activated(x, None)
+    }
+
+    /// `act(x W + b)`: one fused operation on the CPU ([`fused`]).
+    pub fn forward_activated(&self, x: Tensor<2>, activation: Option<Activation>) -> Tensor<2> {
+        affine(x, self.weight.val(), self.bias.val(), activation)
+    }
+}
+
+/// `act(x W + b)`, fused on the CPU, composed elsewhere.
+fn affine(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>, activation: Option<Activation>) -> Tensor<2> {
+    if fused::supported(&x) {
+        return fused::dense(x, w, b, activation);
+    }
+    let h = x.matmul(w).add(b.unsqueeze());
+    match activation {
+        Some(a) => a.apply(h),
+        None => h,
     }
 }
 
@@ -194,14 +213,17 @@ impl Mlp {
         let n = self.layers.len();
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(h);
-            if i == 0 {
+            let act = (i + 1 < n).then_some(self.activation);
+            if i == 0 && self.residual.is_some() {
+                h = layer.forward(h);
                 if let Some(r) = &self.residual {
                     h = r.forward(h);
                 }
-            }
-            if i + 1 < n {
-                h = self.activation.apply(h);
+                if let Some(a) = act {
+                    h = a.apply(h);
+                }
+            } else {
+                h = layer.forward_activated(h, act);
             }
         }
         h
@@ -241,9 +263,30 @@ impl MaskedDense {
 
     /// `x (W ⊙ M) + b`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let w = self.weight.val().mul(self.mask.clone());
-        x.matmul(w).add(self.bias.val().unsqueeze())
+        self.forward_activated(x, None)
     }
+
+    /// `act(x (W ⊙ M) + b)`: one fused operation on the CPU ([`fused`]).
+    pub fn forward_activated(&self, x: Tensor<2>, activation: Option<Activation>) -> Tensor<2> {
+        affine(x, self.weight.val().mul(self.mask.clone()), self.bias.val(), activation)
+    }
+}
+
+/// Degrees of `width` hidden units for `d` inputs: cycling through 1..=D−1 (all 0 when D = 1).
+fn hidden_degrees(width: usize, d: usize) -> Vec<usize> {
+    (0..width).map(|k| if d <= 1 { 0 } else { k % (d - 1) + 1 }).collect()
+}
+
+/// One layer of MADE with its units sorted by degree (see [`Made::sweep`]).
+struct SortedLayer {
+    /// `(W ⊙ M)` with rows in the previous layer's sorted order and columns in this layer's.
+    weight: Tensor<2>,
+    /// Bias in sorted order.
+    bias: Tensor<1>,
+    /// Context weights with columns in sorted order (first hidden layer only).
+    context: Option<Tensor<2>>,
+    /// `upto[m]`: units of degree ≤ m.
+    upto: Vec<usize>,
 }
 
 /// MADE: a masked MLP whose output block for input `i` depends only on inputs that come before
@@ -303,10 +346,7 @@ impl Made {
         let d = order.len();
         let mut degrees: Vec<Vec<usize>> = vec![order.to_vec()];
         for &h in hidden {
-            let deg = (0..h)
-                .map(|k| if d <= 1 { 0 } else { k % (d - 1) + 1 })
-                .collect();
-            degrees.push(deg);
+            degrees.push(hidden_degrees(h, d));
         }
         let out_deg: Vec<usize> = (0..params_per_dim).flat_map(|_| order.iter().copied()).collect();
         let mut layers = Vec::new();
@@ -342,22 +382,130 @@ impl Made {
         Self { layers, context, residual, activation }
     }
 
+    /// Autoregressive evaluation in order of degree, for inverting MADE's layer (sampling MAF,
+    /// density of IAF): position `k = 1..=D` of `order` is fixed by `fix(feature, θ)` from its
+    /// parameters `θ` `[N, params_per_dim]` and returns that feature's column `[N, 1]`.
+    ///
+    /// Instead of D full passes of the network, each pass computes only the hidden units whose
+    /// degree has just become final (degree k − 1: their inputs, of degree ≤ k − 1, are fixed),
+    /// then the output block of position k from the units of degree < k. Every unit is computed
+    /// once, so the D passes together cost about one forward pass instead of D. Returns the
+    /// columns in feature order, or `None` for ResMADE (residual blocks), which needs full passes.
+    pub fn sweep(
+        &self,
+        order: &[usize],
+        n: usize,
+        context: Option<&Tensor<2>>,
+        mut fix: impl FnMut(usize, Tensor<2>) -> crate::error::Result<Tensor<2>>,
+    ) -> crate::error::Result<Option<Vec<Tensor<2>>>> {
+        let d = order.len();
+        let (Some(output), None, true) = (self.layers.last(), &self.residual, d >= 2) else {
+            return Ok(None);
+        };
+        let device = output.weight.device();
+        let p = output.weight.dims()[1] / d;
+        let mut by_position = vec![0; d];
+        for (feature, &position) in order.iter().enumerate() {
+            by_position[position - 1] = feature;
+        }
+        let sorted_by = |degrees: &[usize]| {
+            let mut perm: Vec<usize> = (0..degrees.len()).collect();
+            perm.sort_by_key(|&u| (degrees[u], u));
+            let upto: Vec<usize> = (0..=d).map(|m| degrees.iter().filter(|&&g| g <= m).count()).collect();
+            (perm, upto)
+        };
+        // Layer 0 is the input, in order of position; then the hidden layers.
+        let mut prev_perm = by_position.clone();
+        let input_upto: Vec<usize> = (0..=d).collect();
+        let mut hidden = Vec::new();
+        let ctx = self.context.as_ref().zip(context);
+        for (l, layer) in self.layers[..self.layers.len() - 1].iter().enumerate() {
+            let width = layer.weight.dims()[1];
+            let (perm, upto) = sorted_by(&hidden_degrees(width, d));
+            let cols = crate::tensor::indices(&perm, &device);
+            let weight = layer.weight.val().mul(layer.mask.clone()).select(0, crate::tensor::indices(&prev_perm, &device)).select(1, cols.clone());
+            let context = if l == 0 { ctx.map(|(w, _)| w.val().select(1, cols.clone())) } else { None };
+            hidden.push(SortedLayer { weight, bias: layer.bias.val().select(0, cols), context, upto });
+            prev_perm = perm;
+        }
+        let out_weight = output.weight.val().mul(output.mask.clone()).select(0, crate::tensor::indices(&prev_perm, &device));
+        let out_context = if hidden.is_empty() { ctx.map(|(w, _)| w.val()) } else { None };
+        let ctx_rows = ctx.map(|(_, c)| c.clone());
+
+        // Values computed so far, layer by layer, in sorted order (blocks of increasing degree).
+        let mut values: Vec<Vec<Tensor<2>>> = vec![Vec::new(); hidden.len() + 1];
+        let mut columns: Vec<Option<Tensor<2>>> = vec![None; d];
+        let width_of = |blocks: &[Tensor<2>]| blocks.iter().map(|t| t.dims()[1]).sum::<usize>();
+        for k in 1..=d {
+            // Hidden units of degree k − 1 (none at k = 1: degrees start at 1).
+            for l in 0..hidden.len() {
+                let layer = &hidden[l];
+                let (lo, hi) = (layer.upto[k - 1 - usize::from(k >= 2)], layer.upto[k - 1]);
+                if k < 2 || hi == lo {
+                    continue;
+                }
+                let inputs = if l == 0 { input_upto[k - 1] } else { hidden[l - 1].upto[k - 1] };
+                debug_assert_eq!(inputs, width_of(&values[l]));
+                let bias = layer.bias.clone().narrow(0, lo, hi - lo);
+                let pre_context = layer.context.as_ref().zip(ctx_rows.as_ref());
+                let block = if inputs == 0 || pre_context.is_some() {
+                    let mut h = bias.unsqueeze::<2>().repeat_dim(0, n);
+                    if inputs > 0 {
+                        let w = layer.weight.clone().slice([0..inputs, lo..hi]);
+                        h = h.add(Tensor::cat(values[l].clone(), 1).matmul(w));
+                    }
+                    if let Some((wc, c)) = pre_context {
+                        h = h.add(c.clone().matmul(wc.clone().narrow(1, lo, hi - lo)));
+                    }
+                    self.activation.apply(h)
+                } else {
+                    let w = layer.weight.clone().slice([0..inputs, lo..hi]);
+                    affine(Tensor::cat(values[l].clone(), 1), w, bias, Some(self.activation))
+                };
+                values[l + 1].push(block);
+            }
+            // Position k's parameters from the last layer's units of degree < k.
+            let feature = by_position[k - 1];
+            let cols = crate::tensor::indices(&(0..p).map(|q| q * d + feature).collect::<Vec<_>>(), &device);
+            let last = values.len() - 1;
+            let inputs = if hidden.is_empty() { k - 1 } else { hidden[hidden.len() - 1].upto[k - 1] };
+            let bias = output.bias.val().select(0, cols.clone());
+            let mut theta = if inputs == 0 {
+                bias.unsqueeze::<2>().repeat_dim(0, n)
+            } else {
+                let w = out_weight.clone().narrow(0, 0, inputs).select(1, cols.clone());
+                affine(Tensor::cat(values[last].clone(), 1), w, bias, None)
+            };
+            if let (Some(wc), Some(c)) = (&out_context, &ctx_rows) {
+                theta = theta.add(c.clone().matmul(wc.clone().select(1, cols)));
+            }
+            let x = fix(feature, theta)?;
+            values[0].push(x.clone());
+            columns[feature] = Some(x);
+        }
+        Ok(Some(columns.into_iter().map(|c| c.expect("every feature is fixed")).collect()))
+    }
+
     /// Conditioner outputs `[N, params_per_dim · D]` for inputs `[N, D]` and optional context.
     pub fn forward(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Tensor<2> {
         let n = self.layers.len();
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(h);
-            if i == 0 {
+            let act = (i + 1 < n).then_some(self.activation);
+            let with_context = self.context.is_some() && context.is_some();
+            if i == 0 && (with_context || self.residual.is_some()) {
+                h = layer.forward(h);
                 if let (Some(c), Some(ctx)) = (&self.context, context) {
                     h = h.add(ctx.clone().matmul(c.val()));
                 }
                 if let Some(r) = &self.residual {
                     h = r.forward(h);
                 }
-            }
-            if i + 1 < n {
-                h = self.activation.apply(h);
+                if let Some(a) = act {
+                    h = a.apply(h);
+                }
+            } else {
+                h = layer.forward_activated(h, act);
             }
         }
         h

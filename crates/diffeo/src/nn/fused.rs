@@ -1,0 +1,363 @@
+//! The fused dense layer for the CPU (Flex) backend: `act(x·W + b)` as one backend operation with
+//! a hand-written backward, instead of matmul, bias broadcast, activation and their backward
+//! steps as separate graph nodes with their own allocations.
+//!
+//! Forward: one GEMM into the output buffer, then bias and activation in the same pass. Backward
+//! (from the saved input, weights and output): `g' = g ⊙ act′(y)` (the activation's derivative is
+//! a function of its output for ReLU, tanh and ELU), `∂x = g'·Wᵀ` (skipped when `x` needs no
+//! gradient, e.g. the data entering the first layer), `∂W = xᵀ·g'`, `∂b = Σ_rows g'`. GEMMs run
+//! single-threaded below ~8 M multiply-adds (the batch is then usually split across threads by the
+//! fit already) and on all threads above. f32 and f64.
+//!
+//! The composed version ([`Dense`](super::Dense) / [`MaskedDense`](super::MaskedDense) with a
+//! separate activation) is the reference the tests compare against, and what other backends run.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
+use burn::tensor::{DType, Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::Activation;
+
+/// Multiply-adds above which a GEMM uses every thread.
+const PARALLEL_GEMM: usize = 8 << 20;
+
+/// `act(x·w + b)` as one backend operation: `x` `[N, I]`, `w` `[I, O]`, `b` `[O]` → `[N, O]`.
+#[backend_extension(Flex, Autodiff)]
+pub trait DenseBackend: Backend {
+    /// The layer; `activation` `None` is the affine map alone.
+    fn dense(x: FloatTensor<Self>, w: FloatTensor<Self>, b: FloatTensor<Self>, activation: Option<Activation>) -> FloatTensor<Self>;
+}
+
+/// The backward kernel of [`DenseBackend::dense`].
+pub trait DenseGrad: Backend {
+    /// `(∂x, ∂w, ∂b)` of `⟨g, y⟩` for `y = act(x·w + b)`, from the saved `x`, `w` and `y`;
+    /// `∂x` only when `want_x`.
+    fn dense_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        activation: Option<Activation>,
+        want_x: bool,
+    ) -> (Option<FloatTensor<Self>>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// Whether the fused layer serves tensors like `x` (the CPU device, f32 or f64) and has not been
+/// switched off with `DIFFEO_COMPOSED_DENSE=1`.
+pub fn supported(x: &Tensor<2>) -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let composed = *FORCED.get_or_init(|| std::env::var("DIFFEO_COMPOSED_DENSE").is_ok_and(|v| v != "0"));
+    !composed && crate::on_cpu(&x.device()) && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// The fused layer on a supported device.
+pub fn dense(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>, activation: Option<Activation>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as DenseBackend>::dense(x.into_dispatch(), w.into_dispatch(), b.into_dispatch(), activation))
+}
+
+impl DenseBackend for Flex {
+    fn dense(x: FlexTensor, w: FlexTensor, b: FlexTensor, activation: Option<Activation>) -> FlexTensor {
+        match x.dtype() {
+            DType::F64 => forward::<f64>(&x, &w, &b, activation),
+            _ => forward::<f32>(&x, &w, &b, activation),
+        }
+    }
+}
+
+impl DenseGrad for Flex {
+    fn dense_backward(
+        x: FlexTensor,
+        w: FlexTensor,
+        y: FlexTensor,
+        g: FlexTensor,
+        activation: Option<Activation>,
+        want_x: bool,
+    ) -> (Option<FlexTensor>, FlexTensor, FlexTensor) {
+        match x.dtype() {
+            DType::F64 => backward::<f64>(&x, &w, &y, &g, activation, want_x),
+            _ => backward::<f32>(&x, &w, &y, &g, activation, want_x),
+        }
+    }
+}
+
+impl<B: Backend + DenseBackend + DenseGrad, C: CheckpointStrategy> DenseBackend for Autodiff<B, C> {
+    fn dense(x: FloatTensor<Self>, w: FloatTensor<Self>, b: FloatTensor<Self>, activation: Option<Activation>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct DenseStep;
+
+        impl<B: Backend + DenseGrad> Backward<B, 3> for DenseStep {
+            type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, Option<Activation>);
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_w, node_b] = ops.parents;
+                let g = grads.consume::<B>(&ops.node);
+                let (x, w, y, activation) = ops.state;
+                let (gx, gw, gb) = B::dense_backward(x, w, y, g, activation, node_x.is_some());
+                if let (Some(node), Some(gx)) = (node_x, gx) {
+                    grads.register::<B>(node.id, gx);
+                }
+                if let Some(node) = node_w {
+                    grads.register::<B>(node.id, gw);
+                }
+                if let Some(node) = node_b {
+                    grads.register::<B>(node.id, gb);
+                }
+            }
+        }
+
+        let guards = [x.node(), w.node(), b.node()];
+        let (x, w, b) = (x.into_primitive(), w.into_primitive(), b.into_primitive());
+        match DenseStep.prepare::<C>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = B::dense(x.clone(), w.clone(), b, activation);
+                prep.finish((x, w, y.clone(), activation), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::dense(x, w, b, activation)),
+        }
+    }
+}
+
+/// The float types the kernels run in.
+trait Real: gemm_scalar::Scalar {}
+impl Real for f32 {}
+impl Real for f64 {}
+
+mod gemm_scalar {
+    use burn::tensor::Element;
+
+    /// What the kernels need of f32 and f64.
+    pub trait Scalar:
+        Copy + Send + Sync + 'static + Element + bytemuck::Pod + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> + PartialOrd
+    {
+        const ZERO: Self;
+        const ONE: Self;
+        fn tanh(self) -> Self;
+        fn exp_m1(self) -> Self;
+    }
+
+    impl Scalar for f32 {
+        const ZERO: Self = 0.0;
+        const ONE: Self = 1.0;
+        fn tanh(self) -> Self {
+            f32::tanh(self)
+        }
+        fn exp_m1(self) -> Self {
+            f32::exp_m1(self)
+        }
+    }
+
+    impl Scalar for f64 {
+        const ZERO: Self = 0.0;
+        const ONE: Self = 1.0;
+        fn tanh(self) -> Self {
+            f64::tanh(self)
+        }
+        fn exp_m1(self) -> Self {
+            f64::exp_m1(self)
+        }
+    }
+}
+
+
+/// A contiguous row-major view of a 1-D or 2-D tensor (copied only if it is not contiguous).
+fn values<T: Real>(t: &FlexTensor) -> std::borrow::Cow<'_, [T]> {
+    match t.as_slice::<T>() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<T>().map(<[T]>::to_vec).unwrap_or_default()),
+    }
+}
+
+fn shape2(t: &FlexTensor) -> (usize, usize) {
+    let s = t.layout().shape();
+    (s[0], s[1])
+}
+
+fn tensor<T: Real>(v: Vec<T>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(v, shape))
+}
+
+/// [`gemm_with`] on every thread when the product is large, else on this one.
+fn gemm<T: Real>(mnk: (usize, usize, usize), dst: &mut [T], lhs: &[T], ls: (usize, usize), rhs: &[T], rs: (usize, usize)) {
+    let parallel = mnk.0 * mnk.1 * mnk.2 >= PARALLEL_GEMM;
+    gemm_with(mnk, dst, lhs, ls, rhs, rs, parallel);
+}
+
+/// [`gemm_with`] on this thread.
+fn gemm_serial<T: Real>(mnk: (usize, usize, usize), dst: &mut [T], lhs: &[T], ls: (usize, usize), rhs: &[T], rs: (usize, usize)) {
+    gemm_with(mnk, dst, lhs, ls, rhs, rs, false);
+}
+
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]` with explicit (column, row) strides for each operand.
+fn gemm_with<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    lhs: &[T],
+    (lhs_cs, lhs_rs): (usize, usize),
+    rhs: &[T],
+    (rhs_cs, rhs_rs): (usize, usize),
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst[..m * n].fill(T::ZERO);
+        return;
+    }
+    assert!(dst.len() >= m * n);
+    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    let parallelism = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: the asserts above bound every element the strides reach; dst is not read
+    // (read_dst = false) and does not alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::ZERO,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+fn activate<T: Real>(v: T, activation: Option<Activation>) -> T {
+    match activation {
+        None => v,
+        Some(Activation::Relu) => {
+            if v > T::ZERO {
+                v
+            } else {
+                T::ZERO
+            }
+        }
+        Some(Activation::Tanh) => v.tanh(),
+        Some(Activation::Elu) => {
+            if v > T::ZERO {
+                v
+            } else {
+                v.exp_m1()
+            }
+        }
+    }
+}
+
+/// `act′` as a function of the activation's output `y`.
+fn derivative<T: Real>(y: T, activation: Option<Activation>) -> T {
+    match activation {
+        None => T::ONE,
+        Some(Activation::Relu) => {
+            if y > T::ZERO {
+                T::ONE
+            } else {
+                T::ZERO
+            }
+        }
+        Some(Activation::Tanh) => T::ONE - y * y,
+        Some(Activation::Elu) => {
+            if y > T::ZERO {
+                T::ONE
+            } else {
+                y + T::ONE
+            }
+        }
+    }
+}
+
+/// `y += b` then `y = act(y)` over rows of width `b.len()`, one loop per activation so that each
+/// vectorizes.
+fn bias_activation<T: Real>(y: &mut [T], b: &[T], activation: Option<Activation>) {
+    macro_rules! each {
+        ($f:expr) => {
+            for row in y.chunks_exact_mut(b.len()) {
+                for (v, &bias) in row.iter_mut().zip(b) {
+                    *v = $f(*v + bias);
+                }
+            }
+        };
+    }
+    match activation {
+        None => each!(|v: T| v),
+        Some(Activation::Relu) => each!(|v: T| if v > T::ZERO { v } else { T::ZERO }),
+        Some(a) => each!(|v: T| activate(v, Some(a))),
+    }
+}
+
+fn forward<T: Real>(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, activation: Option<Activation>) -> FlexTensor {
+    let ((n, i), (_, o)) = (shape2(x), shape2(w));
+    let (xv, wv, bv) = (values::<T>(x), values::<T>(w), values::<T>(b));
+    let mut y = vec![T::ZERO; n * o];
+    if o == 0 {
+        return tensor(y, vec![n, o]);
+    }
+    let threads = rayon::current_num_threads();
+    if n * o * i >= PARALLEL_GEMM && threads > 1 && n >= 2 * threads {
+        // Rows split across threads: each chunk's GEMM, bias and activation stay on one core.
+        let rows = n.div_ceil(threads);
+        y.par_chunks_mut(rows * o).zip(xv.par_chunks(rows * i)).for_each(|(y, x)| {
+            let m = y.len() / o;
+            gemm_serial((m, o, i), y, x, (1, i), &wv, (1, o));
+            bias_activation(y, &bv, activation);
+        });
+    } else {
+        gemm((n, o, i), &mut y, &xv, (1, i), &wv, (1, o));
+        bias_activation(&mut y, &bv, activation);
+    }
+    tensor(y, vec![n, o])
+}
+
+fn backward<T: Real>(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    y: &FlexTensor,
+    g: &FlexTensor,
+    activation: Option<Activation>,
+    want_x: bool,
+) -> (Option<FlexTensor>, FlexTensor, FlexTensor) {
+    let ((n, i), (_, o)) = (shape2(x), shape2(w));
+    let (xv, wv, yv, gv) = (values::<T>(x), values::<T>(w), values::<T>(y), values::<T>(g));
+    // g' = g ⊙ act′(y)
+    let gp: std::borrow::Cow<'_, [T]> = match activation {
+        None => gv,
+        Some(Activation::Relu) => {
+            gv.iter().zip(yv.iter()).map(|(&g, &y)| if y > T::ZERO { g } else { T::ZERO }).collect::<Vec<T>>().into()
+        }
+        Some(_) => gv.iter().zip(yv.iter()).map(|(&g, &y)| g * derivative(y, activation)).collect::<Vec<T>>().into(),
+    };
+    // ∂x = g'·Wᵀ: Wᵀ[k, j] = w[j·o + k], column stride o, row stride 1.
+    let gx = want_x.then(|| {
+        let mut gx = vec![T::ZERO; n * i];
+        gemm((n, i, o), &mut gx, &gp, (1, o), &wv, (o, 1));
+        tensor(gx, vec![n, i])
+    });
+    // ∂W = xᵀ·g': xᵀ[r, k] = x[k·i + r], column stride i, row stride 1.
+    let mut gw = vec![T::ZERO; i * o];
+    gemm((i, o, n), &mut gw, &xv, (i, 1), &gp, (1, o));
+    let mut gb = vec![T::ZERO; o];
+    for row in gp.chunks(o.max(1)) {
+        for (s, &v) in gb.iter_mut().zip(row) {
+            *s = *s + v;
+        }
+    }
+    (gx, tensor(gw, vec![i, o]), tensor(gb, vec![o]))
+}
