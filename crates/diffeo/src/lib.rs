@@ -50,7 +50,7 @@ pub fn cpu() -> Device {
 
 /// Whether `device` is the CPU (burn's `flex` backend, with or without autodiff).
 pub fn on_cpu(device: &Device) -> bool {
-    spline::fused::supported(device)
+    matches!(device.as_dispatch().clone().inner(), burn::backend::DispatchDevice::Flex(_))
 }
 
 /// The CPU device configured for f64. burn fixes a device's float type once, before its first

@@ -123,47 +123,41 @@ impl<B: Backend + DenseBackend + DenseGrad, C: CheckpointStrategy> DenseBackend 
     }
 }
 
-/// The float types the kernels run in.
-trait Real: gemm_scalar::Scalar {}
-impl Real for f32 {}
-impl Real for f64 {}
-
-mod gemm_scalar {
-    use burn::tensor::Element;
-
-    /// What the kernels need of f32 and f64.
-    pub trait Scalar:
-        Copy + Send + Sync + 'static + Element + bytemuck::Pod + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> + PartialOrd
-    {
-        const ZERO: Self;
-        const ONE: Self;
-        fn tanh(self) -> Self;
-        fn exp_m1(self) -> Self;
-    }
-
-    impl Scalar for f32 {
-        const ZERO: Self = 0.0;
-        const ONE: Self = 1.0;
-        fn tanh(self) -> Self {
-            f32::tanh(self)
-        }
-        fn exp_m1(self) -> Self {
-            f32::exp_m1(self)
-        }
-    }
-
-    impl Scalar for f64 {
-        const ZERO: Self = 0.0;
-        const ONE: Self = 1.0;
-        fn tanh(self) -> Self {
-            f64::tanh(self)
-        }
-        fn exp_m1(self) -> Self {
-            f64::exp_m1(self)
-        }
-    }
+/// What the kernels need of their float types (f32 and f64).
+trait Real:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + burn::tensor::Element
+    + bytemuck::Pod
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + PartialOrd
+{
+    const ZERO: Self;
+    const ONE: Self;
+    fn tanh(self) -> Self;
+    fn exp_m1(self) -> Self;
 }
 
+macro_rules! real {
+    ($t:ty) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            fn exp_m1(self) -> Self {
+                <$t>::exp_m1(self)
+            }
+        }
+    };
+}
+real!(f32);
+real!(f64);
 
 /// A contiguous row-major view of a 1-D or 2-D tensor (copied only if it is not contiguous).
 fn values<T: Real>(t: &FlexTensor) -> std::borrow::Cow<'_, [T]> {

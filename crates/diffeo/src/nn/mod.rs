@@ -89,6 +89,34 @@ impl Dense {
     }
 }
 
+/// `layers` in order, each followed by `activation` except the last. When given, `after_first`
+/// runs on the first layer's output before its activation (context, residual blocks), so that
+/// layer applies its activation separately; every other layer fuses it (`forward`).
+fn layer_stack<L>(
+    layers: &[L],
+    x: Tensor<2>,
+    activation: Activation,
+    forward: impl Fn(&L, Tensor<2>, Option<Activation>) -> Tensor<2>,
+    after_first: Option<&dyn Fn(Tensor<2>) -> Tensor<2>>,
+) -> Tensor<2> {
+    let n = layers.len();
+    let mut h = x;
+    for (i, layer) in layers.iter().enumerate() {
+        let act = (i + 1 < n).then_some(activation);
+        h = match after_first.filter(|_| i == 0) {
+            Some(extra) => {
+                let pre = extra(forward(layer, h, None));
+                match act {
+                    Some(a) => a.apply(pre),
+                    None => pre,
+                }
+            }
+            None => forward(layer, h, act),
+        };
+    }
+    h
+}
+
 /// `act(x W + b)`, fused on the CPU, composed elsewhere.
 fn affine(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>, activation: Option<Activation>) -> Tensor<2> {
     if fused::supported(&x) {
@@ -210,23 +238,9 @@ impl Mlp {
 
     /// Applies the network.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let n = self.layers.len();
-        let mut h = x;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let act = (i + 1 < n).then_some(self.activation);
-            if i == 0 && self.residual.is_some() {
-                h = layer.forward(h);
-                if let Some(r) = &self.residual {
-                    h = r.forward(h);
-                }
-                if let Some(a) = act {
-                    h = a.apply(h);
-                }
-            } else {
-                h = layer.forward_activated(h, act);
-            }
-        }
-        h
+        let residual = self.residual.as_ref().map(|r| move |h| r.forward(h));
+        let after_first = residual.as_ref().map(|f| f as &dyn Fn(Tensor<2>) -> Tensor<2>);
+        layer_stack(&self.layers, x, self.activation, Dense::forward_activated, after_first)
     }
 }
 
@@ -488,26 +502,17 @@ impl Made {
 
     /// Conditioner outputs `[N, params_per_dim · D]` for inputs `[N, D]` and optional context.
     pub fn forward(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Tensor<2> {
-        let n = self.layers.len();
-        let mut h = x;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let act = (i + 1 < n).then_some(self.activation);
-            let with_context = self.context.is_some() && context.is_some();
-            if i == 0 && (with_context || self.residual.is_some()) {
-                h = layer.forward(h);
-                if let (Some(c), Some(ctx)) = (&self.context, context) {
-                    h = h.add(ctx.clone().matmul(c.val()));
-                }
-                if let Some(r) = &self.residual {
-                    h = r.forward(h);
-                }
-                if let Some(a) = act {
-                    h = a.apply(h);
-                }
-            } else {
-                h = layer.forward_activated(h, act);
+        let ctx = self.context.as_ref().zip(context);
+        let extra = |mut h: Tensor<2>| {
+            if let Some((c, rows)) = ctx {
+                h = h.add(rows.clone().matmul(c.val()));
             }
-        }
-        h
+            if let Some(r) = &self.residual {
+                h = r.forward(h);
+            }
+            h
+        };
+        let after_first = (ctx.is_some() || self.residual.is_some()).then_some(&extra as &dyn Fn(Tensor<2>) -> Tensor<2>);
+        layer_stack(&self.layers, x, self.activation, MaskedDense::forward_activated, after_first)
     }
 }

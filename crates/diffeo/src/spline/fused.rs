@@ -22,7 +22,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, DispatchDevice, Flex};
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
@@ -61,7 +61,7 @@ pub trait RqSplineGrad: Backend {
 
 /// Whether tensors on `device` can use the fused kernel.
 pub fn supported(device: &Device) -> bool {
-    matches!(device.as_dispatch().clone().inner(), DispatchDevice::Flex(_))
+    crate::on_cpu(device)
 }
 
 /// The fused spline on a supported device: `(output, log-det)`, both `[N, D]`.
@@ -117,7 +117,7 @@ impl RqSplineGrad for Flex {
         let dtype = grad.dtype();
         let (n, d2) = dims(&grad);
         let d = d2 / 2;
-        let p = 3 * bins - 1;
+        let p = super::params_per_dim(bins);
         let (jac, grad) = (host(jac), host(grad));
         let mut gv = vec![0.0; n * d];
         let mut gp = vec![0.0; n * p * d];
@@ -285,8 +285,8 @@ impl Kernel {
     fn scratch(&self) -> Scratch {
         let k = self.bins;
         Scratch {
-            theta: vec![0.0; 3 * k - 1],
-            g_theta: vec![0.0; 3 * k - 1],
+            theta: vec![0.0; super::params_per_dim(k)],
+            g_theta: vec![0.0; super::params_per_dim(k)],
             pw: vec![0.0; k],
             ph: vec![0.0; k],
             xk: vec![0.0; k + 1],
@@ -303,7 +303,7 @@ impl Kernel {
     fn run(&self, v: &[f64], params: &[f64], out: &mut [f64], jac: Option<&mut [f64]>) {
         const ROWS: usize = 64;
         let d = self.dim.max(1);
-        let p = 3 * self.bins - 1;
+        let p = super::params_per_dim(self.bins);
         match jac {
             None => out.par_chunks_mut(ROWS * 2 * d).enumerate().for_each(|(c, o)| {
                 self.rows(c * ROWS, v, params, o, None);
@@ -319,7 +319,7 @@ impl Kernel {
     /// Rows `first ..` of the batch, as many as `out` holds.
     fn rows(&self, first: usize, v: &[f64], params: &[f64], out: &mut [f64], mut jac: Option<&mut [f64]>) {
         let d = self.dim;
-        let p = 3 * self.bins - 1;
+        let p = super::params_per_dim(self.bins);
         let block = 2 * (p + 1);
         let mut s = self.scratch();
         for local in 0..out.len() / (2 * d) {
@@ -354,7 +354,7 @@ impl Kernel {
     /// `[∂/∂v, ∂/∂θ_0, …, ∂/∂θ_{P−1}]` (output, then log-det).
     fn element(&self, v: f64, jacobian: bool, s: &mut Scratch) -> (f64, f64) {
         let (k, bound) = (self.bins, self.bound);
-        let p = 3 * k - 1;
+        let p = super::params_per_dim(k);
         if v <= -bound || v >= bound {
             if jacobian {
                 s.jac.fill(0.0);
