@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{FlowError, Result};
 use crate::tensor::{dims2, indices, logsumexp_rows, matrix, sum_rows, to_vec, LN_2PI};
 
-/// Serializable description of a base density.
+/// Which base density (serialized in a flow's architecture).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum BaseConfig {
+pub enum BaseKind {
     /// N(0, I).
     #[default]
     StandardNormal,
@@ -36,29 +36,68 @@ pub enum BaseConfig {
     },
 }
 
-impl BaseConfig {
-    /// Checks the configuration.
+impl BaseKind {
+    /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
         match self {
-            BaseConfig::GaussianMixture { components: 0 } => {
+            BaseKind::GaussianMixture { components: 0 } => {
                 Err(FlowError::InvalidConfig("a mixture needs at least one component".into()))
             }
-            BaseConfig::StudentT { df } if !(*df > 0.0 && df.is_finite()) => {
+            BaseKind::StudentT { df } if !(*df > 0.0 && df.is_finite()) => {
                 Err(FlowError::InvalidConfig(format!("Student-t needs finite df > 0, got {df}")))
             }
             _ => Ok(()),
         }
     }
 
-    /// Builds the density on `dim` features.
-    pub fn init(&self, dim: usize, seed: u64, device: &Device) -> Base {
+    /// Trainable parameters on `dim` features.
+    pub fn parameter_count(&self, dim: usize) -> usize {
         match self {
-            BaseConfig::StandardNormal => Base::StandardNormal(StandardNormal { dim }),
-            BaseConfig::DiagNormal => Base::DiagNormal(DiagNormal {
+            BaseKind::StandardNormal | BaseKind::StudentT { .. } => 0,
+            BaseKind::DiagNormal => 2 * dim,
+            BaseKind::GaussianMixture { components } => components * (1 + 2 * dim),
+        }
+    }
+}
+
+/// Configuration of a base density: its kind, its features and the seed of its random
+/// initialisation (mixture means).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BaseConfig {
+    /// Features D.
+    pub dim: usize,
+    /// Which density.
+    pub kind: BaseKind,
+    /// Seed of the random initialisation.
+    pub seed: u64,
+}
+
+impl BaseConfig {
+    /// `kind` on `dim` features.
+    pub fn new(dim: usize, kind: BaseKind) -> Self {
+        Self { dim, kind, seed: 0 }
+    }
+
+    /// Sets the seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Builds the density.
+    pub fn init(&self, device: &Device) -> Result<Base> {
+        self.kind.validate()?;
+        if self.dim == 0 {
+            return Err(FlowError::InvalidConfig("a base density needs at least one feature".into()));
+        }
+        let (dim, seed) = (self.dim, self.seed);
+        Ok(match &self.kind {
+            BaseKind::StandardNormal => Base::StandardNormal(StandardNormal { dim }),
+            BaseKind::DiagNormal => Base::DiagNormal(DiagNormal {
                 loc: Param::from_tensor(Tensor::zeros([dim], device)),
                 log_scale: Param::from_tensor(Tensor::zeros([dim], device)),
             }),
-            BaseConfig::GaussianMixture { components } => {
+            BaseKind::GaussianMixture { components } => {
                 let mut rng = StdRng::seed_from_u64(seed ^ 0xB45E);
                 let k = *components;
                 let locs: Vec<f64> = (0..k * dim).map(|_| rng.sample(StdNormalDist)).collect();
@@ -68,8 +107,8 @@ impl BaseConfig {
                     log_scales: Param::from_tensor(Tensor::zeros([k, dim], device)),
                 })
             }
-            BaseConfig::StudentT { df } => Base::StudentT(StudentT { dim, df: *df }),
-        }
+            BaseKind::StudentT { df } => Base::StudentT(StudentT { dim, df: *df }),
+        })
     }
 }
 

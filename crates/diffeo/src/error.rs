@@ -117,6 +117,22 @@ pub enum FlowError {
         /// Version this build understands.
         supported: u32,
     },
+    /// An iterative solver (fixed point, bisection, ODE) did not reach its tolerance.
+    #[error("{what} did not converge in {iterations} iterations (remaining error {residual:.3e}); raise the iteration limit or loosen the tolerance")]
+    NotConverged {
+        /// What was being solved.
+        what: String,
+        /// Iterations spent.
+        iterations: usize,
+        /// The error left.
+        residual: f64,
+    },
+    /// Bad input data or files (the message names the file, row and column where it can).
+    #[error("{0}")]
+    Data(String),
+    /// A configuration that would not fit in memory.
+    #[error("{0}")]
+    TooLarge(String),
     /// The tensor backend failed.
     #[error("tensor backend error: {0}")]
     Backend(String),

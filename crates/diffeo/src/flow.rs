@@ -5,17 +5,17 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rand::rngs::StdRng;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::bijections::{
-    Bijection, Chain, Cost, CouplingConfig, Directions, ElementwiseKind, LayerConfig, MaskedAutoregressiveConfig, NormMode, Permutation,
+    Bijection, Call, Chain, ChainConfig, Cost, Directions, ElementwiseConfig, ElementwiseKind, EventShape, LayerConfig, LogDet, Mode,
 };
-use crate::distributions::{Base, BaseConfig};
+use crate::distributions::{Base, BaseConfig, BaseKind};
 use crate::error::{Direction, FlowError, Result};
-use crate::nn::{Activation, Mlp};
+use crate::nn::{Activation, Mlp, MlpConfig};
 use crate::tensor::{check_finite, dims2, repeat_rows, vector};
-use crate::transformer::Transformer;
+
+pub use crate::families::{iaf, maf, nice, nsf, nsf_coupling, realnvp, MafConfig, RealNvpConfig};
 
 /// An MLP applied to the context before it reaches the conditioners.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,10 +90,10 @@ impl Standardization {
 
     /// The layer `x = mean + std ⊙ z` (standardized → original units), to end a flow with.
     pub fn layer(&self) -> LayerConfig {
-        LayerConfig::Elementwise {
-            dim: self.dim(),
-            kind: ElementwiseKind::Affine { shift: self.mean.clone(), scale: self.std.clone() },
-        }
+        LayerConfig::Elementwise(ElementwiseConfig::new(
+            self.dim(),
+            ElementwiseKind::Affine { shift: self.mean.clone(), scale: self.std.clone() },
+        ))
     }
 }
 
@@ -102,14 +102,15 @@ impl Standardization {
 pub struct FlowConfig {
     /// Features D.
     pub dim: usize,
-    /// The layers `T_1, …, T_K` (`T_1` acts on base samples first).
+    /// The layers `T_1, …, T_K` (`T_1` acts on base samples first), possibly with factor-out
+    /// steps (multi-scale).
     pub layers: Vec<LayerConfig>,
     /// Raw context width C (0: unconditional).
     #[config(default = 0)]
     pub context_dim: usize,
     /// Base density.
-    #[config(default = "BaseConfig::StandardNormal")]
-    pub base: BaseConfig,
+    #[config(default = "BaseKind::StandardNormal")]
+    pub base: BaseKind,
     /// Optional context embedding network.
     #[config(default = "None")]
     pub embedding: Option<EmbeddingConfig>,
@@ -119,22 +120,29 @@ pub struct FlowConfig {
     /// Standardization applied to the raw context before the embedding and conditioners.
     #[config(default = "None")]
     pub context_standardization: Option<Standardization>,
+    /// Shape of a data event (default, and in files written before it existed: flat `[dim]`).
+    #[config(default = "None")]
+    pub event: Option<EventShape>,
 }
 
+/// Seed of a flow's context embedding, from the flow's seed.
+const EMBEDDING_SEED: u64 = 0xE3B0_C442;
+
 impl FlowConfig {
+    /// The data event shape.
+    pub fn event_shape(&self) -> EventShape {
+        self.event.unwrap_or(EventShape::flat(self.dim))
+    }
+
+    /// The transform's description.
+    pub fn chain(&self) -> ChainConfig {
+        ChainConfig::new(self.dim, self.layers.clone()).with_event(self.event_shape()).with_seed(self.seed)
+    }
+
     /// Whether a training pass depends on the whole batch at once (batch norm's statistics) or
     /// draws random numbers (dropout), so that splitting a batch would change the result.
     pub fn batch_dependent(&self) -> bool {
-        fn dependent(layer: &LayerConfig) -> bool {
-            match layer {
-                LayerConfig::BatchNorm(_) => true,
-                LayerConfig::MaskedAutoregressive(c) => c.dropout > 0.0,
-                LayerConfig::Coupling(c) => c.dropout > 0.0,
-                LayerConfig::Invert { layer } => dependent(layer),
-                _ => false,
-            }
-        }
-        self.layers.iter().any(dependent)
+        self.layers.iter().filter_map(LayerConfig::spec).any(|s| s.batch_dependent())
     }
 
     /// Appends a fixed affine layer mapping standardized values to the data's units, so that
@@ -153,10 +161,29 @@ impl FlowConfig {
         }
     }
 
+    fn embedding_network(&self, e: &EmbeddingConfig) -> MlpConfig {
+        MlpConfig::new(self.context_dim, e.hidden.clone(), e.output_dim).with_activation(e.activation).with_seed(self.seed ^ EMBEDDING_SEED)
+    }
+
+    /// Trainable parameters, computed from the configuration (before building anything).
+    pub fn parameter_count(&self) -> usize {
+        let layers: usize = self.layers.iter().filter_map(LayerConfig::spec).map(|s| s.parameter_count()).sum();
+        let embedding = self.embedding.as_ref().map_or(0, |e| self.embedding_network(e).parameter_count());
+        layers + embedding + self.base.parameter_count(self.dim)
+    }
+
+    /// The spline tail bound of the first layer that has one.
+    pub fn tail_bound(&self) -> Option<f64> {
+        self.layers.iter().filter_map(LayerConfig::spec).find_map(|s| s.tail_bound())
+    }
+
     /// Checks that the configuration describes a valid flow.
     pub fn validate(&self) -> Result<()> {
         if self.dim == 0 {
             return Err(FlowError::InvalidConfig("a flow needs at least one feature".into()));
+        }
+        if self.event_shape().size() != self.dim {
+            return Err(FlowError::InvalidConfig(format!("the event shape {} does not have {} features", self.event_shape(), self.dim)));
         }
         self.base.validate()?;
         if let Some(s) = &self.context_standardization {
@@ -175,20 +202,14 @@ impl FlowConfig {
                 return Err(FlowError::InvalidConfig("embedding widths must be positive".into()));
             }
         }
+        self.chain().event_shapes()?;
         let cc = self.conditioner_context_dim();
         for (i, l) in self.layers.iter().enumerate() {
-            l.validate().map_err(|e| FlowError::InvalidConfig(format!("layer {i}: {e}")))?;
-            if l.dim() != self.dim {
-                return Err(FlowError::InvalidConfig(format!(
-                    "layer {i} has {} features, the flow has {}",
-                    l.dim(),
-                    self.dim
-                )));
-            }
-            if l.context_dim() != 0 && l.context_dim() != cc {
+            let Some(spec) = l.spec() else { continue };
+            if spec.context_dim() != 0 && spec.context_dim() != cc {
                 return Err(FlowError::InvalidConfig(format!(
                     "layer {i} expects a context of width {}, the flow provides {cc}",
-                    l.context_dim()
+                    spec.context_dim()
                 )));
             }
         }
@@ -196,24 +217,12 @@ impl FlowConfig {
     }
 
     /// Builds the flow, or explains why the configuration is invalid.
-    pub fn try_init(&self, device: &Device) -> Result<Flow> {
+    pub fn init(&self, device: &Device) -> Result<Flow> {
         self.validate()?;
-        let transform = Chain::from_configs(self.dim, &self.layers, self.seed, device)?;
-        let base = self.base.init(self.dim, self.seed, device);
-        let embedding = self.embedding.as_ref().map(|e| {
-            let mut rng = StdRng::seed_from_u64(self.seed ^ 0xE3B0_C442);
-            Mlp::new(self.context_dim, &e.hidden, e.output_dim, e.activation, false, &mut rng, device)
-        });
+        let transform = self.chain().init(device)?;
+        let base = BaseConfig::new(self.dim, self.base.clone()).with_seed(self.seed).init(device)?;
+        let embedding = self.embedding.as_ref().map(|e| self.embedding_network(e).init(device)).transpose()?;
         Ok(Flow { base, transform, embedding, config: self.clone() })
-    }
-
-    /// Builds the flow.
-    ///
-    /// # Panics
-    /// If the configuration is invalid; use [`FlowConfig::try_init`] for configurations that
-    /// come from users or files.
-    pub fn init(&self, device: &Device) -> Flow {
-        self.try_init(device).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -271,9 +280,19 @@ impl Flow {
         self.map(&mut Off)
     }
 
-    /// Sets the mode of every batch-norm layer ([`NormMode::Evaluation`] for inference).
-    pub fn set_norm_mode(&mut self, mode: NormMode) {
-        self.transform.set_norm_mode(mode);
+    /// The data event shape.
+    pub fn event(&self) -> EventShape {
+        self.config.event_shape()
+    }
+
+    /// Whether log-densities evaluated in `mode` are exact or estimated.
+    pub fn log_det(&self, mode: Mode) -> LogDet {
+        self.transform.log_det(mode)
+    }
+
+    /// Trainable parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.num_params()
     }
 
     /// Validates a data batch and its context: widths, rows, presence of context, finiteness.
@@ -324,22 +343,37 @@ impl Flow {
         })
     }
 
+    /// The call the transform sees: the flow's context embedded.
+    fn inner_call(&self, call: Call) -> Call {
+        let embedded = self.embed(call.context());
+        call.replace_context(embedded)
+    }
+
     /// `T⁻¹(x; c)` and `log|det J_{T⁻¹}|` (data → base), context embedding included, inputs
     /// validated.
     pub fn to_base(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<(Tensor<2>, Tensor<1>)> {
         self.check_inputs(&x, context)?;
+        self.to_base_with(x, Call::new().with_optional_context(context.cloned()))
+    }
+
+    /// [`to_base`](Self::to_base) under a given call (context, mode, random source, tolerance),
+    /// without validating the inputs.
+    pub fn to_base_with(&self, x: Tensor<2>, call: Call) -> Result<(Tensor<2>, Tensor<1>)> {
         self.require(Direction::Inverse)?;
-        let ctx = self.embed(context);
-        self.transform.inverse_unchecked(x, ctx.as_ref())
+        self.transform.inverse_unchecked(x, &self.inner_call(call))
     }
 
     /// `T(u; c)` and `log|det J_T|` (base → data), context embedding included, inputs
     /// validated.
     pub fn from_base(&self, u: Tensor<2>, context: Option<&Tensor<2>>) -> Result<(Tensor<2>, Tensor<1>)> {
         self.check_inputs(&u, context)?;
+        self.from_base_with(u, Call::new().with_optional_context(context.cloned()))
+    }
+
+    /// [`from_base`](Self::from_base) under a given call, without validating the inputs.
+    pub fn from_base_with(&self, u: Tensor<2>, call: Call) -> Result<(Tensor<2>, Tensor<1>)> {
         self.require(Direction::Forward)?;
-        let ctx = self.embed(context);
-        self.transform.forward_unchecked(u, ctx.as_ref())
+        self.transform.forward_unchecked(u, &self.inner_call(call))
     }
 
     fn require(&self, direction: Direction) -> Result<()> {
@@ -349,19 +383,24 @@ impl Flow {
         Ok(())
     }
 
-    /// `log p(x | c)` per row, `[N]`. Validates the inputs (including finiteness).
+    /// `log p(x | c)` per row, `[N]` (evaluation mode). Validates the inputs (including
+    /// finiteness).
     pub fn log_prob(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Tensor<1>> {
         self.check_inputs(&x, context)?;
-        self.log_prob_unchecked(x, context)
+        self.log_prob_with(x, Call::new().with_optional_context(context.cloned()))
     }
 
-    /// `log p(x | c)` without validating the inputs (for training loops that validated the
-    /// whole data set once).
-    pub fn log_prob_unchecked(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Tensor<1>> {
+    /// `log p(x | c)` under a given call (its context, mode, random source and tolerance), without
+    /// validating the inputs (training loops validate whole data sets once).
+    pub fn log_prob_with(&self, x: Tensor<2>, call: Call) -> Result<Tensor<1>> {
         self.require(Direction::Inverse)?;
-        let ctx = self.embed(context);
-        let (u, ld) = self.transform.inverse_unchecked(x, ctx.as_ref())?;
+        let (u, ld) = self.transform.inverse_unchecked(x, &self.inner_call(call))?;
         Ok(self.base.log_prob(u).add(ld))
+    }
+
+    /// `log p(x | c)` in evaluation mode without validating the inputs.
+    pub fn log_prob_unchecked(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Tensor<1>> {
+        self.log_prob_with(x, Call::new().with_optional_context(context.cloned()))
     }
 
     /// Repeats each context row `n` times (row `j` covers output rows `j·n .. (j+1)·n`).
@@ -382,279 +421,27 @@ impl Flow {
         self.require(Direction::Forward)?;
         let (total, ctx) = self.expand_context(n, context)?;
         let u = self.base.sample(total, rng, &self.device())?;
-        let ctx = self.embed(ctx.as_ref());
-        Ok(self.transform.forward_unchecked(u, ctx.as_ref())?.0)
+        Ok(self.transform.forward_unchecked(u, &self.inner_call(Call::new().with_optional_context(ctx)))?.0)
     }
 
     /// Samples and their log-densities in one pass: `log q(x) = log p_u(u) − log|det J_T(u)|`.
-    pub fn sample_and_log_prob(
+    pub fn sample_and_log_prob(&self, n: usize, context: Option<&Tensor<2>>, rng: &mut StdRng) -> Result<(Tensor<2>, Tensor<1>)> {
+        self.sample_and_log_prob_with(n, context, rng, Mode::Evaluation)
+    }
+
+    /// [`sample_and_log_prob`](Self::sample_and_log_prob) with the transform in `mode`.
+    pub fn sample_and_log_prob_with(
         &self,
         n: usize,
         context: Option<&Tensor<2>>,
         rng: &mut StdRng,
+        mode: Mode,
     ) -> Result<(Tensor<2>, Tensor<1>)> {
         self.require(Direction::Forward)?;
         let (total, ctx) = self.expand_context(n, context)?;
         let u = self.base.sample(total, rng, &self.device())?;
         let lp = self.base.log_prob(u.clone());
-        let ctx = self.embed(ctx.as_ref());
-        let (x, ld) = self.transform.forward_unchecked(u, ctx.as_ref())?;
+        let (x, ld) = self.transform.forward_unchecked(u, &self.inner_call(Call::new().with_optional_context(ctx).with_mode(mode)))?;
         Ok((x, lp.sub(ld)))
     }
-}
-
-fn lu_layer(dim: usize, rng: &mut StdRng) -> LayerConfig {
-    LayerConfig::LuLinear(crate::bijections::LuLinearConfig { dim, perm: Permutation::random_order(dim, rng) })
-}
-
-fn embedding_or_none(context_dim: usize, embedding: &Option<EmbeddingConfig>) -> usize {
-    match embedding {
-        Some(e) => e.output_dim,
-        None => context_dim,
-    }
-}
-
-/// Masked autoregressive flow (Papamakarios et al. 2017), or with `iaf` set, inverse
-/// autoregressive flow (Kingma et al. 2016).
-///
-/// Defaults: 5 transforms, MADE with 2 hidden layers of 128 ReLU units, affine transformer
-/// (soft-clipped log-scale), orders alternating natural/reversed between layers (as zuko),
-/// standard-normal base, no batch norm. MAF evaluates densities in one pass and samples in D
-/// passes; IAF the opposite.
-#[derive(Config, Debug)]
-pub struct MafConfig {
-    /// Features D.
-    pub dim: usize,
-    /// Number of autoregressive layers K.
-    #[config(default = 5)]
-    pub transforms: usize,
-    /// Hidden widths of each MADE.
-    #[config(default = "vec![128, 128]")]
-    pub hidden: Vec<usize>,
-    /// Raw context width C.
-    #[config(default = 0)]
-    pub context_dim: usize,
-    /// Optional context embedding.
-    #[config(default = "None")]
-    pub embedding: Option<EmbeddingConfig>,
-    /// Random orders per layer instead of alternating natural/reversed.
-    #[config(default = false)]
-    pub random_orders: bool,
-    /// Batch normalisation after each autoregressive layer (density direction), as in the MAF
-    /// paper.
-    #[config(default = false)]
-    pub batch_norm: bool,
-    /// Invert every layer: IAF (fast sampling, D-pass densities).
-    #[config(default = false)]
-    pub iaf: bool,
-    /// An LU-decomposed linear layer (with a random fixed permutation) before every transform
-    /// but the first, as in the NSF paper.
-    #[config(default = false)]
-    pub lu: bool,
-    /// Residual blocks in each MADE (ResMADE; 0: plain MADE, `hidden` widths as given).
-    #[config(default = 0)]
-    pub residual_blocks: usize,
-    /// Dropout inside the residual blocks.
-    #[config(default = 0.0)]
-    pub dropout: f64,
-    /// Elementwise transformer.
-    #[config(default = "Transformer::Affine")]
-    pub transformer: Transformer,
-    /// Hidden nonlinearity.
-    #[config(default = "Activation::Relu")]
-    pub activation: Activation,
-    /// Base density.
-    #[config(default = "BaseConfig::StandardNormal")]
-    pub base: BaseConfig,
-    /// Seed for orders and weights.
-    #[config(default = 0)]
-    pub seed: u64,
-}
-
-impl MafConfig {
-    /// The full architecture.
-    pub fn flow_config(&self) -> FlowConfig {
-        let cc = embedding_or_none(self.context_dim, &self.embedding);
-        let mut rng = StdRng::seed_from_u64(self.seed ^ 0x0DE5);
-        let mut layers = Vec::new();
-        for k in 0..self.transforms {
-            let order: Vec<usize> = if self.random_orders {
-                Permutation::random_order(self.dim, &mut rng).into_iter().map(|i| i + 1).collect()
-            } else if k % 2 == 0 {
-                (1..=self.dim).collect()
-            } else {
-                (1..=self.dim).rev().collect()
-            };
-            let mut layer = LayerConfig::MaskedAutoregressive(MaskedAutoregressiveConfig {
-                dim: self.dim,
-                context_dim: cc,
-                hidden: self.hidden.clone(),
-                order,
-                transformer: self.transformer.clone(),
-                activation: self.activation,
-                residual_blocks: self.residual_blocks,
-                dropout: self.dropout,
-            });
-            if self.iaf {
-                layer = layer.inverted();
-            }
-            if self.batch_norm && k > 0 {
-                layers.push(LayerConfig::BatchNorm(crate::bijections::BatchNormConfig::new(self.dim)));
-            }
-            if self.lu && k > 0 {
-                layers.push(lu_layer(self.dim, &mut rng));
-            }
-            layers.push(layer);
-        }
-        FlowConfig {
-            dim: self.dim,
-            layers,
-            context_dim: self.context_dim,
-            base: self.base.clone(),
-            embedding: self.embedding.clone(),
-            seed: self.seed,
-            context_standardization: None,
-        }
-    }
-
-    /// Builds the flow (panics on an invalid configuration; see [`FlowConfig::try_init`]).
-    pub fn init(&self, device: &Device) -> Flow {
-        self.flow_config().init(device)
-    }
-}
-
-/// Coupling flow: RealNVP (affine, Dinh et al. 2017) or NICE (additive, Dinh et al. 2014).
-///
-/// Defaults: 6 coupling layers with checkerboard masks alternating parity (as zuko), an MLP
-/// conditioner with 2 hidden layers of 128 ReLU units, affine transformer, standard-normal base.
-/// Both directions are one pass. Needs D ≥ 2.
-#[derive(Config, Debug)]
-pub struct RealNvpConfig {
-    /// Features D (≥ 2).
-    pub dim: usize,
-    /// Number of coupling layers.
-    #[config(default = 6)]
-    pub transforms: usize,
-    /// Hidden widths of each conditioner.
-    #[config(default = "vec![128, 128]")]
-    pub hidden: Vec<usize>,
-    /// Raw context width C.
-    #[config(default = 0)]
-    pub context_dim: usize,
-    /// Optional context embedding.
-    #[config(default = "None")]
-    pub embedding: Option<EmbeddingConfig>,
-    /// Additive coupling (NICE) instead of affine; NICE ends with a learnable diagonal scale.
-    /// Overrides `transformer`.
-    #[config(default = false)]
-    pub additive: bool,
-    /// Elementwise transformer (affine: RealNVP; spline: NSF coupling).
-    #[config(default = "Transformer::Affine")]
-    pub transformer: Transformer,
-    /// An LU-decomposed linear layer (with a random fixed permutation) before every coupling
-    /// layer but the first, as in the NSF paper.
-    #[config(default = false)]
-    pub lu: bool,
-    /// Residual blocks in each conditioner (0: plain MLP).
-    #[config(default = 0)]
-    pub residual_blocks: usize,
-    /// Dropout inside the residual blocks.
-    #[config(default = 0.0)]
-    pub dropout: f64,
-    /// A random permutation before each coupling layer (instead of alternating masks only).
-    #[config(default = false)]
-    pub random_permutations: bool,
-    /// Batch normalisation between coupling layers.
-    #[config(default = false)]
-    pub batch_norm: bool,
-    /// Hidden nonlinearity.
-    #[config(default = "Activation::Relu")]
-    pub activation: Activation,
-    /// Base density.
-    #[config(default = "BaseConfig::StandardNormal")]
-    pub base: BaseConfig,
-    /// Seed for permutations and weights.
-    #[config(default = 0)]
-    pub seed: u64,
-}
-
-impl RealNvpConfig {
-    /// The full architecture.
-    pub fn flow_config(&self) -> FlowConfig {
-        let cc = embedding_or_none(self.context_dim, &self.embedding);
-        let mut rng = StdRng::seed_from_u64(self.seed ^ 0x4EA1);
-        let mut layers = Vec::new();
-        let transformer = if self.additive { Transformer::Additive } else { self.transformer.clone() };
-        for k in 0..self.transforms {
-            if self.random_permutations && k > 0 {
-                layers.push(LayerConfig::Permutation { perm: Permutation::random_order(self.dim, &mut rng) });
-            }
-            if self.batch_norm && k > 0 {
-                layers.push(LayerConfig::BatchNorm(crate::bijections::BatchNormConfig::new(self.dim)));
-            }
-            if self.lu && k > 0 {
-                layers.push(lu_layer(self.dim, &mut rng));
-            }
-            let mask = (0..self.dim).map(|i| (i + k) % 2 == 0).collect();
-            layers.push(LayerConfig::Coupling(CouplingConfig {
-                dim: self.dim,
-                context_dim: cc,
-                hidden: self.hidden.clone(),
-                mask,
-                transformer: transformer.clone(),
-                activation: self.activation,
-                residual_blocks: self.residual_blocks,
-                dropout: self.dropout,
-            }));
-        }
-        if self.additive {
-            layers.push(LayerConfig::ElementwiseAffine { dim: self.dim });
-        }
-        FlowConfig {
-            dim: self.dim,
-            layers,
-            context_dim: self.context_dim,
-            base: self.base.clone(),
-            embedding: self.embedding.clone(),
-            seed: self.seed,
-            context_standardization: None,
-        }
-    }
-
-    /// Builds the flow (panics on an invalid configuration; see [`FlowConfig::try_init`]).
-    pub fn init(&self, device: &Device) -> Flow {
-        self.flow_config().init(device)
-    }
-}
-
-/// A MAF with `transforms` layers and the given hidden widths (other settings default).
-pub fn maf(dim: usize, transforms: usize, hidden: Vec<usize>) -> MafConfig {
-    MafConfig::new(dim).with_transforms(transforms).with_hidden(hidden)
-}
-
-/// An IAF: [`maf`] with every layer inverted.
-pub fn iaf(dim: usize, transforms: usize, hidden: Vec<usize>) -> MafConfig {
-    maf(dim, transforms, hidden).with_iaf(true)
-}
-
-/// A RealNVP with `transforms` coupling layers and the given hidden widths.
-pub fn realnvp(dim: usize, transforms: usize, hidden: Vec<usize>) -> RealNvpConfig {
-    RealNvpConfig::new(dim).with_transforms(transforms).with_hidden(hidden)
-}
-
-/// Neural spline flow, autoregressive (RQ-NSF (AR), Durkan et al. 2019): a MAF whose layers use
-/// the rational-quadratic spline transformer (8 bins, tail bound 5), with LU layers between them.
-pub fn nsf(dim: usize, transforms: usize, hidden: Vec<usize>) -> MafConfig {
-    maf(dim, transforms, hidden).with_transformer(Transformer::spline()).with_lu(true)
-}
-
-/// Neural spline flow with coupling layers (RQ-NSF (C)): spline couplings with LU layers
-/// between them.
-pub fn nsf_coupling(dim: usize, transforms: usize, hidden: Vec<usize>) -> RealNvpConfig {
-    realnvp(dim, transforms, hidden).with_transformer(Transformer::spline()).with_lu(true)
-}
-
-/// NICE: additive coupling layers and a final learnable diagonal scale.
-pub fn nice(dim: usize, transforms: usize, hidden: Vec<usize>) -> RealNvpConfig {
-    realnvp(dim, transforms, hidden).with_additive(true)
 }

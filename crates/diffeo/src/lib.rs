@@ -5,36 +5,51 @@
 //!
 //! `log p_x(x) = log p_u(T⁻¹(x)) + log|det J_{T⁻¹}(x)|`.
 //!
-//! - [`bijections`]: the [`Bijection`](bijections::Bijection) trait (output and log|det J|
-//!   together, both directions, batched, optional context) and the layers: elementwise maps,
-//!   masked autoregressive (MAF/IAF), coupling (RealNVP/NICE), permutations, batch norm, planar,
-//!   [`Chain`](bijections::Chain) and [`Invert`](bijections::Invert).
-//! - [`transformer`]: elementwise transformers (affine, additive, rational-quadratic spline)
-//!   usable in every conditioner; [`spline`] holds the spline itself.
+//! - [`event`]: event shapes (flat `[D]`, images `[C, H, W]`) and the [`Call`](event::Call) every
+//!   pass receives (context, random source, train/eval mode, solver tolerances).
+//! - [`bijections`]: the [`Bijection`](bijections::Bijection) contract (output and log|det J|
+//!   together, both directions, batched, with a cost per direction and exact or estimated
+//!   log-dets) and the registry of layers; [`Chain`](bijections::Chain) composes them, inverts
+//!   them and factors features out (multi-scale).
+//! - [`transformer`] and [`spline`]: elementwise transformers (affine, additive,
+//!   rational-quadratic spline) usable in every conditioner.
+//! - [`nn`]: conditioner networks (MLP, MADE) and the fused dense kernel.
 //! - [`distributions`]: base densities.
-//! - [`flow`]: [`Flow`](flow::Flow) with `log_prob`, `sample`, `sample_and_log_prob`, and the
-//!   builders [`MafConfig`](flow::MafConfig) and [`RealNvpConfig`](flow::RealNvpConfig).
-//! - [`fit`](mod@fit): maximum-likelihood training.
-//! - [`io`]: versioned, checksummed, atomically written model files.
-//! - [`testing`]: the correctness harness for bijections.
+//! - [`flow`]: [`Flow`](flow::Flow) with `log_prob`, `sample`, `sample_and_log_prob`;
+//!   [`families`]: the paper's families as ready-made architectures, by name.
+//! - [`train`]: the one training loop, with objectives as values: maximum likelihood
+//!   ([`fit`](mod@fit)) and reverse KL ([`vi`]).
+//! - [`data`]: tables, files, built-in data sets and the preprocessing of inputs; [`model`]: a
+//!   flow with its metadata; [`io`]: versioned, checksummed, atomically written model files.
+//! - [`pipeline`]: from files to models and back — what the command line and the Python package
+//!   call; [`bench`]: the peer-benchmark timings.
+//! - [`testing`]: the correctness harness for bijections and the self-check of trained flows.
 //!
 //! ```no_run
 //! use diffeo::prelude::*;
 //! let device = diffeo::cpu();
-//! let flow = MafConfig::new(2).with_transforms(5).init(&device);
+//! let flow = MafConfig::new(2).with_transforms(5).init(&device)?;
+//! # Ok::<(), diffeo::FlowError>(())
 //! ```
 
+pub mod bench;
 pub mod bijections;
+pub mod data;
 pub mod datasets;
 pub mod distributions;
 pub mod error;
+pub mod event;
+pub mod families;
 pub mod fit;
 pub mod flow;
 pub mod io;
+pub mod model;
 pub mod nn;
+pub mod pipeline;
 pub mod spline;
 pub mod tensor;
 pub mod testing;
+pub mod train;
 pub mod transformer;
 pub mod vi;
 
@@ -71,13 +86,40 @@ pub fn cuda(index: usize) -> Device {
     Device::cuda(index)
 }
 
+/// The device named `cpu`, `cpu-f64`, `cuda` or `cuda:N` (CUDA needs the `cuda` feature): how
+/// front ends choose a device without naming tensor types.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(cpu()),
+        "cpu-f64" => cpu_f64(),
+        cuda if cuda == "cuda" || cuda.starts_with("cuda:") => {
+            let index: usize = cuda
+                .strip_prefix("cuda:")
+                .map_or(Ok(0), str::parse)
+                .map_err(|_| FlowError::InvalidConfig(format!("bad CUDA device index in {cuda:?}")))?;
+            #[cfg(feature = "cuda")]
+            return Ok(cuda(index));
+            #[cfg(not(feature = "cuda"))]
+            Err(FlowError::InvalidConfig(format!(
+                "device {cuda}: this build has no CUDA support (build with --features cuda); device index {index}"
+            )))
+        }
+        other => Err(FlowError::InvalidConfig(format!("expected a device cpu, cuda or cuda:N, got {other:?}"))),
+    }
+}
+
 /// Common imports.
 pub mod prelude {
-    pub use crate::bijections::{Bijection, Chain, Cost, Directions, Invert, LayerConfig, NormMode};
-    pub use crate::distributions::BaseConfig;
+    pub use crate::bijections::{
+        invert, Bijection, Call, Chain, ChainConfig, Cost, Directions, EventShape, LayerConfig, LayerSpec, LogDet, Mode, Oriented,
+        Tolerance,
+    };
+    pub use crate::distributions::{BaseConfig, BaseKind};
     pub use crate::error::{Direction, FlowError};
+    pub use crate::families::{iaf, maf, nice, nsf, nsf_coupling, realnvp, MafConfig, RealNvpConfig};
     pub use crate::fit::{fit, fit_monitored, Dataset, FitConfig, FitEvent, FitReport, Schedule};
-    pub use crate::flow::{iaf, maf, nice, nsf, nsf_coupling, realnvp, Flow, FlowConfig, MafConfig, RealNvpConfig, Standardization};
+    pub use crate::flow::{Flow, FlowConfig, Standardization};
+    pub use crate::train::{train, Objective, TrainConfig};
     pub use crate::transformer::Transformer;
     pub use burn::module::Module;
     pub use burn::tensor::{Device, Tensor};

@@ -13,27 +13,26 @@
 //! - [`diagnostics`]: ELBO, importance-sampling log Z with its standard error, Kish effective
 //!   sample size, Pareto k̂ of the log-weights (PSIS), and KL(q‖p) when log Z is known.
 
-use std::time::Instant;
-
 use burn::config::Config;
 use burn::module::{Module, ModuleMapper, Param};
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::bijections::{Cost, NormMode};
+use crate::bijections::Cost;
 use crate::error::{FlowError, Result};
-use crate::fit::{clip_global_norm, inference_copy, mean_and_stderr, ParamIds, Schedule};
+use crate::event::{Call, Mode};
+use crate::fit::mean_and_stderr;
 use crate::flow::Flow;
-use crate::tensor::{indices, matrix, to_vec, LN_2PI};
+use crate::tensor::{indices, matrix, scalar, to_vec, LN_2PI};
+use crate::train::{train, Batch, FitEvent, Objective, Schedule, StepLoss, TrainConfig};
 
 /// An unnormalized log-density `log p̃(x) = −U(x)` of a batch `[N, D]` → `[N]`.
 ///
 /// It is evaluated on the flow's device (an autodiff device during fitting), so it must be
 /// written with tensor operations for its gradient to reach the flow.
-pub trait Target {
+pub trait Target: Sync {
     /// Dimension D.
     fn dim(&self) -> usize;
     /// `log p̃(x)` per row.
@@ -73,7 +72,7 @@ impl<F: Fn(Tensor<2>) -> Tensor<1>> FnTarget<F> {
     }
 }
 
-impl<F: Fn(Tensor<2>) -> Tensor<1>> Target for FnTarget<F> {
+impl<F: Fn(Tensor<2>) -> Tensor<1> + Sync> Target for FnTarget<F> {
     fn dim(&self) -> usize {
         self.dim
     }
@@ -377,10 +376,6 @@ impl ReverseKlConfig {
         let t = (step as f64 / self.annealing_steps as f64).min(1.0);
         self.initial_beta + (1.0 - self.initial_beta) * t
     }
-
-    fn lr_at(&self, step: usize) -> f64 {
-        self.schedule.rate(self.learning_rate, step as f64 / self.steps as f64)
-    }
 }
 
 /// Progress of [`fit_reverse_kl`].
@@ -459,8 +454,54 @@ fn check_flow(flow: &Flow, target: &dyn Target, stl: bool) -> Result<()> {
     Ok(())
 }
 
+/// Reverse KL to an unnormalized target: the loss of a batch of Monte-Carlo draws
+/// `x = T(u)` is `mean(log q(x) − β·log p̃(x))` (β from the annealing schedule), with
+/// sticking-the-landing gradients if asked; draws where either log-density is not finite are
+/// dropped and counted (metric `dropped`); the metric `elbo` is the batch's ELBO at β = 1.
+pub struct ReverseKl<'a> {
+    target: &'a dyn Target,
+    config: &'a ReverseKlConfig,
+}
+
+impl<'a> ReverseKl<'a> {
+    /// The objective for `target` with the VI settings of `config`.
+    pub fn new(target: &'a dyn Target, config: &'a ReverseKlConfig) -> Self {
+        Self { target, config }
+    }
+}
+
+impl Objective for ReverseKl<'_> {
+    fn check(&self, flow: &Flow) -> Result<()> {
+        check_flow(flow, self.target, self.config.sticking_the_landing)
+    }
+
+    fn next_batch(&mut self, batch_size: usize, _rng: &mut StdRng) -> Batch {
+        Batch::Draws(batch_size)
+    }
+
+    fn loss(&self, model: &Flow, part: &Batch, _whole: usize, step: usize, rng: &mut StdRng) -> Result<StepLoss> {
+        let Batch::Draws(n) = *part else {
+            return Err(FlowError::InvalidConfig("reverse KL trains on Monte-Carlo draws".into()));
+        };
+        let (x, log_q) = model.sample_and_log_prob_with(n, None, rng, Mode::Training)?;
+        let log_q = if self.config.sticking_the_landing {
+            model.clone().map(&mut Detach).log_prob_with(x.clone(), Call::training())?
+        } else {
+            log_q
+        };
+        let log_p = self.target.log_density(x);
+        let (log_q, log_p, dropped) = drop_nonfinite(log_q, log_p)?;
+        let beta = self.config.beta_at(step);
+        let elbo = scalar(log_p.clone().sub(log_q.clone()).mean())?;
+        let loss = log_q.sub(log_p.mul_scalar(beta)).mean();
+        let value = scalar(loss.clone())?;
+        Ok(StepLoss { loss, value, metrics: vec![("elbo", elbo), ("dropped", dropped as f64)] })
+    }
+}
+
 /// Fits `flow` to `target` by minimising KL(q‖p*) (maximising the ELBO) with Adam on
-/// reparameterized Monte-Carlo samples. Returns the fitted flow (inference device) and a report.
+/// reparameterized Monte-Carlo samples: the [`ReverseKl`] objective in the one training loop.
+/// Returns the fitted flow (inference device) and a report.
 ///
 /// Samples where the target's log-density (or the flow's) is not finite are dropped and counted;
 /// if none is finite, or the loss becomes non-finite, the fit stops with an error: no NaN model.
@@ -470,56 +511,35 @@ pub fn fit_reverse_kl(
     config: &ReverseKlConfig,
     observer: &mut dyn FnMut(&ReverseKlProgress),
 ) -> Result<(Flow, ReverseKlReport)> {
-    let start = Instant::now();
     config.validate()?;
-    check_flow(&flow, target, config.sticking_the_landing)?;
-    let device = flow.device();
-    let ad_device = device.clone().autodiff();
-    ad_device.seed(config.seed);
-    let mut model = if device.is_autodiff() { flow } else { flow.train() };
-    model.set_norm_mode(NormMode::Training);
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
-    let mut ids = ParamIds(Vec::new());
-    model.visit(&mut ids);
-    let mut rng = StdRng::seed_from_u64(config.seed);
+    let train_config = TrainConfig::new()
+        .with_learning_rate(config.learning_rate)
+        .with_steps(config.steps)
+        .with_batch_size(config.batch_size)
+        .with_schedule(config.schedule)
+        .with_grad_clip_norm(config.grad_clip_norm)
+        .with_eval_every(config.eval_every)
+        .with_seed(config.seed)
+        .with_shards(1);
+    let mut objective = ReverseKl::new(target, config);
     let mut report = ReverseKlReport::default();
-    let (mut interval, mut count) = (0.0, 0usize);
-
-    for step in 1..=config.steps {
-        let (x, log_q) = model.sample_and_log_prob(config.batch_size, None, &mut rng)?;
-        let log_q = if config.sticking_the_landing {
-            model.clone().map(&mut Detach).log_prob_unchecked(x.clone(), None)?
-        } else {
-            log_q
-        };
-        let log_p = target.log_density(x);
-        let (log_q, log_p, dropped) = drop_nonfinite(log_q, log_p)?;
-        report.dropped += dropped;
-        let beta = config.beta_at(step - 1);
-        let elbo = crate::tensor::scalar(log_p.clone().sub(log_q.clone()).mean())?;
-        let loss = log_q.sub(log_p.mul_scalar(beta)).mean();
-        let loss_value = crate::tensor::scalar(loss.clone())?;
-        if !loss_value.is_finite() {
-            return Err(FlowError::NonFiniteLoss { step, loss: loss_value });
+    let mut previous = 0;
+    let mut dropped = 0.0;
+    let mut events = |e: &FitEvent| {
+        if let FitEvent::Interval { step, total, metrics, .. } = e {
+            let metric = |k: &str| metrics.iter().find(|(name, _)| *name == k).map_or(0.0, |m| m.1);
+            let elbo = metric("elbo");
+            dropped += metric("dropped") * (step - previous) as f64;
+            previous = *step;
+            report.history.push((*step, elbo));
+            let beta = config.beta_at(step - 1);
+            observer(&ReverseKlProgress { step: *step, total: *total, elbo, beta, dropped: dropped.round() as usize });
         }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        if let Some(max_norm) = config.grad_clip_norm {
-            clip_global_norm(&mut grads, &ids.0, max_norm)?;
-        }
-        model = optim.step(config.lr_at(step - 1), model, grads);
-        report.steps = step;
-        interval += elbo;
-        count += 1;
-        if step % config.eval_every == 0 || step == config.steps {
-            let mean = interval / count as f64;
-            report.history.push((step, mean));
-            observer(&ReverseKlProgress { step, total: config.steps, elbo: mean, beta, dropped: report.dropped });
-            interval = 0.0;
-            count = 0;
-        }
-    }
-    report.seconds = start.elapsed().as_secs_f64();
-    let fitted = inference_copy(&model);
+    };
+    let (fitted, trained) = train(flow, &mut objective, &train_config, &mut events, &mut |_, _, _| {})?;
+    report.dropped = dropped.round() as usize;
+    report.steps = trained.steps;
+    report.seconds = trained.seconds;
     if config.diagnostic_samples >= 2 {
         report.diagnostics = Some(diagnostics(&fitted, target, config.diagnostic_samples, config.seed.wrapping_add(1))?);
     }
@@ -668,9 +688,9 @@ fn gpd_shape(x: &[f64]) -> f64 {
     (n as f64 * k + 10.0 * 0.5) / (n as f64 + 10.0)
 }
 
-/// A device-independent sanity helper: the log-density of a target on a host grid `[N, D]`.
-pub fn log_density_at(target: &dyn Target, points: &[f64], device: &Device) -> Result<Vec<f64>> {
+/// The log-density of a target at host points `[N, D]` (row-major), evaluated on the CPU.
+pub fn log_density_at(target: &dyn Target, points: &[f64]) -> Result<Vec<f64>> {
     let d = target.dim();
-    let t = matrix(points.to_vec(), points.len() / d.max(1), d, device);
+    let t = matrix(points.to_vec(), points.len() / d.max(1), d, &crate::cpu());
     to_vec(target.log_density(t))
 }

@@ -10,10 +10,9 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::{Bijection, Cost, Directions, Mapped};
+use super::{Bijection, Call, ConditionerConfig, Conditioner, Cost, Directions, LayerSpec, Mapped};
 use crate::error::{FlowError, Result};
 use crate::nn::{Activation, Made};
 use crate::tensor::{dims2, indices, sum_rows};
@@ -27,46 +26,97 @@ pub struct MaskedAutoregressiveConfig {
     /// Context width C (0: unconditional).
     #[serde(default)]
     pub context_dim: usize,
-    /// Hidden layer widths of MADE.
-    pub hidden: Vec<usize>,
+    /// The conditioner network (MADE).
+    #[serde(flatten)]
+    pub conditioner: ConditionerConfig,
     /// Autoregressive order: `order[i]` ∈ 1..=D is the position of feature `i`
     /// (a permutation of 1..=D).
     pub order: Vec<usize>,
     /// The elementwise transformer.
     #[serde(default)]
     pub transformer: Transformer,
-    /// Hidden nonlinearity.
-    #[serde(default)]
-    pub activation: Activation,
-    /// Residual blocks after the first hidden layer (ResMADE; 0: plain MADE). With blocks,
-    /// only `hidden[0]` is used, as the width of every block.
-    #[serde(default)]
-    pub residual_blocks: usize,
-    /// Dropout probability inside the residual blocks (training only).
-    #[serde(default)]
-    pub dropout: f64,
+    /// Seed of the weights (set by the chain; not stored).
+    #[serde(skip)]
+    pub seed: u64,
 }
 
 impl MaskedAutoregressiveConfig {
-    /// Natural order 1..=D.
+    /// Natural order 1..=D, affine transformer, ReLU MADE with the given hidden widths.
     pub fn new(dim: usize, hidden: Vec<usize>) -> Self {
         Self {
             dim,
             context_dim: 0,
-            hidden,
+            conditioner: ConditionerConfig::new(hidden),
             order: (1..=dim).collect(),
             transformer: Transformer::Affine,
-            activation: Activation::Relu,
-            residual_blocks: 0,
-            dropout: 0.0,
+            seed: 0,
         }
     }
 
-    /// Checks the configuration.
-    pub fn validate(&self) -> Result<()> {
-        if self.dim == 0 {
-            return Err(FlowError::InvalidConfig("autoregressive layer with 0 features".into()));
-        }
+    /// Conditions on a context of width `context_dim`.
+    pub fn with_context_dim(mut self, context_dim: usize) -> Self {
+        self.context_dim = context_dim;
+        self
+    }
+
+    /// Sets the autoregressive order (a permutation of 1..=D).
+    pub fn with_order(mut self, order: Vec<usize>) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// Sets the transformer.
+    pub fn with_transformer(mut self, transformer: Transformer) -> Self {
+        self.transformer = transformer;
+        self
+    }
+
+    /// Sets the hidden nonlinearity.
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.conditioner.activation = activation;
+        self
+    }
+
+    /// Residual blocks (ResMADE) with dropout inside.
+    pub fn with_residual_blocks(mut self, blocks: usize, dropout: f64) -> Self {
+        self.conditioner.residual_blocks = blocks;
+        self.conditioner.dropout = dropout;
+        self
+    }
+
+    /// Sets the conditioner network.
+    pub fn with_conditioner(mut self, conditioner: ConditionerConfig) -> Self {
+        self.conditioner = conditioner;
+        self
+    }
+
+    /// Sets the seed of the weights.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Builds the layer (last conditioner layer zero: identity start).
+    pub fn init(&self, device: &Device) -> Result<MaskedAutoregressive> {
+        self.validate()?;
+        let made = self.conditioner.made(&self.order, self.context_dim, self.transformer.params_per_dim(), self.seed).init(device)?;
+        Ok(MaskedAutoregressive {
+            made,
+            transformer: self.transformer.clone(),
+            dim: self.dim,
+            context_dim: self.context_dim,
+            order: self.order.clone(),
+        })
+    }
+}
+
+impl LayerSpec for MaskedAutoregressiveConfig {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn validate(&self) -> Result<()> {
+        super::require_features(self.dim, "an autoregressive layer")?;
         let mut sorted = self.order.clone();
         sorted.sort_unstable();
         if sorted != (1..=self.dim).collect::<Vec<_>>() {
@@ -75,34 +125,28 @@ impl MaskedAutoregressiveConfig {
                 self.dim, self.order
             )));
         }
-        if self.hidden.contains(&0) {
-            return Err(FlowError::InvalidConfig("hidden layers must have at least one unit".into()));
-        }
         self.transformer.validate()?;
-        crate::nn::validate_residual(&self.hidden, self.residual_blocks, self.dropout)?;
-        Ok(())
+        self.conditioner.validate()
     }
 
-    /// Builds the layer with weights drawn from `rng` (last layer zero: identity start).
-    pub fn init_with(&self, rng: &mut StdRng, device: &Device) -> MaskedAutoregressive {
-        let made = Made::with_residual(
-            &self.order,
-            self.context_dim,
-            &self.hidden,
-            self.transformer.params_per_dim(),
-            self.activation,
-            self.residual_blocks,
-            self.dropout,
-            rng,
-            device,
-        );
-        MaskedAutoregressive {
-            made,
-            transformer: self.transformer.clone(),
-            dim: self.dim,
-            context_dim: self.context_dim,
-            order: self.order.clone(),
-        }
+    fn context_dim(&self) -> usize {
+        self.context_dim
+    }
+
+    fn parameter_count(&self) -> usize {
+        self.conditioner.made(&self.order, self.context_dim, self.transformer.params_per_dim(), 0).parameter_count()
+    }
+
+    fn batch_dependent(&self) -> bool {
+        self.conditioner.random_in_training()
+    }
+
+    fn tail_bound(&self) -> Option<f64> {
+        self.transformer.tail_bound()
+    }
+
+    fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
     }
 }
 
@@ -133,8 +177,8 @@ impl Bijection for MaskedAutoregressive {
     }
 
     fn directions(&self) -> Directions {
-        let forward = if self.dim <= 1 { Cost::Fast } else { Cost::Sequential };
-        Directions { forward, inverse: Cost::Fast }
+        let forward = if self.dim <= 1 { Cost::ClosedForm } else { Cost::Sequential };
+        Directions { forward, inverse: Cost::ClosedForm }
     }
 
     fn name(&self) -> String {
@@ -144,8 +188,8 @@ impl Bijection for MaskedAutoregressive {
     /// Sequential: D passes, each fixing the next feature of the order (the transformer runs on
     /// that feature's column only). MADE is evaluated in order of degree ([`Made::sweep`]), so
     /// the passes together cost about one network evaluation; ResMADE takes D full passes.
-    fn forward_unchecked(&self, u: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        let ctx = if self.context_dim > 0 { context } else { None };
+    fn forward_unchecked(&self, u: Tensor<2>, call: &Call) -> Result<Mapped> {
+        let ctx = if self.context_dim > 0 { call.context() } else { None };
         let (n, d) = dims2(&u);
         if d <= 1 {
             let params = self.made.forward(u.zeros_like(), ctx);
@@ -168,9 +212,9 @@ impl Bijection for MaskedAutoregressive {
     }
 
     /// One pass.
-    fn inverse_unchecked(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        let ctx = if self.context_dim > 0 { context } else { None };
-        let params = self.made.forward(x.clone(), ctx);
+    fn inverse_unchecked(&self, x: Tensor<2>, call: &Call) -> Result<Mapped> {
+        let ctx = if self.context_dim > 0 { call.context() } else { None };
+        let params = self.made.params(x.clone(), ctx);
         let (u, ld) = self.transformer.inverse(x, &params);
         Ok((u, sum_rows(ld)))
     }

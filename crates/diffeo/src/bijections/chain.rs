@@ -1,339 +1,228 @@
-//! Composition and inversion.
+//! Composition, inversion and multi-scale factoring.
 //!
 //! [`Chain`] applies `T = T_K ∘ … ∘ T_1`: `forward` runs `T_1` first, `inverse` runs `T_K⁻¹`
-//! first; log-determinants add up, so the cost is O(K). [`Invert`] swaps directions. A chain
-//! holds [`Layer`]s, the closed set of bijections that can be saved to a model file; each
-//! [`Link`] may be inverted.
+//! first; log-determinants add up, so the cost is O(K). Inversion has one representation,
+//! [`Oriented`]: a bijection used as given or inverted (in configurations,
+//! `{"type": "invert", "layer": …}`).
+//!
+//! **Multi-scale.** A [`FactorOutConfig`] step between layers sends features to the base density
+//! (RealNVP's and Glow's factoring out of half the channels). In the density direction the step
+//! sets the last `features` features of the current event aside (for an image in C order: its last
+//! channels) and the layers before it (closer to the base) act on the rest; the base vector is the
+//! innermost event followed by the parts set aside, innermost first. In the sampling direction each
+//! step appends the next part of the base vector to the event. Every layer keeps one event size;
+//! the chain maps `[N, D]` base vectors to `[N, D]` data.
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    BatchNorm, BatchNormConfig, Bijection, Coupling, CouplingConfig, Directions, Elementwise, ElementwiseAffine,
-    ElementwiseKind, Householder, HouseholderConfig, LuLinear, LuLinearConfig, Mapped, MaskedAutoregressive, MaskedAutoregressiveConfig, NormMode, Permutation, Planar,
-    PlanarConfig, Radial, RadialConfig, Sylvester, SylvesterConfig,
-};
+use super::{Bijection, Call, Directions, EventShape, Layer, LayerConfig, LogDet, Mapped, Mode};
 use crate::error::{FlowError, Result};
+use crate::tensor::dims2;
 
-/// The inverse of a bijection: `forward` is the wrapped `inverse` and vice versa.
+/// A bijection used as given (`inverted: false`) or inverted: `forward` is then the wrapped
+/// `inverse` and vice versa. The one representation of inversion.
 #[derive(Module, Debug)]
-pub struct Invert<T: Module> {
+pub struct Oriented<T: Module> {
     /// The wrapped bijection.
     pub inner: T,
+    /// Whether it is applied inverted.
+    pub inverted: bool,
 }
 
-impl<T: Module + Bijection> Invert<T> {
-    /// Wraps `inner`.
+impl<T: Module + Bijection> Oriented<T> {
+    /// `inner` as given.
     pub fn new(inner: T) -> Self {
-        Self { inner }
+        Self { inner, inverted: false }
+    }
+
+    /// The inverse of `inner`.
+    pub fn inverse_of(inner: T) -> Self {
+        Self { inner, inverted: true }
     }
 }
 
-impl<T: Module + Bijection> Bijection for Invert<T> {
+/// The inverse of a bijection (an [`Oriented`] with `inverted: true`).
+pub fn invert<T: Module + Bijection>(inner: T) -> Oriented<T> {
+    Oriented::inverse_of(inner)
+}
+
+impl<T: Module + Bijection> Bijection for Oriented<T> {
     fn dim(&self) -> usize {
         self.inner.dim()
+    }
+    fn event(&self) -> EventShape {
+        if self.inverted { self.inner.base_event() } else { self.inner.event() }
+    }
+    fn base_event(&self) -> EventShape {
+        if self.inverted { self.inner.event() } else { self.inner.base_event() }
     }
     fn context_dim(&self) -> usize {
         self.inner.context_dim()
     }
     fn directions(&self) -> Directions {
-        self.inner.directions().swapped()
-    }
-    fn name(&self) -> String {
-        format!("Invert({})", self.inner.name())
-    }
-    fn forward_unchecked(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        self.inner.inverse_unchecked(x, context)
-    }
-    fn inverse_unchecked(&self, y: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        self.inner.forward_unchecked(y, context)
-    }
-}
-
-/// Serializable description of one layer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum LayerConfig {
-    /// Learnable diagonal affine map.
-    ElementwiseAffine {
-        /// Features.
-        dim: usize,
-    },
-    /// A fixed elementwise map.
-    Elementwise {
-        /// Features.
-        dim: usize,
-        /// Which map.
-        kind: ElementwiseKind,
-    },
-    /// MADE + transformer (MAF layer; inverted, an IAF layer).
-    MaskedAutoregressive(MaskedAutoregressiveConfig),
-    /// Coupling layer.
-    Coupling(CouplingConfig),
-    /// Feature permutation.
-    Permutation {
-        /// `y_i = x_{perm[i]}`.
-        perm: Vec<usize>,
-    },
-    /// Batch normalisation.
-    BatchNorm(BatchNormConfig),
-    /// Planar residual layer (no inverse).
-    Planar(PlanarConfig),
-    /// Radial residual layer (no inverse).
-    Radial(RadialConfig),
-    /// Sylvester residual layer (no inverse).
-    Sylvester(SylvesterConfig),
-    /// LU-decomposed invertible linear map.
-    LuLinear(LuLinearConfig),
-    /// Product of Householder reflections.
-    Householder(HouseholderConfig),
-    /// The inverse of another layer.
-    Invert {
-        /// The inverted layer.
-        layer: Box<LayerConfig>,
-    },
-}
-
-impl LayerConfig {
-    /// Features.
-    pub fn dim(&self) -> usize {
-        match self {
-            LayerConfig::ElementwiseAffine { dim } | LayerConfig::Elementwise { dim, .. } => *dim,
-            LayerConfig::MaskedAutoregressive(c) => c.dim,
-            LayerConfig::Coupling(c) => c.dim,
-            LayerConfig::Permutation { perm } => perm.len(),
-            LayerConfig::BatchNorm(c) => c.dim,
-            LayerConfig::Planar(c) => c.dim,
-            LayerConfig::Radial(c) => c.dim,
-            LayerConfig::Sylvester(c) => c.dim,
-            LayerConfig::LuLinear(c) => c.dim,
-            LayerConfig::Householder(c) => c.dim,
-            LayerConfig::Invert { layer } => layer.dim(),
-        }
-    }
-
-    /// Context width.
-    pub fn context_dim(&self) -> usize {
-        match self {
-            LayerConfig::MaskedAutoregressive(c) => c.context_dim,
-            LayerConfig::Coupling(c) => c.context_dim,
-            LayerConfig::Invert { layer } => layer.context_dim(),
-            _ => 0,
-        }
-    }
-
-    /// The inverse of this layer.
-    pub fn inverted(self) -> LayerConfig {
-        match self {
-            LayerConfig::Invert { layer } => *layer,
-            other => LayerConfig::Invert { layer: Box::new(other) },
-        }
-    }
-
-    /// Checks the configuration.
-    pub fn validate(&self) -> Result<()> {
-        match self {
-            LayerConfig::ElementwiseAffine { dim } if *dim == 0 => {
-                Err(FlowError::InvalidConfig("layer with 0 features".into()))
-            }
-            LayerConfig::Elementwise { dim, kind } => {
-                if *dim == 0 {
-                    return Err(FlowError::InvalidConfig("layer with 0 features".into()));
-                }
-                if let ElementwiseKind::Box { low, high } = kind {
-                    if low.len() != *dim || high.len() != *dim {
-                        return Err(FlowError::InvalidConfig(format!("box bounds need {dim} entries each")));
-                    }
-                    if low.iter().zip(high).any(|(l, h)| l >= h || !l.is_finite() || !h.is_finite()) {
-                        return Err(FlowError::InvalidConfig("box bounds need finite low < high".into()));
-                    }
-                }
-                if let ElementwiseKind::Affine { shift, scale } = kind {
-                    if shift.len() != *dim || scale.len() != *dim {
-                        return Err(FlowError::InvalidConfig(format!("affine shift and scale need {dim} entries each")));
-                    }
-                    if shift.iter().any(|s| !s.is_finite()) || scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-                        return Err(FlowError::InvalidConfig("affine needs finite shifts and finite scales > 0".into()));
-                    }
-                }
-                Ok(())
-            }
-            LayerConfig::MaskedAutoregressive(c) => c.validate(),
-            LayerConfig::Coupling(c) => c.validate(),
-            LayerConfig::Permutation { perm } => Permutation::validate(perm),
-            LayerConfig::BatchNorm(c) if c.dim == 0 || c.eps.is_nan() || c.eps <= 0.0 || !(0.0..=1.0).contains(&c.momentum) => {
-                Err(FlowError::InvalidConfig("batch norm needs D ≥ 1, ε > 0 and momentum in [0, 1]".into()))
-            }
-            LayerConfig::Planar(c) if c.dim == 0 => Err(FlowError::InvalidConfig("layer with 0 features".into())),
-            LayerConfig::Radial(c) if c.dim == 0 => Err(FlowError::InvalidConfig("layer with 0 features".into())),
-            LayerConfig::Sylvester(c) => c.validate(),
-            LayerConfig::LuLinear(c) => c.validate(),
-            LayerConfig::Householder(c) => c.validate(),
-            LayerConfig::Invert { layer } => layer.validate(),
-            _ => Ok(()),
-        }
-    }
-
-    fn build(&self, rng: &mut StdRng, device: &Device, inverted: bool) -> Link {
-        let layer = match self {
-            LayerConfig::ElementwiseAffine { dim } => Layer::ElementwiseAffine(ElementwiseAffine::new(*dim, device)),
-            LayerConfig::Elementwise { dim, kind } => Layer::Elementwise(Elementwise::new(kind.clone(), *dim, device)),
-            LayerConfig::MaskedAutoregressive(c) => Layer::MaskedAutoregressive(c.init_with(rng, device)),
-            LayerConfig::Coupling(c) => Layer::Coupling(c.init_with(rng, device)),
-            LayerConfig::Permutation { perm } => Layer::Permutation(Permutation::new(perm.clone(), device)),
-            LayerConfig::BatchNorm(c) => Layer::BatchNorm(c.init(device)),
-            LayerConfig::Planar(c) => Layer::Planar(c.init_with(rng, device)),
-            LayerConfig::Radial(c) => Layer::Radial(c.init_with(rng, device)),
-            LayerConfig::Sylvester(c) => Layer::Sylvester(c.init_with(rng, device)),
-            LayerConfig::LuLinear(c) => Layer::LuLinear(c.init(device)),
-            LayerConfig::Householder(c) => Layer::Householder(c.init_with(rng, device)),
-            LayerConfig::Invert { layer } => return layer.build(rng, device, !inverted),
-        };
-        Link { layer, inverted }
-    }
-}
-
-/// Every bijection a [`Chain`] (and so a saved model) can hold.
-#[derive(Module, Debug)]
-#[allow(clippy::large_enum_variant)]
-pub enum Layer {
-    /// See [`ElementwiseAffine`].
-    ElementwiseAffine(ElementwiseAffine),
-    /// See [`Elementwise`].
-    Elementwise(Elementwise),
-    /// See [`MaskedAutoregressive`].
-    MaskedAutoregressive(MaskedAutoregressive),
-    /// See [`Coupling`].
-    Coupling(Coupling),
-    /// See [`Permutation`].
-    Permutation(Permutation),
-    /// See [`BatchNorm`].
-    BatchNorm(BatchNorm),
-    /// See [`Planar`].
-    Planar(Planar),
-    /// See [`Radial`].
-    Radial(Radial),
-    /// See [`Sylvester`].
-    Sylvester(Sylvester),
-    /// See [`LuLinear`].
-    LuLinear(LuLinear),
-    /// See [`Householder`].
-    Householder(Householder),
-}
-
-macro_rules! dispatch {
-    ($self:expr, $l:ident => $e:expr) => {
-        match $self {
-            Layer::ElementwiseAffine($l) => $e,
-            Layer::Elementwise($l) => $e,
-            Layer::MaskedAutoregressive($l) => $e,
-            Layer::Coupling($l) => $e,
-            Layer::Permutation($l) => $e,
-            Layer::BatchNorm($l) => $e,
-            Layer::Planar($l) => $e,
-            Layer::Radial($l) => $e,
-            Layer::Sylvester($l) => $e,
-            Layer::LuLinear($l) => $e,
-            Layer::Householder($l) => $e,
-        }
-    };
-}
-
-impl Bijection for Layer {
-    fn dim(&self) -> usize {
-        dispatch!(self, l => l.dim())
-    }
-    fn context_dim(&self) -> usize {
-        dispatch!(self, l => l.context_dim())
-    }
-    fn directions(&self) -> Directions {
-        dispatch!(self, l => l.directions())
-    }
-    fn name(&self) -> String {
-        dispatch!(self, l => l.name())
-    }
-    fn forward_unchecked(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        dispatch!(self, l => l.forward_unchecked(x, context))
-    }
-    fn inverse_unchecked(&self, y: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        dispatch!(self, l => l.inverse_unchecked(y, context))
-    }
-}
-
-/// One element of a [`Chain`]: a layer, possibly inverted.
-#[derive(Module, Debug)]
-pub struct Link {
-    /// The layer.
-    pub layer: Layer,
-    /// Whether the layer is applied inverted.
-    pub inverted: bool,
-}
-
-impl Bijection for Link {
-    fn dim(&self) -> usize {
-        self.layer.dim()
-    }
-    fn context_dim(&self) -> usize {
-        self.layer.context_dim()
-    }
-    fn directions(&self) -> Directions {
-        let d = self.layer.directions();
+        let d = self.inner.directions();
         if self.inverted { d.swapped() } else { d }
     }
+    fn log_det(&self, mode: Mode) -> LogDet {
+        self.inner.log_det(mode)
+    }
     fn name(&self) -> String {
-        if self.inverted { format!("Invert({})", self.layer.name()) } else { self.layer.name() }
+        if self.inverted { format!("Invert({})", self.inner.name()) } else { self.inner.name() }
     }
-    fn forward_unchecked(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        if self.inverted { self.layer.inverse_unchecked(x, context) } else { self.layer.forward_unchecked(x, context) }
+    fn forward_unchecked(&self, x: Tensor<2>, call: &Call) -> Result<Mapped> {
+        if self.inverted { self.inner.inverse_unchecked(x, call) } else { self.inner.forward_unchecked(x, call) }
     }
-    fn inverse_unchecked(&self, y: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        if self.inverted { self.layer.forward_unchecked(y, context) } else { self.layer.inverse_unchecked(y, context) }
+    fn inverse_unchecked(&self, y: Tensor<2>, call: &Call) -> Result<Mapped> {
+        if self.inverted { self.inner.forward_unchecked(y, call) } else { self.inner.inverse_unchecked(y, call) }
     }
 }
 
-/// `T = T_K ∘ … ∘ T_1` over [`Link`]s.
+/// A multi-scale step: `features` features leave the chain for the base (see the module
+/// documentation). For image events they must be whole channels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FactorOutConfig {
+    /// Features set aside (for an image, a multiple of H·W).
+    pub features: usize,
+}
+
+impl FactorOutConfig {
+    /// Sets `features` features aside.
+    pub fn new(features: usize) -> Self {
+        Self { features }
+    }
+}
+
+/// Description of a [`Chain`]: its data-side event shape and its layers, `T_1` (base side) first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChainConfig {
+    /// Event shape on the data side.
+    pub event: EventShape,
+    /// The layers and factor-out steps, `T_1` first.
+    pub layers: Vec<LayerConfig>,
+    /// Seed of the weights: layer `i` draws from a generator seeded by `(seed, i)`.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// `seed` mixed with a layer's position (the seeding every chain has used since the first
+/// release, so that a configuration always builds the same weights).
+pub(crate) fn layer_seed(seed: u64, index: usize) -> u64 {
+    seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+impl ChainConfig {
+    /// A chain of `layers` on flat events of `dim` features.
+    pub fn new(dim: usize, layers: Vec<LayerConfig>) -> Self {
+        Self { event: EventShape::flat(dim), layers, seed: 0 }
+    }
+
+    /// A chain on events of the given shape.
+    pub fn with_event(mut self, event: EventShape) -> Self {
+        self.event = event;
+        self
+    }
+
+    /// Sets the seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The event shape at the data side of each entry of `layers` (index `i`: after `T_i`),
+    /// checking every layer's settings and that the shapes fit together, from the data side.
+    /// Returns the shapes and the base-side shape of `T_1`.
+    pub fn event_shapes(&self) -> Result<(Vec<EventShape>, EventShape)> {
+        if self.event.size() == 0 {
+            return Err(FlowError::InvalidConfig("a flow needs at least one feature".into()));
+        }
+        let mut shape = self.event;
+        let mut shapes = vec![shape; self.layers.len()];
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            shapes[i] = shape;
+            let at = |e: FlowError| FlowError::InvalidConfig(format!("layer {i}: {}", strip_invalid(&e)));
+            shape = match layer {
+                LayerConfig::FactorOut(f) => {
+                    if f.features == 0 {
+                        return Err(at(FlowError::InvalidConfig("a factor-out step needs at least one feature".into())));
+                    }
+                    shape.without_last(f.features).map_err(at)?
+                }
+                other => {
+                    let spec = other.spec().expect("registered layers have a description");
+                    spec.validate().map_err(at)?;
+                    let inverted = is_inverted(other);
+                    if spec.dim() != shape.size() {
+                        return Err(FlowError::InvalidConfig(format!(
+                            "layer {i} has {} features, the events there have {} (shape {shape})",
+                            spec.dim(),
+                            shape.size()
+                        )));
+                    }
+                    if inverted { spec.data_event(&shape) } else { spec.base_event(&shape) }.map_err(at)?
+                }
+            };
+        }
+        Ok((shapes, shape))
+    }
+
+    /// Builds the chain.
+    pub fn init(&self, device: &Device) -> Result<Chain> {
+        let (_, base) = self.event_shapes()?;
+        let mut layers = Vec::new();
+        let mut join = Vec::new();
+        let mut pending = 0;
+        for (i, c) in self.layers.iter().enumerate() {
+            match c {
+                LayerConfig::FactorOut(f) => pending += f.features,
+                other => {
+                    layers.push(other.build(layer_seed(self.seed, i), device, false)?);
+                    join.push(pending);
+                    pending = 0;
+                }
+            }
+        }
+        let trailing = pending;
+        Ok(Chain { layers, dim: self.event.size(), initial: base.size(), join, trailing })
+    }
+}
+
+/// Whether an `Invert` nesting ends up inverted (an odd number of `Invert`s).
+fn is_inverted(c: &LayerConfig) -> bool {
+    match c {
+        LayerConfig::Invert { layer } => !is_inverted(layer),
+        _ => false,
+    }
+}
+
+fn strip_invalid(e: &FlowError) -> String {
+    match e {
+        FlowError::InvalidConfig(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `T = T_K ∘ … ∘ T_1` over [`Oriented`] [`Layer`]s, with optional factor-out steps.
 #[derive(Module, Debug)]
 pub struct Chain {
-    /// The links, `T_1` first.
-    pub links: Vec<Link>,
-    /// Features D.
+    /// The layers, `T_1` first.
+    pub layers: Vec<Oriented<Layer>>,
+    /// Features D of the data (and base) vectors.
     pub dim: usize,
+    /// Features `T_1` acts on (D without multi-scale steps).
+    pub initial: usize,
+    /// Features of the base vector joining the event before layer `i` (sampling direction).
+    #[module(skip)]
+    pub join: Vec<usize>,
+    /// Features joining after the last layer.
+    pub trailing: usize,
 }
 
 impl Chain {
-    /// Builds a chain from layer configurations; layer `i` draws its weights from a generator
-    /// seeded by `(seed, i)`. All layers must share the feature count `dim`.
-    pub fn from_configs(dim: usize, configs: &[LayerConfig], seed: u64, device: &Device) -> Result<Self> {
-        for (i, c) in configs.iter().enumerate() {
-            c.validate().map_err(|e| FlowError::InvalidConfig(format!("layer {i}: {e}")))?;
-            if c.dim() != dim {
-                return Err(FlowError::InvalidConfig(format!(
-                    "layer {i} has {} features, the flow has {dim}",
-                    c.dim()
-                )));
-            }
-        }
-        let links = configs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let mut rng = StdRng::seed_from_u64(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                c.build(&mut rng, device, false)
-            })
-            .collect();
-        Ok(Self { links, dim })
-    }
-
-    /// Sets the mode of every [`BatchNorm`] in the chain.
-    pub fn set_norm_mode(&mut self, mode: NormMode) {
-        for link in &mut self.links {
-            if let Layer::BatchNorm(b) = &mut link.layer {
-                b.set_mode(mode);
-            }
-        }
+    /// Whether the chain has multi-scale steps.
+    fn factored(&self) -> bool {
+        self.initial != self.dim
     }
 }
 
@@ -341,35 +230,93 @@ impl Bijection for Chain {
     fn dim(&self) -> usize {
         self.dim
     }
+    fn event(&self) -> EventShape {
+        match self.layers.last() {
+            Some(l) if !self.factored() && self.trailing == 0 => l.event(),
+            _ => EventShape::flat(self.dim),
+        }
+    }
+    fn base_event(&self) -> EventShape {
+        match self.layers.first() {
+            Some(l) if !self.factored() => l.base_event(),
+            _ => EventShape::flat(self.dim),
+        }
+    }
     fn context_dim(&self) -> usize {
-        self.links.iter().map(|l| l.context_dim()).max().unwrap_or(0)
+        self.layers.iter().map(|l| l.context_dim()).max().unwrap_or(0)
     }
     fn directions(&self) -> Directions {
-        self.links.iter().fold(Directions::BOTH_FAST, |acc, l| acc.and(l.directions()))
+        self.layers.iter().fold(Directions::CLOSED_FORM, |acc, l| acc.and(l.directions()))
+    }
+    fn log_det(&self, mode: Mode) -> LogDet {
+        self.layers.iter().map(|l| l.log_det(mode)).max().unwrap_or(LogDet::Exact)
     }
     fn name(&self) -> String {
-        format!("Chain[{}]", self.links.iter().map(|l| l.name()).collect::<Vec<_>>().join(", "))
+        format!("Chain[{}]", self.layers.iter().map(|l| l.name()).collect::<Vec<_>>().join(", "))
     }
-    fn forward_unchecked(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        compose(self.links.iter(), x, |l, h| l.forward_unchecked(h, context))
-    }
-    fn inverse_unchecked(&self, y: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        compose(self.links.iter().rev(), y, |l, h| l.inverse_unchecked(h, context))
-    }
-}
 
-/// Applies `step` along `links`, summing the log-determinants.
-fn compose<'a>(
-    links: impl Iterator<Item = &'a Link>,
-    x: Tensor<2>,
-    step: impl Fn(&'a Link, Tensor<2>) -> Result<Mapped>,
-) -> Result<Mapped> {
-    let mut total = Tensor::zeros([x.dims()[0]], &x.device());
-    let mut h = x;
-    for link in links {
-        let (y, ld) = step(link, h)?;
-        h = y;
-        total = total.add(ld);
+    fn forward_unchecked(&self, u: Tensor<2>, call: &Call) -> Result<Mapped> {
+        let (n, _) = dims2(&u);
+        let mut total: Tensor<1> = Tensor::zeros([n], &u.device());
+        if !self.factored() {
+            let mut h = u;
+            for layer in &self.layers {
+                let (y, ld) = layer.forward_unchecked(h, call)?;
+                h = y;
+                total = total.add(ld);
+            }
+            return Ok((h, total));
+        }
+        let mut offset = self.initial;
+        let mut h = u.clone().narrow(1, 0, offset);
+        for (layer, &join) in self.layers.iter().zip(&self.join) {
+            if join > 0 {
+                h = Tensor::cat(vec![h, u.clone().narrow(1, offset, join)], 1);
+                offset += join;
+            }
+            let (y, ld) = layer.forward_unchecked(h, call)?;
+            h = y;
+            total = total.add(ld);
+        }
+        if self.trailing > 0 {
+            h = Tensor::cat(vec![h, u.narrow(1, offset, self.trailing)], 1);
+        }
+        Ok((h, total))
     }
-    Ok((h, total))
+
+    fn inverse_unchecked(&self, x: Tensor<2>, call: &Call) -> Result<Mapped> {
+        let (n, _) = dims2(&x);
+        let mut total: Tensor<1> = Tensor::zeros([n], &x.device());
+        if !self.factored() {
+            let mut h = x;
+            for layer in self.layers.iter().rev() {
+                let (y, ld) = layer.inverse_unchecked(h, call)?;
+                h = y;
+                total = total.add(ld);
+            }
+            return Ok((h, total));
+        }
+        // Parts set aside, outermost first; the base vector lists them innermost first.
+        let mut parts = Vec::new();
+        let mut h = x;
+        let split = |h: Tensor<2>, features: usize, parts: &mut Vec<Tensor<2>>| {
+            let width = dims2(&h).1;
+            parts.push(h.clone().narrow(1, width - features, features));
+            h.narrow(1, 0, width - features)
+        };
+        if self.trailing > 0 {
+            h = split(h, self.trailing, &mut parts);
+        }
+        for (layer, &join) in self.layers.iter().zip(&self.join).rev() {
+            let (y, ld) = layer.inverse_unchecked(h, call)?;
+            h = y;
+            total = total.add(ld);
+            if join > 0 {
+                h = split(h, join, &mut parts);
+            }
+        }
+        parts.push(h);
+        parts.reverse();
+        Ok((Tensor::cat(parts, 1), total))
+    }
 }

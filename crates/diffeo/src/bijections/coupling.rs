@@ -6,13 +6,12 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
-use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::{Bijection, Mapped};
+use super::{Bijection, Call, Conditioner, ConditionerConfig, LayerSpec, Mapped};
 use crate::error::{FlowError, Result};
 use crate::nn::{Activation, Mlp};
-use crate::tensor::{dims2, indices, sum_rows};
+use crate::tensor::{indices, sum_rows};
 use crate::transformer::Transformer;
 
 /// Configuration of one coupling layer.
@@ -23,43 +22,103 @@ pub struct CouplingConfig {
     /// Context width C.
     #[serde(default)]
     pub context_dim: usize,
-    /// Hidden widths of the conditioner MLP.
-    pub hidden: Vec<usize>,
+    /// The conditioner network (an MLP on the kept features and the context).
+    #[serde(flatten)]
+    pub conditioner: ConditionerConfig,
     /// `mask[i] = true`: feature `i` passes through unchanged and feeds the conditioner.
     pub mask: Vec<bool>,
     /// The elementwise transformer for the other features.
     #[serde(default)]
     pub transformer: Transformer,
-    /// Hidden nonlinearity.
-    #[serde(default)]
-    pub activation: Activation,
-    /// Residual blocks after the first hidden layer (0: plain MLP). With blocks, only
-    /// `hidden[0]` is used, as the width of every block.
-    #[serde(default)]
-    pub residual_blocks: usize,
-    /// Dropout probability inside the residual blocks (training only).
-    #[serde(default)]
-    pub dropout: f64,
+    /// Seed of the weights (set by the chain; not stored).
+    #[serde(skip)]
+    pub seed: u64,
 }
 
 impl CouplingConfig {
-    /// The first ⌈D/2⌉ features condition the rest (`flip` swaps the roles).
-    pub fn half(dim: usize, hidden: Vec<usize>, flip: bool) -> Self {
-        let mask = (0..dim).map(|i| (i < dim.div_ceil(2)) != flip).collect();
-        Self {
-            dim,
-            context_dim: 0,
-            hidden,
-            mask,
-            transformer: Transformer::Affine,
-            activation: Activation::Relu,
-            residual_blocks: 0,
-            dropout: 0.0,
-        }
+    /// A coupling layer with the given mask (`true`: kept), affine transformer and a ReLU MLP.
+    pub fn new(mask: Vec<bool>, hidden: Vec<usize>) -> Self {
+        Self { dim: mask.len(), context_dim: 0, conditioner: ConditionerConfig::new(hidden), mask, transformer: Transformer::Affine, seed: 0 }
     }
 
-    /// Checks the configuration.
-    pub fn validate(&self) -> Result<()> {
+    /// The first ⌈D/2⌉ features condition the rest (`flip` swaps the roles).
+    pub fn half(dim: usize, hidden: Vec<usize>, flip: bool) -> Self {
+        Self::new((0..dim).map(|i| (i < dim.div_ceil(2)) != flip).collect(), hidden)
+    }
+
+    /// Conditions on a context of width `context_dim`.
+    pub fn with_context_dim(mut self, context_dim: usize) -> Self {
+        self.context_dim = context_dim;
+        self
+    }
+
+    /// Sets the transformer.
+    pub fn with_transformer(mut self, transformer: Transformer) -> Self {
+        self.transformer = transformer;
+        self
+    }
+
+    /// Sets the hidden nonlinearity.
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.conditioner.activation = activation;
+        self
+    }
+
+    /// Residual blocks with dropout inside.
+    pub fn with_residual_blocks(mut self, blocks: usize, dropout: f64) -> Self {
+        self.conditioner.residual_blocks = blocks;
+        self.conditioner.dropout = dropout;
+        self
+    }
+
+    /// Sets the conditioner network.
+    pub fn with_conditioner(mut self, conditioner: ConditionerConfig) -> Self {
+        self.conditioner = conditioner;
+        self
+    }
+
+    /// Sets the seed of the weights.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    fn split(&self) -> (Vec<usize>, Vec<usize>) {
+        let kept: Vec<usize> = (0..self.dim).filter(|&i| self.mask[i]).collect();
+        let changed: Vec<usize> = (0..self.dim).filter(|&i| !self.mask[i]).collect();
+        (kept, changed)
+    }
+
+    /// Builds the layer (last conditioner layer zero: identity start).
+    pub fn init(&self, device: &Device) -> Result<Coupling> {
+        self.validate()?;
+        let (kept, changed) = self.split();
+        let mut order = kept.clone();
+        order.extend(&changed);
+        let mut restore = vec![0; self.dim];
+        for (pos, &i) in order.iter().enumerate() {
+            restore[i] = pos;
+        }
+        let p = self.transformer.params_per_dim();
+        let conditioner = self.conditioner.mlp(kept.len() + self.context_dim, p * changed.len(), self.seed).init(device)?;
+        Ok(Coupling {
+            conditioner,
+            transformer: self.transformer.clone(),
+            kept: indices(&kept, device),
+            changed: indices(&changed, device),
+            restore: indices(&restore, device),
+            dim: self.dim,
+            context_dim: self.context_dim,
+        })
+    }
+}
+
+impl LayerSpec for CouplingConfig {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn validate(&self) -> Result<()> {
         if self.mask.len() != self.dim {
             return Err(FlowError::InvalidConfig(format!(
                 "coupling mask has {} entries for {} features",
@@ -73,40 +132,29 @@ impl CouplingConfig {
                 "a coupling mask must keep at least one feature and transform at least one (D ≥ 2)".into(),
             ));
         }
-        if self.hidden.contains(&0) {
-            return Err(FlowError::InvalidConfig("hidden layers must have at least one unit".into()));
-        }
         self.transformer.validate()?;
-        crate::nn::validate_residual(&self.hidden, self.residual_blocks, self.dropout)?;
-        Ok(())
+        self.conditioner.validate()
     }
 
-    /// Builds the layer (last conditioner layer zero: identity start).
-    pub fn init_with(&self, rng: &mut StdRng, device: &Device) -> Coupling {
-        let kept: Vec<usize> = (0..self.dim).filter(|&i| self.mask[i]).collect();
-        let changed: Vec<usize> = (0..self.dim).filter(|&i| !self.mask[i]).collect();
-        let mut order = kept.clone();
-        order.extend(&changed);
-        let mut restore = vec![0; self.dim];
-        for (pos, &i) in order.iter().enumerate() {
-            restore[i] = pos;
-        }
-        let p = self.transformer.params_per_dim();
-        let d_in = kept.len() + self.context_dim;
-        let conditioner = if self.residual_blocks > 0 {
-            Mlp::residual(d_in, self.hidden[0], self.residual_blocks, p * changed.len(), self.dropout, self.activation, rng, device)
-        } else {
-            Mlp::new(d_in, &self.hidden, p * changed.len(), self.activation, true, rng, device)
-        };
-        Coupling {
-            conditioner,
-            transformer: self.transformer.clone(),
-            kept: indices(&kept, device),
-            changed: indices(&changed, device),
-            restore: indices(&restore, device),
-            dim: self.dim,
-            context_dim: self.context_dim,
-        }
+    fn context_dim(&self) -> usize {
+        self.context_dim
+    }
+
+    fn parameter_count(&self) -> usize {
+        let (kept, changed) = self.split();
+        self.conditioner.mlp(kept.len() + self.context_dim, self.transformer.params_per_dim() * changed.len(), 0).parameter_count()
+    }
+
+    fn batch_dependent(&self) -> bool {
+        self.conditioner.random_in_training()
+    }
+
+    fn tail_bound(&self) -> Option<f64> {
+        self.transformer.tail_bound()
+    }
+
+    fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
     }
 }
 
@@ -128,25 +176,13 @@ pub struct Coupling {
 }
 
 impl Coupling {
-    fn params(&self, a: &Tensor<2>, context: Option<&Tensor<2>>) -> Tensor<2> {
-        let input = match (self.context_dim > 0, context) {
-            (true, Some(c)) => Tensor::cat(vec![a.clone(), c.clone()], 1),
-            _ => a.clone(),
-        };
-        self.conditioner.forward(input)
-    }
-
-    fn apply(&self, x: Tensor<2>, context: Option<&Tensor<2>>, inverse: bool) -> Result<Mapped> {
+    fn apply(&self, x: Tensor<2>, call: &Call, inverse: bool) -> Result<Mapped> {
         let a = x.clone().select(1, self.kept.clone());
         let b = x.select(1, self.changed.clone());
-        let params = self.params(&a, context);
-        let (b2, ld) = if inverse {
-            self.transformer.inverse(b, &params)
-        } else {
-            self.transformer.forward(b, &params)
-        };
+        let context = if self.context_dim > 0 { call.context() } else { None };
+        let params = self.conditioner.params(a.clone(), context);
+        let (b2, ld) = if inverse { self.transformer.inverse(b, &params) } else { self.transformer.forward(b, &params) };
         let y = Tensor::cat(vec![a, b2], 1).select(1, self.restore.clone());
-        let _ = dims2(&y);
         Ok((y, sum_rows(ld)))
     }
 }
@@ -164,11 +200,11 @@ impl Bijection for Coupling {
         format!("Coupling({})", self.transformer.name())
     }
 
-    fn forward_unchecked(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        self.apply(x, context, false)
+    fn forward_unchecked(&self, x: Tensor<2>, call: &Call) -> Result<Mapped> {
+        self.apply(x, call, false)
     }
 
-    fn inverse_unchecked(&self, y: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
-        self.apply(y, context, true)
+    fn inverse_unchecked(&self, y: Tensor<2>, call: &Call) -> Result<Mapped> {
+        self.apply(y, call, true)
     }
 }

@@ -5,14 +5,13 @@
 //! values *before* any arithmetic, and their log-determinant is set to −∞, so densities of
 //! out-of-support points are 0 and gradients stay finite.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{Bijection, Mapped};
-use crate::error::Result;
-use crate::tensor::{dims2, log_sigmoid, soft_clip, softplus, sum_rows, vector};
-use crate::transformer::AFFINE_LOG_SCALE_BOUND;
+use super::{Bijection, Call, LayerSpec, Mapped};
+use crate::error::{FlowError, Result};
+use crate::tensor::{dims2, log_sigmoid, softplus, sum_rows, vector};
 
 /// The fixed elementwise maps. Each is applied to every feature; both directions are fast.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,6 +45,61 @@ pub enum ElementwiseKind {
     },
 }
 
+/// Configuration of an [`Elementwise`] layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ElementwiseConfig {
+    /// Features.
+    pub dim: usize,
+    /// Which map.
+    pub kind: ElementwiseKind,
+}
+
+impl ElementwiseConfig {
+    /// The map `kind` on `dim` features.
+    pub fn new(dim: usize, kind: ElementwiseKind) -> Self {
+        Self { dim, kind }
+    }
+
+    /// Builds the layer.
+    pub fn init(&self, device: &Device) -> Result<Elementwise> {
+        self.validate()?;
+        let (low, width) = match &self.kind {
+            ElementwiseKind::Box { low, high } => (low.clone(), low.iter().zip(high).map(|(l, h)| h - l).collect()),
+            ElementwiseKind::Affine { shift, scale } => (shift.clone(), scale.clone()),
+            _ => (vec![0.0; self.dim], vec![1.0; self.dim]),
+        };
+        Ok(Elementwise { kind: self.kind.clone(), dim: self.dim, low: vector(low, device), width: vector(width, device) })
+    }
+}
+
+impl LayerSpec for ElementwiseConfig {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn validate(&self) -> Result<()> {
+        super::require_features(self.dim, "an elementwise layer")?;
+        let dim = self.dim;
+        if let ElementwiseKind::Box { low, high } = &self.kind {
+            if low.len() != dim || high.len() != dim {
+                return Err(FlowError::InvalidConfig(format!("box bounds need {dim} entries each")));
+            }
+            if low.iter().zip(high).any(|(l, h)| l >= h || !l.is_finite() || !h.is_finite()) {
+                return Err(FlowError::InvalidConfig("box bounds need finite low < high".into()));
+            }
+        }
+        if let ElementwiseKind::Affine { shift, scale } = &self.kind {
+            if shift.len() != dim || scale.len() != dim {
+                return Err(FlowError::InvalidConfig(format!("affine shift and scale need {dim} entries each")));
+            }
+            if shift.iter().any(|s| !s.is_finite()) || scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                return Err(FlowError::InvalidConfig("affine needs finite shifts and finite scales > 0".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A fixed elementwise bijection (no trainable parameters).
 #[derive(Module, Debug)]
 pub struct Elementwise {
@@ -58,21 +112,6 @@ pub struct Elementwise {
     low: Tensor<1>,
     /// Box widths `high − low` or affine scales (ones for other kinds).
     width: Tensor<1>,
-}
-
-impl Elementwise {
-    /// A new map on `dim` features. For [`ElementwiseKind::Box`] the bounds must have `dim`
-    /// entries with `low < high` (checked by [`crate::flow::FlowConfig::validate`]).
-    pub fn new(kind: ElementwiseKind, dim: usize, device: &Device) -> Self {
-        let (low, width) = match &kind {
-            ElementwiseKind::Box { low, high } => {
-                (low.clone(), low.iter().zip(high).map(|(l, h)| h - l).collect())
-            }
-            ElementwiseKind::Affine { shift, scale } => (shift.clone(), scale.clone()),
-            _ => (vec![0.0; dim], vec![1.0; dim]),
-        };
-        Self { kind, dim, low: vector(low, device), width: vector(width, device) }
-    }
 }
 
 /// Replaces entries where `bad` holds by `safe`, returns the cleaned tensor and the mask.
@@ -96,7 +135,7 @@ impl Bijection for Elementwise {
         }
     }
 
-    fn forward_unchecked(&self, x: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
+    fn forward_unchecked(&self, x: Tensor<2>, _call: &Call) -> Result<Mapped> {
         let (y, ld) = match &self.kind {
             ElementwiseKind::Exp => (x.clone().exp(), x),
             ElementwiseKind::Softplus => (softplus(x.clone()), log_sigmoid(x)),
@@ -131,7 +170,7 @@ impl Bijection for Elementwise {
         Ok((y, sum_rows(ld)))
     }
 
-    fn inverse_unchecked(&self, y: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
+    fn inverse_unchecked(&self, y: Tensor<2>, _call: &Call) -> Result<Mapped> {
         let neg_inf = f64::NEG_INFINITY;
         let (x, ld) = match &self.kind {
             ElementwiseKind::Exp => {
@@ -187,52 +226,3 @@ impl Bijection for Elementwise {
     }
 }
 
-/// Learnable diagonal affine map `y = μ + exp(s) ⊙ x`, `s = soft_clip(a)` as in
-/// [`crate::transformer::Transformer::Affine`]. log|det J| = Σ s. Starts at the identity.
-#[derive(Module, Debug)]
-pub struct ElementwiseAffine {
-    /// Shift μ `[D]`.
-    pub shift: Param<Tensor<1>>,
-    /// Unconstrained log-scale `a` `[D]`.
-    pub raw_scale: Param<Tensor<1>>,
-}
-
-impl ElementwiseAffine {
-    /// The identity on `dim` features.
-    pub fn new(dim: usize, device: &Device) -> Self {
-        Self {
-            shift: Param::from_tensor(Tensor::zeros([dim], device)),
-            raw_scale: Param::from_tensor(Tensor::zeros([dim], device)),
-        }
-    }
-
-    fn log_scale(&self) -> Tensor<1> {
-        soft_clip(self.raw_scale.val(), AFFINE_LOG_SCALE_BOUND)
-    }
-}
-
-impl Bijection for ElementwiseAffine {
-    fn dim(&self) -> usize {
-        self.shift.val().dims()[0]
-    }
-
-    fn name(&self) -> String {
-        "ElementwiseAffine".into()
-    }
-
-    fn forward_unchecked(&self, x: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
-        let (n, _) = dims2(&x);
-        let s = self.log_scale();
-        let y = x.mul(s.clone().exp().unsqueeze()).add(self.shift.val().unsqueeze());
-        let ld = s.sum().expand([n]);
-        Ok((y, ld))
-    }
-
-    fn inverse_unchecked(&self, y: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
-        let (n, _) = dims2(&y);
-        let s = self.log_scale();
-        let x = y.sub(self.shift.val().unsqueeze()).mul(s.clone().neg().exp().unsqueeze());
-        let ld = s.sum().neg().expand([n]);
-        Ok((x, ld))
-    }
-}

@@ -4,10 +4,50 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
 
-use super::{Bijection, Mapped};
+use super::{Bijection, Call, LayerSpec, Mapped};
 use crate::error::{FlowError, Result};
 use crate::tensor::{dims2, indices};
+
+/// Configuration of a [`Permutation`]: `y_i = x_{perm[i]}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PermutationConfig {
+    /// The permutation of `0..D`.
+    pub perm: Vec<usize>,
+}
+
+impl PermutationConfig {
+    /// The permutation `perm`.
+    pub fn new(perm: Vec<usize>) -> Self {
+        Self { perm }
+    }
+
+    /// Reverses the order of `dim` features.
+    pub fn reverse(dim: usize) -> Self {
+        Self::new(Permutation::reverse_order(dim))
+    }
+
+    /// Builds the layer.
+    pub fn init(&self, device: &Device) -> Result<Permutation> {
+        self.validate()?;
+        let mut inv = vec![0; self.perm.len()];
+        for (i, &p) in self.perm.iter().enumerate() {
+            inv[p] = i;
+        }
+        Ok(Permutation { forward_index: indices(&self.perm, device), inverse_index: indices(&inv, device), perm: self.perm.clone() })
+    }
+}
+
+impl LayerSpec for PermutationConfig {
+    fn dim(&self) -> usize {
+        self.perm.len()
+    }
+
+    fn validate(&self) -> Result<()> {
+        Permutation::validate(&self.perm)
+    }
+}
 
 /// `y_i = x_{perm[i]}`.
 #[derive(Module, Debug)]
@@ -27,15 +67,6 @@ impl Permutation {
             return Err(FlowError::InvalidConfig(format!("not a permutation of 0..{}: {perm:?}", perm.len())));
         }
         Ok(())
-    }
-
-    /// A fixed permutation (must be valid; see [`Permutation::validate`]).
-    pub fn new(perm: Vec<usize>, device: &Device) -> Self {
-        let mut inv = vec![0; perm.len()];
-        for (i, &p) in perm.iter().enumerate() {
-            inv[p] = i;
-        }
-        Self { forward_index: indices(&perm, device), inverse_index: indices(&inv, device), perm }
     }
 
     /// Reverses the feature order.
@@ -60,13 +91,13 @@ impl Bijection for Permutation {
         "Permutation".into()
     }
 
-    fn forward_unchecked(&self, x: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
+    fn forward_unchecked(&self, x: Tensor<2>, _call: &Call) -> Result<Mapped> {
         let (n, _) = dims2(&x);
         let device = x.device();
         Ok((x.select(1, self.forward_index.clone()), Tensor::zeros([n], &device)))
     }
 
-    fn inverse_unchecked(&self, y: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
+    fn inverse_unchecked(&self, y: Tensor<2>, _call: &Call) -> Result<Mapped> {
         let (n, _) = dims2(&y);
         let device = y.device();
         Ok((y.select(1, self.inverse_index.clone()), Tensor::zeros([n], &device)))

@@ -7,7 +7,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::tensor::{matrix, vector};
@@ -194,48 +194,107 @@ pub struct Mlp {
     pub activation: Activation,
 }
 
-impl Mlp {
-    /// A residual network `in → H → blocks → out` with dropout inside the blocks.
-    #[allow(clippy::too_many_arguments)]
-    pub fn residual(
-        d_in: usize,
-        width: usize,
-        blocks: usize,
-        d_out: usize,
-        dropout: f64,
-        activation: Activation,
-        rng: &mut StdRng,
-        device: &Device,
-    ) -> Self {
-        let first = Dense::new(d_in, width, Init::Uniform, rng, device);
-        let residual = ResidualBlocks::new(blocks, &vec![1.0; width * width], width, dropout, activation, rng, device);
-        let last = Dense::new(width, d_out, Init::Zeros, rng, device);
-        Self { layers: vec![first, last], residual: Some(residual), activation }
+/// Configuration of an [`Mlp`]: `d_in → hidden… → d_out`, or with residual blocks
+/// `d_in → H → blocks → d_out` (H = `hidden[0]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlpConfig {
+    /// Input width.
+    pub d_in: usize,
+    /// Hidden widths (with residual blocks only the first is used).
+    pub hidden: Vec<usize>,
+    /// Output width.
+    pub d_out: usize,
+    /// Nonlinearity.
+    pub activation: Activation,
+    /// Zero last layer (a conditioner's identity start).
+    pub zero_last: bool,
+    /// Residual blocks after the first layer (0: a plain MLP).
+    pub residual_blocks: usize,
+    /// Dropout inside the residual blocks.
+    pub dropout: f64,
+    /// Seed of the weights.
+    pub seed: u64,
+}
+
+impl MlpConfig {
+    /// A plain ReLU MLP with a uniformly initialised last layer.
+    pub fn new(d_in: usize, hidden: Vec<usize>, d_out: usize) -> Self {
+        Self { d_in, hidden, d_out, activation: Activation::Relu, zero_last: false, residual_blocks: 0, dropout: 0.0, seed: 0 }
     }
 
-    /// Builds the network.
-    pub fn new(
-        d_in: usize,
-        hidden: &[usize],
-        d_out: usize,
-        activation: Activation,
-        zero_last: bool,
-        rng: &mut StdRng,
-        device: &Device,
-    ) -> Self {
-        let mut sizes = vec![d_in];
-        sizes.extend_from_slice(hidden);
-        sizes.push(d_out);
+    /// Sets the nonlinearity.
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// Starts the last layer at zero.
+    pub fn with_zero_last(mut self, zero_last: bool) -> Self {
+        self.zero_last = zero_last;
+        self
+    }
+
+    /// Residual blocks (width `hidden[0]`) with dropout inside.
+    pub fn with_residual_blocks(mut self, blocks: usize, dropout: f64) -> Self {
+        self.residual_blocks = blocks;
+        self.dropout = dropout;
+        self
+    }
+
+    /// Sets the seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        if self.d_in == 0 || self.d_out == 0 || self.hidden.contains(&0) {
+            return Err(crate::error::FlowError::InvalidConfig("network widths must be positive".into()));
+        }
+        validate_residual(&self.hidden, self.residual_blocks, self.dropout)
+    }
+
+    /// Trainable parameters.
+    pub fn parameter_count(&self) -> usize {
+        if self.residual_blocks > 0 {
+            let h = self.hidden[0];
+            (self.d_in + 1) * h + self.residual_blocks * 2 * (h + 1) * h + (h + 1) * self.d_out
+        } else {
+            let mut sizes = vec![self.d_in];
+            sizes.extend(&self.hidden);
+            sizes.push(self.d_out);
+            sizes.windows(2).map(|w| (w[0] + 1) * w[1]).sum()
+        }
+    }
+
+    /// Builds the network (the last layer zero when `zero_last`; always zero with residual blocks).
+    pub fn init(&self, device: &Device) -> crate::error::Result<Mlp> {
+        self.validate()?;
+        let rng = &mut StdRng::seed_from_u64(self.seed);
+        if self.residual_blocks > 0 {
+            let width = self.hidden[0];
+            let first = Dense::new(self.d_in, width, Init::Uniform, rng, device);
+            let residual =
+                ResidualBlocks::new(self.residual_blocks, &vec![1.0; width * width], width, self.dropout, self.activation, rng, device);
+            let last = Dense::new(width, self.d_out, Init::Zeros, rng, device);
+            return Ok(Mlp { layers: vec![first, last], residual: Some(residual), activation: self.activation });
+        }
+        let mut sizes = vec![self.d_in];
+        sizes.extend_from_slice(&self.hidden);
+        sizes.push(self.d_out);
         let n = sizes.len() - 1;
         let layers = (0..n)
             .map(|i| {
-                let init = if zero_last && i == n - 1 { Init::Zeros } else { Init::Uniform };
+                let init = if self.zero_last && i == n - 1 { Init::Zeros } else { Init::Uniform };
                 Dense::new(sizes[i], sizes[i + 1], init, rng, device)
             })
             .collect();
-        Self { layers, residual: None, activation }
+        Ok(Mlp { layers, residual: None, activation: self.activation })
     }
+}
 
+impl Mlp {
     /// Applies the network.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let residual = self.residual.as_ref().map(|r| move |h| r.forward(h));
@@ -326,37 +385,85 @@ pub struct Made {
     pub activation: Activation,
 }
 
-impl Made {
-    /// Builds MADE for inputs with degrees `order` (a permutation of 1..=D), `params_per_dim`
-    /// outputs per input, and a zero last layer (identity start).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        order: &[usize],
-        context_dim: usize,
-        hidden: &[usize],
-        params_per_dim: usize,
-        activation: Activation,
-        rng: &mut StdRng,
-        device: &Device,
-    ) -> Self {
-        Self::with_residual(order, context_dim, hidden, params_per_dim, activation, 0, 0.0, rng, device)
+/// Configuration of [`Made`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct MadeConfig {
+    /// Degrees of the inputs: `order[i]` ∈ 1..=D is the position of feature `i`.
+    pub order: Vec<usize>,
+    /// Context width (0: unconditional).
+    pub context_dim: usize,
+    /// Hidden widths (with residual blocks only the first is used).
+    pub hidden: Vec<usize>,
+    /// Outputs per input.
+    pub params_per_dim: usize,
+    /// Nonlinearity.
+    pub activation: Activation,
+    /// Masked residual blocks after the first hidden layer (ResMADE; 0: plain MADE).
+    pub residual_blocks: usize,
+    /// Dropout inside the residual blocks.
+    pub dropout: f64,
+    /// Seed of the weights.
+    pub seed: u64,
+}
+
+impl MadeConfig {
+    /// MADE for inputs of degrees `order` with `params_per_dim` outputs each, ReLU, unconditional.
+    pub fn new(order: Vec<usize>, hidden: Vec<usize>, params_per_dim: usize) -> Self {
+        Self { order, context_dim: 0, hidden, params_per_dim, activation: Activation::Relu, residual_blocks: 0, dropout: 0.0, seed: 0 }
     }
 
-    /// MADE whose single hidden width `hidden[0]` is followed by `blocks` masked residual
-    /// blocks with dropout (ResMADE); `blocks = 0` is plain MADE.
-    #[allow(clippy::too_many_arguments)]
-    pub fn with_residual(
-        order: &[usize],
-        context_dim: usize,
-        hidden: &[usize],
-        params_per_dim: usize,
-        activation: Activation,
-        blocks: usize,
-        dropout: f64,
-        rng: &mut StdRng,
-        device: &Device,
-    ) -> Self {
-        let hidden = if blocks > 0 { &hidden[..1] } else { hidden };
+    /// Conditions on a context of width `context_dim`.
+    pub fn with_context_dim(mut self, context_dim: usize) -> Self {
+        self.context_dim = context_dim;
+        self
+    }
+
+    /// Sets the nonlinearity.
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// Residual blocks (width `hidden[0]`) with dropout inside (ResMADE).
+    pub fn with_residual_blocks(mut self, blocks: usize, dropout: f64) -> Self {
+        self.residual_blocks = blocks;
+        self.dropout = dropout;
+        self
+    }
+
+    /// Sets the seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    fn hidden_used(&self) -> &[usize] {
+        if self.residual_blocks > 0 { &self.hidden[..1.min(self.hidden.len())] } else { &self.hidden }
+    }
+
+    /// Trainable parameters.
+    pub fn parameter_count(&self) -> usize {
+        let d = self.order.len();
+        let hidden = self.hidden_used();
+        let mut sizes = vec![d];
+        sizes.extend(hidden);
+        sizes.push(self.params_per_dim * d);
+        let dense: usize = sizes.windows(2).map(|w| (w[0] + 1) * w[1]).sum();
+        let context = self.context_dim * sizes[1];
+        let blocks = hidden.first().map_or(0, |h| self.residual_blocks * 2 * (h + 1) * h);
+        dense + context + blocks
+    }
+
+    /// Builds MADE with a zero last layer (identity start).
+    pub fn init(&self, device: &Device) -> crate::error::Result<Made> {
+        validate_residual(&self.hidden, self.residual_blocks, self.dropout)?;
+        if self.order.is_empty() || self.params_per_dim == 0 || self.hidden.contains(&0) {
+            return Err(crate::error::FlowError::InvalidConfig("MADE needs inputs, outputs and positive widths".into()));
+        }
+        let rng = &mut StdRng::seed_from_u64(self.seed);
+        let (order, context_dim, params_per_dim, activation) = (&self.order[..], self.context_dim, self.params_per_dim, self.activation);
+        let (blocks, dropout) = (self.residual_blocks, self.dropout);
+        let hidden = self.hidden_used();
         let d = order.len();
         let mut degrees: Vec<Vec<usize>> = vec![order.to_vec()];
         for &h in hidden {
@@ -393,9 +500,11 @@ impl Made {
             let mask: Vec<f64> = (0..h * h).map(|k| if deg[k / h] <= deg[k % h] { 1.0 } else { 0.0 }).collect();
             ResidualBlocks::new(blocks, &mask, h, dropout, activation, rng, device)
         });
-        Self { layers, context, residual, activation }
+        Ok(Made { layers, context, residual, activation })
     }
+}
 
+impl Made {
     /// Autoregressive evaluation in order of degree, for inverting MADE's layer (sampling MAF,
     /// density of IAF): position `k = 1..=D` of `order` is fixed by `fix(feature, θ)` from its
     /// parameters `θ` `[N, params_per_dim]` and returns that feature's column `[N, 1]`.

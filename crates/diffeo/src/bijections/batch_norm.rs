@@ -3,10 +3,11 @@
 //! In the density direction (data → base):
 //! `u = (x − m) / √(v + ε) ⊙ exp(γ) + β`, log|det| = Σ (γ − ½ log(v + ε)).
 //!
-//! The mode is explicit ([`NormMode`]), never inferred from the device:
-//! - `Training`: `m, v` are the statistics of the current batch in the density direction, and
-//!   the running averages are updated (`r ← (1 − momentum)·r + momentum·batch`);
-//! - `Evaluation`: `m, v` are the running averages, so the layer is an ordinary fixed bijection.
+//! The mode comes with each call ([`Call::mode`]), never inferred from the device:
+//! - [`Mode::Training`]: `m, v` are the statistics of the current batch in the density direction,
+//!   and the running averages are updated (`r ← (1 − momentum)·r + momentum·batch`);
+//! - [`Mode::Evaluation`]: `m, v` are the running averages, so the layer is an ordinary fixed
+//!   bijection.
 //!
 //! The sampling direction always uses the running averages (the batch statistics of data that
 //! have not been generated yet do not exist).
@@ -15,19 +16,9 @@ use burn::module::{Module, Param, RunningState};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{Bijection, Mapped};
-use crate::error::Result;
+use super::{Bijection, Call, LayerSpec, Mapped, Mode};
+use crate::error::{FlowError, Result};
 use crate::tensor::dims2;
-
-/// Which statistics a [`BatchNorm`] uses in the density direction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum NormMode {
-    /// Batch statistics; running averages are updated.
-    Training,
-    /// Running averages; a fixed bijection.
-    #[default]
-    Evaluation,
-}
 
 /// Configuration of a [`BatchNorm`] layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,17 +47,38 @@ impl BatchNormConfig {
     }
 
     /// Builds the layer: γ = β = 0, running mean 0, running variance 1 (the identity up to ε).
-    pub fn init(&self, device: &Device) -> BatchNorm {
-        BatchNorm {
+    pub fn init(&self, device: &Device) -> Result<BatchNorm> {
+        self.validate()?;
+        Ok(BatchNorm {
             log_gamma: Param::from_tensor(Tensor::zeros([self.dim], device)),
             beta: Param::from_tensor(Tensor::zeros([self.dim], device)),
             running_mean: RunningState::new(Tensor::zeros([self.dim], device)),
             running_var: RunningState::new(Tensor::ones([self.dim], device)),
-            mode: NormMode::Evaluation,
             momentum: self.momentum,
             eps: self.eps,
             dim: self.dim,
+        })
+    }
+}
+
+impl LayerSpec for BatchNormConfig {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.dim == 0 || self.eps.is_nan() || self.eps <= 0.0 || !(0.0..=1.0).contains(&self.momentum) {
+            return Err(FlowError::InvalidConfig("batch norm needs D ≥ 1, ε > 0 and momentum in [0, 1]".into()));
         }
+        Ok(())
+    }
+
+    fn parameter_count(&self) -> usize {
+        2 * self.dim
+    }
+
+    fn batch_dependent(&self) -> bool {
+        true
     }
 }
 
@@ -81,9 +93,6 @@ pub struct BatchNorm {
     pub running_mean: RunningState<Tensor<1>>,
     /// Running variance `[D]`.
     pub running_var: RunningState<Tensor<1>>,
-    /// Current mode.
-    #[module(skip)]
-    pub mode: NormMode,
     /// Weight of a batch in the running averages.
     pub momentum: f64,
     /// Variance offset.
@@ -93,15 +102,10 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
-    /// Sets the mode.
-    pub fn set_mode(&mut self, mode: NormMode) {
-        self.mode = mode;
-    }
-
-    fn stats(&self, x: &Tensor<2>) -> (Tensor<1>, Tensor<1>) {
-        match self.mode {
-            NormMode::Evaluation => (self.running_mean.value_sync(), self.running_var.value_sync()),
-            NormMode::Training => {
+    fn stats(&self, x: &Tensor<2>, mode: Mode) -> (Tensor<1>, Tensor<1>) {
+        match mode {
+            Mode::Evaluation => (self.running_mean.value_sync(), self.running_var.value_sync()),
+            Mode::Training => {
                 let (n, d) = dims2(x);
                 let mean = x.clone().mean_dim(0);
                 let var = x.clone().sub(mean.clone()).square().mean_dim(0);
@@ -132,7 +136,7 @@ impl Bijection for BatchNorm {
     }
 
     /// Base → data with the running averages: `x = (u − β) ⊙ exp(−γ) ⊙ √(v + ε) + m`.
-    fn forward_unchecked(&self, u: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
+    fn forward_unchecked(&self, u: Tensor<2>, _call: &Call) -> Result<Mapped> {
         let (n, _) = dims2(&u);
         let mean = self.running_mean.value_sync();
         let var = self.running_var.value_sync();
@@ -146,9 +150,9 @@ impl Bijection for BatchNorm {
     }
 
     /// Data → base with batch statistics (training) or running averages (evaluation).
-    fn inverse_unchecked(&self, x: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
+    fn inverse_unchecked(&self, x: Tensor<2>, call: &Call) -> Result<Mapped> {
         let (n, _) = dims2(&x);
-        let (mean, var) = self.stats(&x);
+        let (mean, var) = self.stats(&x, call.mode);
         let log_std = var.add_scalar(self.eps).log().mul_scalar(0.5);
         let log_scale = self.log_gamma.val().sub(log_std);
         let u = x

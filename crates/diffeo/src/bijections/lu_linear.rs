@@ -1,14 +1,10 @@
-//! Linear flows: an LU-decomposed invertible matrix (with a fixed permutation) and an orthogonal
-//! map as a product of Householder reflections.
+//! Linear flows: an LU-decomposed invertible matrix with a fixed permutation.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
-use rand::rngs::StdRng;
-use rand::Rng;
-use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
-use super::{Bijection, Mapped, Permutation};
+use super::{Bijection, Call, LayerSpec, Mapped, Permutation};
 use crate::error::{FlowError, Result};
 use crate::tensor::{dims2, indices, matrix};
 
@@ -27,16 +23,15 @@ impl LuLinearConfig {
         Self { dim, perm: (0..dim).collect() }
     }
 
-    /// Checks the permutation.
-    pub fn validate(&self) -> Result<()> {
-        if self.dim == 0 || self.perm.len() != self.dim {
-            return Err(FlowError::InvalidConfig("an LU layer needs D ≥ 1 and a permutation of D entries".into()));
-        }
-        Permutation::validate(&self.perm)
+    /// With a fixed permutation of the data features applied before the matrix.
+    pub fn with_perm(mut self, perm: Vec<usize>) -> Self {
+        self.perm = perm;
+        self
     }
 
     /// The layer, starting at the identity matrix (up to the permutation) and zero bias.
-    pub fn init(&self, device: &Device) -> LuLinear {
+    pub fn init(&self, device: &Device) -> Result<LuLinear> {
+        self.validate()?;
         let d = self.dim;
         let lower: Vec<f64> = (0..d * d).map(|k| if k / d > k % d { 1.0 } else { 0.0 }).collect();
         let upper: Vec<f64> = (0..d * d).map(|k| if k / d < k % d { 1.0 } else { 0.0 }).collect();
@@ -47,7 +42,7 @@ impl LuLinearConfig {
             }
             inv
         };
-        LuLinear {
+        Ok(LuLinear {
             lower: Param::from_tensor(Tensor::zeros([d, d], device)),
             upper: Param::from_tensor(Tensor::zeros([d, d], device)),
             log_diag: Param::from_tensor(Tensor::zeros([d], device)),
@@ -56,7 +51,24 @@ impl LuLinearConfig {
             upper_mask: matrix(upper, d, d, device),
             perm: self.perm.clone(),
             inverse_perm,
+        })
+    }
+}
+
+impl LayerSpec for LuLinearConfig {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.dim == 0 || self.perm.len() != self.dim {
+            return Err(FlowError::InvalidConfig("an LU layer needs D ≥ 1 and a permutation of D entries".into()));
         }
+        Permutation::validate(&self.perm)
+    }
+
+    fn parameter_count(&self) -> usize {
+        self.dim * (self.dim + 1)
     }
 }
 
@@ -123,7 +135,7 @@ impl Bijection for LuLinear {
     }
 
     /// Sampling: `x_perm = W⁻¹(u − b)`, then undo the permutation.
-    fn forward_unchecked(&self, u: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
+    fn forward_unchecked(&self, u: Tensor<2>, _call: &Call) -> Result<Mapped> {
         let (n, _) = dims2(&u);
         let r = u.sub(self.bias.val().unsqueeze());
         let a = solve_triangular(self.l(), r, true);
@@ -134,89 +146,13 @@ impl Bijection for LuLinear {
     }
 
     /// Density: `u = W·x_perm + b`.
-    fn inverse_unchecked(&self, x: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
+    fn inverse_unchecked(&self, x: Tensor<2>, _call: &Call) -> Result<Mapped> {
         let (n, _) = dims2(&x);
         let device = x.device();
         let xp = x.select(1, indices(&self.perm, &device));
         let w = self.l().matmul(self.u());
         let u = xp.matmul(w.transpose()).add(self.bias.val().unsqueeze());
         Ok((u, self.log_diag.val().sum().expand([n])))
-    }
-}
-
-/// Configuration of a [`Householder`] layer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HouseholderConfig {
-    /// Features D.
-    pub dim: usize,
-    /// Number of reflections (D gives every orthogonal matrix of determinant ±1).
-    pub reflections: usize,
-}
-
-impl HouseholderConfig {
-    /// Checks the settings.
-    pub fn validate(&self) -> Result<()> {
-        if self.dim == 0 || self.reflections == 0 {
-            return Err(FlowError::InvalidConfig("a Householder layer needs D ≥ 1 and at least one reflection".into()));
-        }
-        Ok(())
-    }
-
-    /// Random reflection vectors (a random orthogonal map).
-    pub fn init_with(&self, rng: &mut StdRng, device: &Device) -> Householder {
-        let v: Vec<f64> = (0..self.reflections * self.dim).map(|_| rng.sample(StandardNormal)).collect();
-        Householder { vectors: Param::from_tensor(matrix(v, self.reflections, self.dim, device)) }
-    }
-}
-
-/// Orthogonal map `y = x·H_1·…·H_K`, `H_k = I − 2 v_k v_kᵀ / ‖v_k‖²` (Tomczak & Welling 2016).
-/// `log|det J| = 0`; both directions are exact and fast (K rank-one updates).
-#[derive(Module, Debug)]
-pub struct Householder {
-    /// Reflection vectors `[K, D]`.
-    pub vectors: Param<Tensor<2>>,
-}
-
-/// Rows of `x` `[N, D]` reflected by each of the vectors `[K, D]` in turn (`x·H₁⋯H_K`; with
-/// `reverse`, `x·H_K⋯H₁`), `H = I − 2vvᵀ/‖v‖²`.
-pub(crate) fn reflect_rows(x: Tensor<2>, vectors: &Tensor<2>, reverse: bool) -> Tensor<2> {
-    let k = vectors.dims()[0];
-    let mut h = x;
-    let order: Vec<usize> = if reverse { (0..k).rev().collect() } else { (0..k).collect() };
-    for i in order {
-        let vi = vectors.clone().narrow(0, i, 1); // [1, D]
-        let norm2 = vi.clone().square().sum().clamp_min(1e-30).unsqueeze_dim::<2>(0); // [1, 1]
-        let proj = h.clone().matmul(vi.clone().transpose()).div(norm2).mul_scalar(2.0); // [N, 1]
-        h = h.sub(proj.mul(vi));
-    }
-    h
-}
-
-impl Householder {
-    fn reflect(&self, x: Tensor<2>, reverse: bool) -> Tensor<2> {
-        reflect_rows(x, &self.vectors.val(), reverse)
-    }
-}
-
-impl Bijection for Householder {
-    fn dim(&self) -> usize {
-        self.vectors.val().dims()[1]
-    }
-
-    fn name(&self) -> String {
-        "Householder".into()
-    }
-
-    fn forward_unchecked(&self, x: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
-        let (n, _) = dims2(&x);
-        let device = x.device();
-        Ok((self.reflect(x, false), Tensor::zeros([n], &device)))
-    }
-
-    fn inverse_unchecked(&self, y: Tensor<2>, _context: Option<&Tensor<2>>) -> Result<Mapped> {
-        let (n, _) = dims2(&y);
-        let device = y.device();
-        Ok((self.reflect(y, true), Tensor::zeros([n], &device)))
     }
 }
 

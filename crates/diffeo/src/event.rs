@@ -1,0 +1,238 @@
+//! Event shapes and the context of a call.
+//!
+//! **Events.** A batch is always a `[N, D]` tensor, one event per row, flattened in C order; the
+//! event's shape travels beside it as an [`EventShape`]: flat `[D]` or an image `[C, H, W]` (a row
+//! is channel 0's H·W pixels row by row, then channel 1's, …). Layers that need the image
+//! structure (squeeze, convolutions) reshape to `[N, C, H, W]` inside and flatten again on the way
+//! out; in C order both are free views. Every other layer — elementwise maps, autoregressive and
+//! coupling layers, permutations — sees D features and works on any shape. So base densities, the
+//! training loop, host tables and model files are one code path for tabular data and images.
+//!
+//! **Calls.** Every pass of a bijection receives a [`Call`]: the conditioning context, a seeded
+//! random source (for stochastic estimators such as Hutchinson probes), the train/eval [`Mode`]
+//! and the [`Tolerance`] of iterative solvers (fixed points, bisection, ODE solves).
+
+use std::cell::RefCell;
+
+use burn::tensor::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FlowError, Result};
+use crate::tensor::matrix;
+
+/// The shape of one event (one row of a batch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventShape {
+    /// A vector of D features.
+    Flat(usize),
+    /// An image of `channels × height × width`, flattened in C order.
+    Image {
+        /// Channels C.
+        channels: usize,
+        /// Height H.
+        height: usize,
+        /// Width W.
+        width: usize,
+    },
+}
+
+impl EventShape {
+    /// `[D]`.
+    pub fn flat(dim: usize) -> Self {
+        EventShape::Flat(dim)
+    }
+
+    /// `[C, H, W]`.
+    pub fn image(channels: usize, height: usize, width: usize) -> Self {
+        EventShape::Image { channels, height, width }
+    }
+
+    /// Number of features (the row width of a batch).
+    pub fn size(&self) -> usize {
+        match *self {
+            EventShape::Flat(d) => d,
+            EventShape::Image { channels, height, width } => channels * height * width,
+        }
+    }
+
+    /// `(C, H, W)` of an image event.
+    pub fn image_dims(&self) -> Option<(usize, usize, usize)> {
+        match *self {
+            EventShape::Image { channels, height, width } => Some((channels, height, width)),
+            EventShape::Flat(_) => None,
+        }
+    }
+
+    /// The same kind of shape with `features` fewer features at the end: for an image, whole
+    /// channels (the last `features / (H·W)`); for a vector, the last `features`.
+    pub fn without_last(&self, features: usize) -> Result<Self> {
+        match *self {
+            EventShape::Flat(d) if features < d => Ok(EventShape::Flat(d - features)),
+            EventShape::Image { channels, height, width }
+                if features % (height * width) == 0 && features / (height * width) < channels =>
+            {
+                Ok(EventShape::image(channels - features / (height * width), height, width))
+            }
+            _ => Err(FlowError::InvalidConfig(format!(
+                "cannot factor {features} features out of an event of shape {self}: keep at least one feature (whole channels of an image)"
+            ))),
+        }
+    }
+
+    /// The same kind of shape with `features` more features at the end (whole channels for an
+    /// image): the inverse of [`without_last`](Self::without_last).
+    pub fn with_more(&self, features: usize) -> Result<Self> {
+        match *self {
+            EventShape::Flat(d) => Ok(EventShape::Flat(d + features)),
+            EventShape::Image { channels, height, width } if features % (height * width) == 0 => {
+                Ok(EventShape::image(channels + features / (height * width), height, width))
+            }
+            _ => Err(FlowError::InvalidConfig(format!("{features} features are not whole channels of an image of shape {self}"))),
+        }
+    }
+}
+
+impl std::fmt::Display for EventShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventShape::Flat(d) => write!(f, "[{d}]"),
+            EventShape::Image { channels, height, width } => write!(f, "[{channels}, {height}, {width}]"),
+        }
+    }
+}
+
+/// Whether a pass is part of training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Mode {
+    /// Training: batch statistics (and updates of running averages) in batch norm, cheap
+    /// stochastic estimators where a layer offers them.
+    Training,
+    /// Evaluation: a fixed bijection.
+    #[default]
+    Evaluation,
+}
+
+/// Stopping rule of an iterative solver: stop when the change (or residual) is at most
+/// `absolute + relative·|value|`; fail with [`FlowError::NotConverged`] after `max_iterations`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tolerance {
+    /// Absolute tolerance.
+    pub absolute: f64,
+    /// Relative tolerance.
+    pub relative: f64,
+    /// Iteration limit (or, for adaptive ODE solvers, step limit).
+    pub max_iterations: usize,
+}
+
+impl Default for Tolerance {
+    /// 1e−6 absolute and relative, at most 1000 iterations.
+    fn default() -> Self {
+        Self { absolute: 1e-6, relative: 1e-6, max_iterations: 1000 }
+    }
+}
+
+impl Tolerance {
+    /// Whether `change` is within tolerance of `value`.
+    pub fn met(&self, change: f64, value: f64) -> bool {
+        change <= self.absolute + self.relative * value.abs()
+    }
+}
+
+/// Everything a pass of a bijection receives besides its input.
+#[derive(Debug)]
+pub struct Call {
+    context: Option<Tensor<2>>,
+    /// Training or evaluation.
+    pub mode: Mode,
+    /// Stopping rule of iterative solvers.
+    pub tolerance: Tolerance,
+    rng: RefCell<StdRng>,
+}
+
+impl Default for Call {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clone for Call {
+    /// A copy with the same context, mode, tolerance and random state.
+    fn clone(&self) -> Self {
+        Self { context: self.context.clone(), mode: self.mode, tolerance: self.tolerance, rng: RefCell::new(self.rng.borrow().clone()) }
+    }
+}
+
+impl Call {
+    /// No context, evaluation mode, default tolerance, random source seeded with 0.
+    pub fn new() -> Self {
+        Self { context: None, mode: Mode::Evaluation, tolerance: Tolerance::default(), rng: RefCell::new(StdRng::seed_from_u64(0)) }
+    }
+
+    /// A training call (see [`Mode::Training`]).
+    pub fn training() -> Self {
+        Self::new().with_mode(Mode::Training)
+    }
+
+    /// Conditions on `context` `[N, C]`.
+    pub fn with_context(mut self, context: Tensor<2>) -> Self {
+        self.context = Some(context);
+        self
+    }
+
+    /// Conditions on `context` when given.
+    pub fn with_optional_context(mut self, context: Option<Tensor<2>>) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// Sets the mode.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets the tolerance of iterative solvers.
+    pub fn with_tolerance(mut self, tolerance: Tolerance) -> Self {
+        self.tolerance = tolerance;
+        self
+    }
+
+    /// Seeds the random source.
+    pub fn with_seed(self, seed: u64) -> Self {
+        self.rng.replace(StdRng::seed_from_u64(seed));
+        self
+    }
+
+    /// The context `[N, C]`, if any.
+    pub fn context(&self) -> Option<&Tensor<2>> {
+        self.context.as_ref()
+    }
+
+    /// The same call (mode, tolerance, random source) with another context, e.g. the output of
+    /// a context embedding.
+    pub fn replace_context(mut self, context: Option<Tensor<2>>) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// Draws from the random source.
+    pub fn with_rng<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
+        f(&mut self.rng.borrow_mut())
+    }
+
+    /// `[n, d]` standard-normal draws from the random source (e.g. Hutchinson probes).
+    pub fn standard_normal(&self, n: usize, d: usize, device: &Device) -> Tensor<2> {
+        let values: Vec<f64> = self.with_rng(|rng| (0..n * d).map(|_| rng.sample(StandardNormal)).collect());
+        matrix(values, n, d, device)
+    }
+
+    /// `[n, d]` Rademacher draws (±1 with equal probability) from the random source.
+    pub fn rademacher(&self, n: usize, d: usize, device: &Device) -> Tensor<2> {
+        let values: Vec<f64> = self.with_rng(|rng| (0..n * d).map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 }).collect());
+        matrix(values, n, d, device)
+    }
+}

@@ -1,0 +1,455 @@
+//! The paper's families as ready-made architectures: the builders ([`MafConfig`],
+//! [`RealNvpConfig`] and the shortcuts [`maf`], [`iaf`], [`realnvp`], [`nice`], [`nsf`],
+//! [`nsf_coupling`]) and the table from family names to architectures that the command line and
+//! the Python package share ([`FAMILIES`], [`architecture`], [`VI_FAMILIES`],
+//! [`vi_architecture`]). A new family is one entry here; front ends list the names.
+
+use burn::config::Config;
+use burn::tensor::Device;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::bijections::{
+    BatchNormConfig, CouplingConfig, ElementwiseAffineConfig, ElementwiseConfig, ElementwiseKind, LayerConfig, LuLinearConfig,
+    MaskedAutoregressiveConfig, Permutation, PermutationConfig, PlanarConfig, RadialConfig, SylvesterBasis, SylvesterConfig,
+};
+use crate::distributions::BaseKind;
+use crate::error::{FlowError, Result};
+use crate::flow::{EmbeddingConfig, Flow, FlowConfig};
+use crate::nn::Activation;
+use crate::transformer::Transformer;
+
+fn lu_layer(dim: usize, rng: &mut StdRng) -> LayerConfig {
+    LayerConfig::LuLinear(LuLinearConfig::new(dim).with_perm(Permutation::random_order(dim, rng)))
+}
+
+fn embedding_or_none(context_dim: usize, embedding: &Option<EmbeddingConfig>) -> usize {
+    match embedding {
+        Some(e) => e.output_dim,
+        None => context_dim,
+    }
+}
+
+/// Masked autoregressive flow (Papamakarios et al. 2017), or with `iaf` set, inverse
+/// autoregressive flow (Kingma et al. 2016).
+///
+/// Defaults: 5 transforms, MADE with 2 hidden layers of 128 ReLU units, affine transformer
+/// (soft-clipped log-scale), orders alternating natural/reversed between layers (as zuko),
+/// standard-normal base, no batch norm. MAF evaluates densities in one pass and samples in D
+/// passes; IAF the opposite.
+#[derive(Config, Debug)]
+pub struct MafConfig {
+    /// Features D.
+    pub dim: usize,
+    /// Number of autoregressive layers K.
+    #[config(default = 5)]
+    pub transforms: usize,
+    /// Hidden widths of each MADE.
+    #[config(default = "vec![128, 128]")]
+    pub hidden: Vec<usize>,
+    /// Raw context width C.
+    #[config(default = 0)]
+    pub context_dim: usize,
+    /// Optional context embedding.
+    #[config(default = "None")]
+    pub embedding: Option<EmbeddingConfig>,
+    /// Random orders per layer instead of alternating natural/reversed.
+    #[config(default = false)]
+    pub random_orders: bool,
+    /// Batch normalisation after each autoregressive layer (density direction), as in the MAF
+    /// paper.
+    #[config(default = false)]
+    pub batch_norm: bool,
+    /// Invert every layer: IAF (fast sampling, D-pass densities).
+    #[config(default = false)]
+    pub iaf: bool,
+    /// An LU-decomposed linear layer (with a random fixed permutation) before every transform
+    /// but the first, as in the NSF paper.
+    #[config(default = false)]
+    pub lu: bool,
+    /// Residual blocks in each MADE (ResMADE; 0: plain MADE, `hidden` widths as given).
+    #[config(default = 0)]
+    pub residual_blocks: usize,
+    /// Dropout inside the residual blocks.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    /// Elementwise transformer.
+    #[config(default = "Transformer::Affine")]
+    pub transformer: Transformer,
+    /// Hidden nonlinearity.
+    #[config(default = "Activation::Relu")]
+    pub activation: Activation,
+    /// Base density.
+    #[config(default = "BaseKind::StandardNormal")]
+    pub base: BaseKind,
+    /// Seed for orders and weights.
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+impl MafConfig {
+    /// The full architecture.
+    pub fn flow_config(&self) -> FlowConfig {
+        let cc = embedding_or_none(self.context_dim, &self.embedding);
+        let mut rng = StdRng::seed_from_u64(self.seed ^ 0x0DE5);
+        let mut layers = Vec::new();
+        for k in 0..self.transforms {
+            let order: Vec<usize> = if self.random_orders {
+                Permutation::random_order(self.dim, &mut rng).into_iter().map(|i| i + 1).collect()
+            } else if k % 2 == 0 {
+                (1..=self.dim).collect()
+            } else {
+                (1..=self.dim).rev().collect()
+            };
+            let mut layer = LayerConfig::MaskedAutoregressive(
+                MaskedAutoregressiveConfig::new(self.dim, self.hidden.clone())
+                    .with_context_dim(cc)
+                    .with_order(order)
+                    .with_transformer(self.transformer.clone())
+                    .with_activation(self.activation)
+                    .with_residual_blocks(self.residual_blocks, self.dropout),
+            );
+            if self.iaf {
+                layer = layer.inverted();
+            }
+            if self.batch_norm && k > 0 {
+                layers.push(LayerConfig::BatchNorm(BatchNormConfig::new(self.dim)));
+            }
+            if self.lu && k > 0 {
+                layers.push(lu_layer(self.dim, &mut rng));
+            }
+            layers.push(layer);
+        }
+        FlowConfig {
+            dim: self.dim,
+            layers,
+            context_dim: self.context_dim,
+            base: self.base.clone(),
+            embedding: self.embedding.clone(),
+            seed: self.seed,
+            context_standardization: None,
+            event: None,
+        }
+    }
+
+    /// Builds the flow, or explains why the settings are invalid.
+    pub fn init(&self, device: &Device) -> Result<Flow> {
+        self.flow_config().init(device)
+    }
+}
+
+/// Coupling flow: RealNVP (affine, Dinh et al. 2017) or NICE (additive, Dinh et al. 2014).
+///
+/// Defaults: 6 coupling layers with checkerboard masks alternating parity (as zuko), an MLP
+/// conditioner with 2 hidden layers of 128 ReLU units, affine transformer, standard-normal base.
+/// Both directions are one pass. Needs D ≥ 2.
+#[derive(Config, Debug)]
+pub struct RealNvpConfig {
+    /// Features D (≥ 2).
+    pub dim: usize,
+    /// Number of coupling layers.
+    #[config(default = 6)]
+    pub transforms: usize,
+    /// Hidden widths of each conditioner.
+    #[config(default = "vec![128, 128]")]
+    pub hidden: Vec<usize>,
+    /// Raw context width C.
+    #[config(default = 0)]
+    pub context_dim: usize,
+    /// Optional context embedding.
+    #[config(default = "None")]
+    pub embedding: Option<EmbeddingConfig>,
+    /// Additive coupling (NICE) instead of affine; NICE ends with a learnable diagonal scale.
+    /// Overrides `transformer`.
+    #[config(default = false)]
+    pub additive: bool,
+    /// Elementwise transformer (affine: RealNVP; spline: NSF coupling).
+    #[config(default = "Transformer::Affine")]
+    pub transformer: Transformer,
+    /// An LU-decomposed linear layer (with a random fixed permutation) before every coupling
+    /// layer but the first, as in the NSF paper.
+    #[config(default = false)]
+    pub lu: bool,
+    /// Residual blocks in each conditioner (0: plain MLP).
+    #[config(default = 0)]
+    pub residual_blocks: usize,
+    /// Dropout inside the residual blocks.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    /// A random permutation before each coupling layer (instead of alternating masks only).
+    #[config(default = false)]
+    pub random_permutations: bool,
+    /// Batch normalisation between coupling layers.
+    #[config(default = false)]
+    pub batch_norm: bool,
+    /// Hidden nonlinearity.
+    #[config(default = "Activation::Relu")]
+    pub activation: Activation,
+    /// Base density.
+    #[config(default = "BaseKind::StandardNormal")]
+    pub base: BaseKind,
+    /// Seed for permutations and weights.
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+impl RealNvpConfig {
+    /// The full architecture.
+    pub fn flow_config(&self) -> FlowConfig {
+        let cc = embedding_or_none(self.context_dim, &self.embedding);
+        let mut rng = StdRng::seed_from_u64(self.seed ^ 0x4EA1);
+        let mut layers = Vec::new();
+        let transformer = if self.additive { Transformer::Additive } else { self.transformer.clone() };
+        for k in 0..self.transforms {
+            if self.random_permutations && k > 0 {
+                layers.push(LayerConfig::Permutation(PermutationConfig::new(Permutation::random_order(self.dim, &mut rng))));
+            }
+            if self.batch_norm && k > 0 {
+                layers.push(LayerConfig::BatchNorm(BatchNormConfig::new(self.dim)));
+            }
+            if self.lu && k > 0 {
+                layers.push(lu_layer(self.dim, &mut rng));
+            }
+            let mask = (0..self.dim).map(|i| (i + k) % 2 == 0).collect();
+            layers.push(LayerConfig::Coupling(
+                CouplingConfig::new(mask, self.hidden.clone())
+                    .with_context_dim(cc)
+                    .with_transformer(transformer.clone())
+                    .with_activation(self.activation)
+                    .with_residual_blocks(self.residual_blocks, self.dropout),
+            ));
+        }
+        if self.additive {
+            layers.push(LayerConfig::ElementwiseAffine(ElementwiseAffineConfig::new(self.dim)));
+        }
+        FlowConfig {
+            dim: self.dim,
+            layers,
+            context_dim: self.context_dim,
+            base: self.base.clone(),
+            embedding: self.embedding.clone(),
+            seed: self.seed,
+            context_standardization: None,
+            event: None,
+        }
+    }
+
+    /// Builds the flow, or explains why the settings are invalid.
+    pub fn init(&self, device: &Device) -> Result<Flow> {
+        self.flow_config().init(device)
+    }
+}
+
+/// A MAF with `transforms` layers and the given hidden widths (other settings default).
+pub fn maf(dim: usize, transforms: usize, hidden: Vec<usize>) -> MafConfig {
+    MafConfig::new(dim).with_transforms(transforms).with_hidden(hidden)
+}
+
+/// An IAF: [`maf`] with every layer inverted.
+pub fn iaf(dim: usize, transforms: usize, hidden: Vec<usize>) -> MafConfig {
+    maf(dim, transforms, hidden).with_iaf(true)
+}
+
+/// A RealNVP with `transforms` coupling layers and the given hidden widths.
+pub fn realnvp(dim: usize, transforms: usize, hidden: Vec<usize>) -> RealNvpConfig {
+    RealNvpConfig::new(dim).with_transforms(transforms).with_hidden(hidden)
+}
+
+/// Neural spline flow, autoregressive (RQ-NSF (AR), Durkan et al. 2019): a MAF whose layers use
+/// the rational-quadratic spline transformer (8 bins, tail bound 5), with LU layers between them.
+pub fn nsf(dim: usize, transforms: usize, hidden: Vec<usize>) -> MafConfig {
+    maf(dim, transforms, hidden).with_transformer(Transformer::spline()).with_lu(true)
+}
+
+/// Neural spline flow with coupling layers (RQ-NSF (C)): spline couplings with LU layers
+/// between them.
+pub fn nsf_coupling(dim: usize, transforms: usize, hidden: Vec<usize>) -> RealNvpConfig {
+    realnvp(dim, transforms, hidden).with_transformer(Transformer::spline()).with_lu(true)
+}
+
+/// NICE: additive coupling layers and a final learnable diagonal scale.
+pub fn nice(dim: usize, transforms: usize, hidden: Vec<usize>) -> RealNvpConfig {
+    realnvp(dim, transforms, hidden).with_additive(true)
+}
+
+/// A family the command line and the Python package can fit by maximum likelihood.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Family {
+    /// Name (`maf`, `nsf-coupling`, …).
+    pub name: &'static str,
+    /// What it is.
+    pub about: &'static str,
+    /// Layers when none are asked for.
+    pub default_transforms: usize,
+}
+
+/// The maximum-likelihood families, by name.
+pub const FAMILIES: [Family; 7] = [
+    Family { name: "maf", about: "masked autoregressive flow (fast density, D-pass sampling)", default_transforms: 5 },
+    Family { name: "iaf", about: "inverse autoregressive flow (fast sampling, D-pass density)", default_transforms: 5 },
+    Family { name: "realnvp", about: "RealNVP affine coupling (both directions fast)", default_transforms: 6 },
+    Family { name: "nice", about: "NICE additive coupling with a final diagonal scale", default_transforms: 6 },
+    Family { name: "nsf", about: "neural spline flow, autoregressive: rational-quadratic splines in MADE, LU layers between", default_transforms: 5 },
+    Family { name: "nsf-coupling", about: "neural spline flow with spline coupling layers and LU layers between", default_transforms: 6 },
+    Family { name: "planar", about: "planar flow (sampling only: no inverse, so no maximum-likelihood fit)", default_transforms: 16 },
+];
+
+/// The settings of a family's architecture (what the command line's `fit` flags set).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FamilySettings {
+    /// Family name (see [`FAMILIES`]).
+    pub family: String,
+    /// Layers (`None`: the family's default).
+    pub transforms: Option<usize>,
+    /// Hidden widths of the conditioners.
+    pub hidden: Vec<usize>,
+    /// Hidden nonlinearity.
+    pub activation: Activation,
+    /// Batch normalisation between layers.
+    pub batch_norm: bool,
+    /// LU layers between transforms (always on for the spline families).
+    pub lu: bool,
+    /// Residual blocks in each conditioner.
+    pub residual_blocks: usize,
+    /// Dropout inside the residual blocks.
+    pub dropout: f64,
+    /// Spline bins.
+    pub bins: usize,
+    /// Spline tail bound.
+    pub tail_bound: f64,
+    /// Seed of the weights.
+    pub seed: u64,
+}
+
+impl FamilySettings {
+    /// The defaults of `diffeo fit`: 128×2 ReLU conditioners, 8 bins, tail bound 5.
+    pub fn new(family: &str) -> Self {
+        Self {
+            family: family.to_string(),
+            transforms: None,
+            hidden: vec![128, 128],
+            activation: Activation::Relu,
+            batch_norm: false,
+            lu: false,
+            residual_blocks: 0,
+            dropout: 0.0,
+            bins: crate::spline::DEFAULT_BINS,
+            tail_bound: crate::spline::DEFAULT_TAIL_BOUND,
+            seed: 0,
+        }
+    }
+}
+
+/// The family called `name`.
+pub fn family(name: &str) -> Result<&'static Family> {
+    FAMILIES.iter().find(|f| f.name == name).ok_or_else(|| {
+        let names: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+        FlowError::InvalidConfig(format!("unknown flow family '{name}' (expected one of {})", names.join(", ")))
+    })
+}
+
+/// The architecture of a new model of `settings.family` on `dim` features with `context_dim`
+/// context columns.
+pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Result<FlowConfig> {
+    let f = family(&s.family)?;
+    if s.dropout > 0.0 && s.residual_blocks == 0 {
+        return Err(FlowError::InvalidConfig("dropout acts inside residual blocks: add residual blocks".into()));
+    }
+    let k = s.transforms;
+    let spline = Transformer::RationalQuadratic { bins: s.bins, tail_bound: s.tail_bound };
+    Ok(match f.name {
+        "maf" | "iaf" | "nsf" => {
+            let mut c = MafConfig::new(dim)
+                .with_hidden(s.hidden.clone())
+                .with_context_dim(context_dim)
+                .with_activation(s.activation)
+                .with_batch_norm(s.batch_norm)
+                .with_iaf(f.name == "iaf")
+                .with_lu(s.lu || f.name == "nsf")
+                .with_residual_blocks(s.residual_blocks)
+                .with_dropout(s.dropout)
+                .with_seed(s.seed);
+            if f.name == "nsf" {
+                c = c.with_transformer(spline);
+            }
+            if let Some(k) = k {
+                c = c.with_transforms(k);
+            }
+            c.flow_config()
+        }
+        "realnvp" | "nice" | "nsf-coupling" => {
+            if dim < 2 {
+                return Err(FlowError::InvalidConfig(format!(
+                    "{} coupling layers need at least 2 data columns; use the maf family for 1-D data",
+                    f.name
+                )));
+            }
+            let mut c = RealNvpConfig::new(dim)
+                .with_hidden(s.hidden.clone())
+                .with_context_dim(context_dim)
+                .with_activation(s.activation)
+                .with_batch_norm(s.batch_norm)
+                .with_additive(f.name == "nice")
+                .with_lu(s.lu || f.name == "nsf-coupling")
+                .with_residual_blocks(s.residual_blocks)
+                .with_dropout(s.dropout)
+                .with_seed(s.seed);
+            if f.name == "nsf-coupling" {
+                c = c.with_transformer(spline);
+            }
+            if let Some(k) = k {
+                c = c.with_transforms(k);
+            }
+            c.flow_config()
+        }
+        _ => {
+            if context_dim > 0 {
+                return Err(FlowError::InvalidConfig("planar layers are unconditional: fit without context columns".into()));
+            }
+            FlowConfig::new(dim, vec![LayerConfig::Planar(PlanarConfig::new(dim)); k.unwrap_or(f.default_transforms)]).with_seed(s.seed)
+        }
+    })
+}
+
+/// The families for variational inference (all sample in one pass).
+pub const VI_FAMILIES: [Family; 7] = [
+    Family { name: "planar", about: "planar layers", default_transforms: 32 },
+    Family { name: "radial", about: "radial layers", default_transforms: 32 },
+    Family { name: "sylvester", about: "orthogonal Sylvester layers (Björck-orthogonalized basis, M = D)", default_transforms: 8 },
+    Family { name: "sylvester-householder", about: "Householder Sylvester layers (M = D, D reflections)", default_transforms: 8 },
+    Family { name: "iaf", about: "inverse autoregressive flow, affine", default_transforms: 5 },
+    Family { name: "realnvp", about: "RealNVP affine coupling", default_transforms: 6 },
+    Family { name: "nsf-coupling", about: "rational-quadratic spline coupling with LU layers", default_transforms: 4 },
+];
+
+/// The flow `diffeo vi` fits to a target on `dim` features: a learnable elementwise affine layer
+/// on the base (targets far from N(0, I) start closer), the family's layers, then — for targets
+/// on a box `[low, high]^D` — the scaled sigmoid onto the box.
+pub fn vi_architecture(s: &FamilySettings, dim: usize, support: Option<(f64, f64)>) -> Result<FlowConfig> {
+    let f = VI_FAMILIES.iter().find(|f| f.name == s.family).ok_or_else(|| {
+        let names: Vec<&str> = VI_FAMILIES.iter().map(|f| f.name).collect();
+        FlowError::InvalidConfig(format!("unknown variational family '{}' (expected one of {})", s.family, names.join(", ")))
+    })?;
+    let k = s.transforms.unwrap_or(f.default_transforms);
+    let d = dim;
+    let mut config = match f.name {
+        "planar" => FlowConfig::new(d, vec![LayerConfig::Planar(PlanarConfig::new(d)); k]),
+        "radial" => FlowConfig::new(d, vec![LayerConfig::Radial(RadialConfig::new(d)); k]),
+        "sylvester" | "sylvester-householder" => {
+            let basis = if f.name == "sylvester" { SylvesterBasis::Orthogonal } else { SylvesterBasis::Householder { reflections: d } };
+            FlowConfig::new(d, vec![LayerConfig::Sylvester(SylvesterConfig::new(d, d, basis)); k])
+        }
+        "iaf" => iaf(d, k, s.hidden.clone()).flow_config(),
+        "realnvp" => realnvp(d, k, s.hidden.clone()).flow_config(),
+        _ => nsf_coupling(d, k, s.hidden.clone())
+            .with_transformer(Transformer::RationalQuadratic { bins: s.bins, tail_bound: s.tail_bound })
+            .flow_config(),
+    }
+    .with_seed(s.seed);
+    config.layers.insert(0, LayerConfig::ElementwiseAffine(ElementwiseAffineConfig::new(d)));
+    if let Some((lo, hi)) = support {
+        config.layers.push(LayerConfig::Elementwise(ElementwiseConfig::new(d, ElementwiseKind::Box { low: vec![lo; d], high: vec![hi; d] })));
+    }
+    config.validate()?;
+    Ok(config)
+}
