@@ -11,8 +11,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod commands;
-mod data;
-mod model;
 mod plot;
 mod vi;
 
@@ -67,37 +65,9 @@ pub struct DataArgs {
     pub drop_nonfinite: bool,
 }
 
-/// Flow families.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    /// Masked autoregressive flow (fast density, D-pass sampling).
-    Maf,
-    /// Inverse autoregressive flow (fast sampling, D-pass density).
-    Iaf,
-    /// RealNVP affine coupling (both directions fast).
-    Realnvp,
-    /// NICE additive coupling with a final diagonal scale.
-    Nice,
-    /// Neural spline flow, autoregressive: rational-quadratic splines in MADE, LU layers between.
-    Nsf,
-    /// Neural spline flow with spline coupling layers and LU layers between.
-    NsfCoupling,
-    /// Planar residual flow (sampling only: no inverse, so no maximum-likelihood fit).
-    Planar,
-}
-
-impl Family {
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Maf => "maf",
-            Family::Iaf => "iaf",
-            Family::Realnvp => "realnvp",
-            Family::Nice => "nice",
-            Family::Nsf => "nsf",
-            Family::NsfCoupling => "nsf-coupling",
-            Family::Planar => "planar",
-        }
-    }
+/// The names (and descriptions) of the library's families, for `--flow`.
+pub(crate) fn families(list: &'static [diffeo::families::Family]) -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(list.iter().map(|f| clap::builder::PossibleValue::new(f.name).help(f.about)))
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +88,16 @@ impl From<ScheduleArg> for diffeo::fit::Schedule {
         match s {
             ScheduleArg::Constant => diffeo::fit::Schedule::Constant,
             ScheduleArg::Cosine => diffeo::fit::Schedule::Cosine,
+        }
+    }
+}
+
+impl From<ActivationArg> for diffeo::nn::Activation {
+    fn from(a: ActivationArg) -> Self {
+        match a {
+            ActivationArg::Relu => diffeo::nn::Activation::Relu,
+            ActivationArg::Tanh => diffeo::nn::Activation::Tanh,
+            ActivationArg::Elu => diffeo::nn::Activation::Elu,
         }
     }
 }
@@ -163,8 +143,8 @@ pub struct FitArgs {
     #[arg(long, value_name = "FILE")]
     pub val: Option<String>,
     /// Flow family.
-    #[arg(long, value_enum, default_value = "maf")]
-    pub flow: Family,
+    #[arg(long, value_parser = families(&diffeo::families::FAMILIES), default_value = "maf")]
+    pub flow: String,
     /// Number of layers K (default: 5 for maf/iaf/nsf, 6 for realnvp/nice/nsf-coupling, 16 for
     /// planar).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
@@ -194,9 +174,9 @@ pub struct FitArgs {
     /// Spline tail bound B: splines act on [−B, B] of the standardized data, identity outside.
     #[arg(long, allow_hyphen_values = true, value_parser = positive_f64, default_value = "5")]
     pub tail_bound: f64,
-    /// Optimisation steps.
-    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "2000", conflicts_with = "epochs")]
-    pub steps: u64,
+    /// Optimisation steps (default 2000; with --time-budget alone, until the budget is spent).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "epochs")]
+    pub steps: Option<u64>,
     /// Passes over the training data (instead of --steps).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub epochs: Option<u64>,
@@ -236,11 +216,17 @@ pub struct FitArgs {
     /// Do not standardize the data (the flow sees raw values).
     #[arg(long)]
     pub no_standardize: bool,
+    /// Leave out data columns whose values are all equal (otherwise: a warning).
+    #[arg(long)]
+    pub drop_constant: bool,
+    /// Train even when the model's estimated memory exceeds what the machine has available.
+    #[arg(long)]
+    pub no_memory_check: bool,
     /// Continue training this saved model (its architecture and preprocessing are kept).
     #[arg(long, value_name = "MODEL")]
     pub resume: Option<PathBuf>,
     /// Wall-clock budget in seconds: stop (after a last validation) when it is spent; a cosine
-    /// schedule then follows time.
+    /// schedule then follows time. Without --steps/--epochs, train until it is spent.
     #[arg(long, allow_hyphen_values = true, value_parser = positive_f64, value_name = "SECONDS")]
     pub time_budget: Option<f64>,
     /// Test data (file or builtin:NAME:test) evaluated at every validation, for --curve.

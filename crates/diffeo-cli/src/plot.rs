@@ -5,14 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use diffeo::bijections::Cost;
-use diffeo::tensor::{matrix, to_vec};
+use diffeo::model::TrainingSummary;
+use diffeo::pipeline;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 
-use crate::data::{self, Split};
-use crate::model::{self, TrainingSummary};
+use crate::commands::lib;
 use crate::PlotArgs;
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
@@ -34,7 +32,7 @@ fn perr<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 
 /// Renders into a temporary PNG next to `out`, then renames it over `out`.
 fn render(out: &Path, size: (u32, u32), draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>) -> Result<()> {
-    data::check_output(out, &["png"])?;
+    lib(diffeo::data::check_output(out, &["png"]))?;
     fonts();
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -108,34 +106,23 @@ fn column(values: &[f64], d: usize, j: usize) -> impl Iterator<Item = f64> + '_ 
 }
 
 pub fn plot(a: PlotArgs) -> Result<()> {
-    data::check_output(&a.out, &["png"])?;
-    let device = diffeo::cpu();
-    let m = model::load(&a.model, &device)?;
+    lib(diffeo::data::check_output(&a.out, &["png"]))?;
+    let m = lib(pipeline::load_model(&a.model))?;
     let d = m.flow.dim();
-    let ctx_row = model::context_rows(a.context.as_deref(), &m.meta, m.flow.context_dim())?;
-    if let Some((_, rows)) = &ctx_row {
-        if *rows != 1 {
-            bail!("plot takes one context row (comma-separated values)");
-        }
+    let ctx = lib(pipeline::context_rows(a.context.as_deref(), &m))?;
+    if ctx.as_ref().is_some_and(|c| c.rows() != 1) {
+        bail!("plot takes one context row (comma-separated values)");
     }
-    let cdim = m.flow.context_dim();
-    let ctx = ctx_row.as_ref().map(|(v, _)| matrix(v.clone(), 1, cdim, &device));
     let data = match &a.data {
-        Some(spec) => {
-            let t = model::read_source(spec, Split::Test, a.data_root.as_deref())?;
-            let mut rng = StdRng::seed_from_u64(a.seed);
-            Some(model::inputs(&t, &m.meta, true, &mut rng)?.x)
-        }
+        Some(spec) => Some(lib(pipeline::model_inputs(&m, spec, a.data_root.as_deref(), a.seed))?.x.values),
         None => None,
     };
-    let mut rng = StdRng::seed_from_u64(a.seed);
-    let n = a.n as usize;
     if m.flow.directions().forward == Cost::Unavailable {
         bail!("this model cannot be sampled");
     }
-    let samples = to_vec(m.flow.sample(n, ctx.as_ref(), &mut rng).map_err(|e| anyhow!("{e}"))?).map_err(|e| anyhow!("{e}"))?;
+    let samples = lib(pipeline::sample(&m, a.n as usize, ctx.as_ref(), a.seed))?.values;
     let names: Vec<String> =
-        m.meta.column_names.clone().unwrap_or_else(|| m.meta.columns.iter().map(|c| format!("x{c}")).collect());
+        m.meta.inputs.column_names.clone().unwrap_or_else(|| m.meta.inputs.columns.iter().map(|c| format!("x{c}")).collect());
     let title = format!("{} on {}", m.meta.family, m.meta.data_source);
 
     if d == 1 || d > 2 {
@@ -164,15 +151,14 @@ pub fn plot(a: PlotArgs) -> Result<()> {
     }
     let target_density = match &m.vi {
         Some(v) => {
-            let lp = diffeo::vi::log_density_at(&v.target, &pts, &device).map_err(|e| anyhow!("{e}"))?;
+            let lp = lib(diffeo::vi::log_density_at(&v.target, &pts))?;
             Some(lp.into_iter().map(f64::exp).collect::<Vec<f64>>())
         }
         None => None,
     };
     let density = if m.flow.directions().inverse != Cost::Unavailable {
-        let c = ctx.as_ref().map(|c| diffeo::tensor::repeat_rows(c, grid * grid));
-        let lp = m.flow.log_prob(matrix(pts, grid * grid, 2, &device), c.as_ref()).map_err(|e| anyhow!("{e}"))?;
-        Some(to_vec(lp).map_err(|e| anyhow!("{e}"))?.into_iter().map(f64::exp).collect::<Vec<f64>>())
+        let lp = lib(pipeline::log_density(&m, &pts, ctx.as_ref()))?;
+        Some(lp.into_iter().map(f64::exp).collect::<Vec<f64>>())
     } else {
         None
     };

@@ -3,49 +3,14 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use clap::{Args, ValueEnum};
-use diffeo::bijections::{ElementwiseKind, LayerConfig, PlanarConfig, RadialConfig, SylvesterBasis, SylvesterConfig};
-use diffeo::flow::{iaf, nsf_coupling, realnvp, FlowConfig};
-use diffeo::transformer::Transformer;
-use diffeo::vi::{fit_reverse_kl, ReverseKlConfig, StandardTarget, Target};
+use clap::Args;
+use diffeo::families::FamilySettings;
+use diffeo::pipeline::{self, ViRequest};
+use diffeo::vi::{ReverseKlConfig, StandardTarget, Target};
 use serde_json::json;
 
-use crate::commands::{model_output, progress_bar};
-use crate::model::{self, ModelMeta, TrainingSummary, ViRecord};
-use crate::{positive_f64, widths, Failed, ScheduleArg, Widths};
-
-/// Flows for variational inference (all sample in one pass).
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ViFamily {
-    /// Planar residual layers (default K = 32).
-    Planar,
-    /// Radial residual layers (default K = 32).
-    Radial,
-    /// Orthogonal Sylvester layers (Björck-orthogonalized basis, M = D; default K = 8).
-    Sylvester,
-    /// Householder Sylvester layers (M = D, D reflections; default K = 8).
-    SylvesterHouseholder,
-    /// Inverse autoregressive flow, affine (default K = 5).
-    Iaf,
-    /// RealNVP affine coupling (default K = 6).
-    Realnvp,
-    /// Rational-quadratic spline coupling with LU layers (default K = 4).
-    NsfCoupling,
-}
-
-impl ViFamily {
-    fn name(self) -> &'static str {
-        match self {
-            ViFamily::Planar => "planar",
-            ViFamily::Radial => "radial",
-            ViFamily::Sylvester => "sylvester",
-            ViFamily::SylvesterHouseholder => "sylvester-householder",
-            ViFamily::Iaf => "iaf",
-            ViFamily::Realnvp => "realnvp",
-            ViFamily::NsfCoupling => "nsf-coupling",
-        }
-    }
-}
+use crate::commands::{lib, model_output, progress_bar};
+use crate::{families, positive_f64, widths, ScheduleArg, Widths};
 
 #[derive(Args, Debug)]
 pub struct ViArgs {
@@ -57,8 +22,8 @@ pub struct ViArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..=1000))]
     pub dim: Option<u64>,
     /// Flow family.
-    #[arg(long, value_enum, default_value = "nsf-coupling")]
-    pub flow: ViFamily,
+    #[arg(long, value_parser = families(&diffeo::families::VI_FAMILIES), default_value = "nsf-coupling")]
+    pub flow: String,
     /// Number of layers K.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub transforms: Option<u64>,
@@ -120,45 +85,16 @@ fn target(a: &ViArgs) -> Result<StandardTarget> {
     Ok(t)
 }
 
-/// The flow for `target`: the family's layers, then a map onto the target's box if it has one.
-fn architecture(a: &ViArgs, t: &StandardTarget) -> Result<FlowConfig> {
-    let d = t.dim();
-    let k = a.transforms.map(|k| k as usize);
-    let mut config = match a.flow {
-        ViFamily::Planar => FlowConfig::new(d, vec![LayerConfig::Planar(PlanarConfig { dim: d }); k.unwrap_or(32)]),
-        ViFamily::Radial => FlowConfig::new(d, vec![LayerConfig::Radial(RadialConfig { dim: d }); k.unwrap_or(32)]),
-        ViFamily::Sylvester | ViFamily::SylvesterHouseholder => {
-            let basis = if a.flow == ViFamily::Sylvester {
-                SylvesterBasis::Orthogonal
-            } else {
-                SylvesterBasis::Householder { reflections: d }
-            };
-            let layer = LayerConfig::Sylvester(SylvesterConfig { dim: d, hidden: d, basis });
-            FlowConfig::new(d, vec![layer; k.unwrap_or(8)])
-        }
-        ViFamily::Iaf => iaf(d, k.unwrap_or(5), a.hidden.0.clone()).flow_config(),
-        ViFamily::Realnvp => realnvp(d, k.unwrap_or(6), a.hidden.0.clone()).flow_config(),
-        ViFamily::NsfCoupling => nsf_coupling(d, k.unwrap_or(4), a.hidden.0.clone())
-            .with_transformer(Transformer::RationalQuadratic { bins: a.bins as usize, tail_bound: a.tail_bound })
-            .flow_config(),
-    }
-    .with_seed(a.seed);
-    // A learnable scale and shift on the base: targets far from N(0, I) start closer.
-    config.layers.insert(0, LayerConfig::ElementwiseAffine { dim: d });
-    if let Some((lo, hi)) = t.support() {
-        config.layers.push(LayerConfig::Elementwise { dim: d, kind: ElementwiseKind::Box { low: vec![lo; d], high: vec![hi; d] } });
-    }
-    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(config)
-}
-
 pub fn vi(a: ViArgs) -> Result<()> {
     model_output(&a.out)?;
     let t = target(&a)?;
-    let config = architecture(&a, &t)?;
-    let device = diffeo::cpu();
-    let flow = config.init(&device);
-    let cfg = ReverseKlConfig::new()
+    let mut family = FamilySettings::new(&a.flow);
+    family.transforms = a.transforms.map(|k| k as usize);
+    family.hidden = a.hidden.0.clone();
+    family.bins = a.bins as usize;
+    family.tail_bound = a.tail_bound;
+    family.seed = a.seed;
+    let fit = ReverseKlConfig::new()
         .with_steps(a.steps as usize)
         .with_batch_size(a.batch as usize)
         .with_learning_rate(a.lr)
@@ -169,6 +105,7 @@ pub fn vi(a: ViArgs) -> Result<()> {
         .with_eval_every((a.steps as usize / 100).clamp(1, 500))
         .with_diagnostic_samples(a.samples as usize)
         .with_seed(a.seed);
+    let req = ViRequest { target: t.clone(), target_name: a.target.clone(), family, fit };
     let bar = progress_bar(a.steps as usize, a.quiet);
     let quiet = a.quiet;
     let report_every = (a.steps as usize / 10).max(1);
@@ -180,47 +117,20 @@ pub fn vi(a: ViArgs) -> Result<()> {
             eprintln!("step {}  ELBO {:.4}  β {:.2}", p.step, p.elbo, p.beta);
         }
     };
-    let fitted = fit_reverse_kl(flow, &t, &cfg, &mut observer);
+    let fitted = pipeline::vi(&req, &mut observer);
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let (flow, report) = match fitted {
-        Ok(r) => r,
-        Err(e @ diffeo::FlowError::NonFiniteLoss { .. }) => {
-            return Err(Failed(format!("training failed, no model written: {e}")).into())
-        }
-        Err(e) => bail!("{e}"),
-    };
+    let outcome = lib(fitted)?;
+    lib(diffeo::model::save(&a.out, &outcome.model))?;
+    let report = &outcome.report;
     // `--samples` ≥ 100, so the fit always reports its diagnostics.
     let diag = report.diagnostics.clone().ok_or_else(|| anyhow::anyhow!("the fit reported no diagnostics"))?;
     let d = t.dim();
-    let meta = ModelMeta {
-        family: format!("{} (vi)", a.flow.name()),
-        data_source: format!("target:{}", a.target),
-        input_columns: d,
-        columns: (0..d).collect(),
-        context_columns: vec![],
-        column_names: None,
-        dequantize: false,
-        images: false,
-        logit_alpha: None,
-        standardized: false,
-    };
-    let summary = TrainingSummary {
-        steps_total: report.steps,
-        runs: 1,
-        seconds_total: report.seconds,
-        best_step: report.steps,
-        final_train_loss: -report.history.last().map_or(f64::NAN, |h| h.1),
-        history: report.history.iter().map(|(s, elbo)| (*s, -elbo, None)).collect(),
-        ..TrainingSummary::default()
-    };
-    let record = ViRecord { target: t.clone(), diagnostics: diag.clone() };
-    model::save_with(&a.out, &flow, &meta, &summary, Some(&record))?;
     if a.json {
         let v = json!({
             "target": a.target,
-            "flow": a.flow.name(),
+            "flow": a.flow,
             "dim": d,
             "steps": report.steps,
             "seconds": report.seconds,
@@ -239,7 +149,7 @@ pub fn vi(a: ViArgs) -> Result<()> {
         });
         println!("{v}");
     } else {
-        println!("{} on {} ({} steps, {:.1} s)", a.flow.name(), t.name(), report.steps, report.seconds);
+        println!("{} on {} ({} steps, {:.1} s)", a.flow, t.name(), report.steps, report.seconds);
         println!("ELBO {:.4} ± {:.4}", diag.elbo, diag.elbo_stderr);
         println!("log Z (importance sampling) {:.4} ± {:.4}", diag.log_z, diag.log_z_stderr);
         if let (Some(z), Some(kl)) = (diag.true_log_z, diag.kl) {

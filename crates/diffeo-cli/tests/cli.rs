@@ -203,7 +203,7 @@ fn file_formats_images_and_bits_per_dim() {
     let mut txt = String::new();
     let mut vals = Vec::new();
     for i in 0..100 {
-        let (a, b, c) = ((i % 10) as f64, (i / 10) as f64 * 0.5, (i % 7) as f64);
+        let (a, b, c) = ((i % 10) as f64, (i / 10) as f64, (i % 7) as f64);
         txt.push_str(&format!("{a} {b}   {c}\n"));
         vals.extend([a, b, c]);
     }
@@ -300,7 +300,7 @@ fn bad_input_is_refused_cleanly() {
     fit(&write(d, "header-only.csv", "a,b\n"), "no data rows");
     fit(&write(d, "ragged.csv", "1,2\n3,4\n5\n"), "line 3 has 1 columns");
     fit(&write(d, "text.csv", "1,2\n3,abc\n"), "line 2, column 1");
-    fit(&write(d, "nan.csv", "a,b\n1,2\n3,nan\n4,5\n"), "line 3, column 1");
+    fit(&write(d, "nan.csv", "a,b\n1,2\n3,nan\n4,5\n6,1\n2,8\n"), "line 3, column 1");
     fit(&write(d, "inf.csv", "1,2\ninf,4\n"), "non-finite");
     bad(&["fit", "--data", &write(d, "nan3.csv", "a,b,c\n1,2,3\n4,5,nan\n"), "--cols", "1,2", "--out", &out], "line 3, column 2 (\"c\")");
     fit(&write(d, "garbage.npy", "not numpy"), "not a valid .npy");
@@ -322,6 +322,16 @@ fn bad_input_is_refused_cleanly() {
     bad(&["fit", "--data", &data, "--context-cols", "7", "--out", &out], "column 7 does not exist");
     bad(&["fit", "--data", &data, "--cols", "0", "--context-cols", "0", "--out", &out], "both");
     bad(&["fit", "--data", &data, "--out", &p(d, "no/such/dir/m.dfo")], "does not exist");
+    // Models too large for the machine are refused before anything is allocated, with the
+    // estimate and the memory available.
+    bad(&["fit", "--data", &data, "--hidden", "1000000000", "--out", &out], "available");
+    let started = std::time::Instant::now();
+    bad(&["fit", "--data", &data, "--transforms", "100000", "--out", &out], "parameters");
+    assert!(started.elapsed().as_secs() < 30, "refused without building the layers");
+    // Dequantization needs integer data; a fit needs more rows than dimensions.
+    bad(&["fit", "--data", &data, "--dequantize", "--out", &out], "data values are not integers");
+    fit(&write(d, "one-row.csv", "a,b\n1,2\n"), "at least 3");
+    fit(&write(d, "two-rows.csv", "1,2,3\n4,5,6\n"), "at least 4");
     assert!(!Path::new(&out).exists(), "no model written by failed fits");
 
     // Models.
@@ -350,6 +360,104 @@ fn bad_input_is_refused_cleanly() {
     assert!(!d.join("s.csv").exists() && !d.join("nodir").exists());
     let leftovers: Vec<PathBuf> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).filter(|p| p.to_string_lossy().contains(".tmp-")).collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn constant_columns_are_named_and_can_be_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut csv = String::from("a,flat,b\n");
+    for i in 0..100 {
+        csv.push_str(&format!("{},7,{}\n", (i as f64 * 0.37).sin(), (i as f64 * 0.11).cos()));
+    }
+    let data = write(d, "flat.csv", &csv);
+    let model = p(d, "flat.dfo");
+    let out = diffeo(&["fit", "--data", &data, "--steps", "5", "--hidden", "8", "--out", &model, "-q"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("constant data column(s) 1 (\"flat\")") && err.contains("--drop-constant"), "{err}");
+    let out = diffeo(&["fit", "--data", &data, "--steps", "5", "--hidden", "8", "--drop-constant", "--out", &model, "-q"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info = json(&ok(&["info", "--model", &model, "--json"]));
+    assert_eq!(info["dim"], 2);
+    assert_eq!(info["columns"], serde_json::json!([0, 2]));
+    // The dropped column is skipped when evaluating files laid out like the training data.
+    ok(&["eval", "--model", &model, "--data", &data]);
+}
+
+#[test]
+fn a_time_budget_alone_trains_until_it_is_spent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = small_model(dir.path());
+    let model = p(dir.path(), "budget.dfo");
+    ok(&["fit", "--data", &data, "--time-budget", "2", "--hidden", "4", "--transforms", "1", "--batch", "8", "--eval-every", "500", "--out", &model, "-q"]);
+    let t = &json(&ok(&["info", "--model", &model, "--json"]))["training"];
+    let (steps, seconds) = (t["steps"].as_u64().unwrap(), t["seconds"].as_f64().unwrap());
+    // Not stopped at the default 2000 steps before the budget ran out.
+    assert!(steps > 2000 || seconds >= 1.9, "{steps} steps in {seconds} s");
+    // With --steps, whichever ends first.
+    ok(&["fit", "--data", &data, "--time-budget", "60", "--steps", "7", "--hidden", "4", "--out", &model, "-q"]);
+    assert_eq!(json(&ok(&["info", "--model", &model, "--json"]))["training"]["steps"], 7);
+}
+
+/// Numbers in a CSV file (header lines skipped).
+fn csv_numbers(path: &Path) -> Vec<f64> {
+    std::fs::read_to_string(path).unwrap().lines().flat_map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>()).filter_map(|x| x.parse().ok()).collect()
+}
+
+fn assert_close(what: &str, a: &[f64], e: &[f64]) {
+    assert_eq!(a.len(), e.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(e).enumerate() {
+        assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{what}[{i}]: {x} now, {y} when saved");
+    }
+}
+
+/// Models written by the command line in format version 1 give today the outputs they gave then
+/// (`tests/fixtures/v1/README.md` lists the commands).
+#[test]
+fn version_1_model_files_keep_their_behaviour() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
+    let f = |name: &str| fixtures.join(name).display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| p(dir.path(), name);
+    let same_json = |model: &str, args: &[&str], expected: &str| {
+        let now = json(&ok(args));
+        let then = json(&std::fs::read_to_string(fixtures.join(expected)).unwrap());
+        for (k, v) in then.as_object().unwrap() {
+            match v.as_f64() {
+                Some(e) => assert_close(&format!("{model} {k}"), &[now[k].as_f64().unwrap_or(f64::NAN)], &[e]),
+                None => assert_eq!(&now[k], v, "{model} {k}"),
+            }
+        }
+    };
+    for m in ["moons-maf", "moons-nsf-coupling"] {
+        let model = f(&format!("{m}.dfo"));
+        same_json(m, &["eval", "--model", &model, "--data", "builtin:moons", "--json"], &format!("{m}.eval.json"));
+        ok(&["log-prob", "--model", &model, "--data", &f("moons-points.csv"), "--out", &out("lp.csv")]);
+        assert_close(m, &csv_numbers(dir.path().join("lp.csv").as_path()), &csv_numbers(&fixtures.join(format!("{m}.logprob.csv"))));
+        ok(&["sample", "--model", &model, "-n", "20", "--seed", "1", "--out", &out("s.csv")]);
+        assert_close(m, &csv_numbers(dir.path().join("s.csv").as_path()), &csv_numbers(&fixtures.join(format!("{m}.samples.csv"))));
+    }
+    let cond = f("conditional-nsf.dfo");
+    same_json("conditional-nsf", &["eval", "--model", &cond, "--data", &f("conditional.csv"), "--json"], "conditional-nsf.eval.json");
+    ok(&["log-prob", "--model", &cond, "--data", &f("conditional.csv"), "--out", &out("c.csv")]);
+    assert_close("conditional", &csv_numbers(dir.path().join("c.csv").as_path()), &csv_numbers(&fixtures.join("conditional-nsf.logprob.csv")));
+    ok(&["sample", "--model", &cond, "-n", "10", "--context", "0.5", "--seed", "2", "--out", &out("cs.csv")]);
+    assert_close("conditional", &csv_numbers(dir.path().join("cs.csv").as_path()), &csv_numbers(&fixtures.join("conditional-nsf.samples.csv")));
+    let img = f("images-realnvp.dfo");
+    let idx = f("tiny-images-idx3-ubyte");
+    same_json("images", &["eval", "--model", &img, "--data", &idx, "--bits-per-dim", "--json", "--seed", "3"], "images-realnvp.eval.json");
+    ok(&["log-prob", "--model", &img, "--data", &idx, "--seed", "3", "--out", &out("i.csv")]);
+    assert_close("images", &csv_numbers(dir.path().join("i.csv").as_path()), &csv_numbers(&fixtures.join("images-realnvp.logprob.csv")));
+    ok(&["sample", "--model", &img, "-n", "5", "--seed", "4", "--out", &out("is.csv")]);
+    assert_close("images", &csv_numbers(dir.path().join("is.csv").as_path()), &csv_numbers(&fixtures.join("images-realnvp.samples.csv")));
+    let vi = f("u2-planar.dfo");
+    ok(&["sample", "--model", &vi, "-n", "20", "--seed", "5", "--out", &out("v.csv")]);
+    assert_close("u2-planar", &csv_numbers(dir.path().join("v.csv").as_path()), &csv_numbers(&fixtures.join("u2-planar.samples.csv")));
+    // `info --json` keeps its keys and values.
+    for m in ["moons-maf", "moons-nsf-coupling", "conditional-nsf", "images-realnvp", "u2-planar"] {
+        same_json(m, &["info", "--model", &f(&format!("{m}.dfo")), "--json"], &format!("{m}.info.json"));
+    }
 }
 
 #[test]

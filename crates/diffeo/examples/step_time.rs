@@ -21,7 +21,7 @@ fn time_flow(config: FlowConfig, batch: usize, steps: usize) -> f64 {
     let n = batch * 8;
     let data: Vec<f64> = (0..n * dim).map(|_| rng.sample(StandardNormal)).collect();
     let data = Dataset::new(data, dim);
-    let flow = config.init(&device);
+    let flow = config.init(&device).expect("valid flow");
     // Warm up, then time.
     let warm = FitConfig::new().with_steps(5).with_batch_size(batch).with_eval_every(1_000_000);
     let (flow, _) = fit(flow, &data, None, &warm, &mut |_| {}).expect("fit");
@@ -49,8 +49,8 @@ fn maf_timings() {
     for dim in [2, 8] {
         println!(
             "parameters, D = {dim}: MafConfig default {}, RealNvpConfig default {}",
-            MafConfig::new(dim).init(&device).num_params(),
-            RealNvpConfig::new(dim).init(&device).num_params()
+            MafConfig::new(dim).init(&device).expect("valid flow").parameter_count(),
+            RealNvpConfig::new(dim).init(&device).expect("valid flow").parameter_count()
         );
     }
     println!("MAF D=2, 5 transforms, hidden 128×2, batch 512: {:.2} ms/step", time_steps(2, 128, 512, 200));

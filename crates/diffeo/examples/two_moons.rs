@@ -18,12 +18,12 @@ fn main() -> anyhow::Result<()> {
     let test = Dataset::new(two_moons(20_000, &mut rng), 2);
 
     let flow = match kind {
-        "maf" => maf(2, 8, vec![128, 128]).init(&device),
-        "iaf" => iaf(2, 8, vec![128, 128]).init(&device),
-        "realnvp" => realnvp(2, 8, vec![128, 128]).init(&device),
+        "maf" => maf(2, 8, vec![128, 128]).init(&device)?,
+        "iaf" => iaf(2, 8, vec![128, 128]).init(&device)?,
+        "realnvp" => realnvp(2, 8, vec![128, 128]).init(&device)?,
         other => anyhow::bail!("unknown flow {other:?} (maf, iaf, realnvp)"),
     };
-    println!("{kind}: {} parameters, {steps} steps", flow.num_params());
+    println!("{kind}: {} parameters, {steps} steps", flow.parameter_count());
     let config = FitConfig::new()
         .with_steps(steps)
         .with_batch_size(512)

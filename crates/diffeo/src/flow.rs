@@ -295,6 +295,11 @@ impl Flow {
         self.num_params()
     }
 
+    /// The names of the transform's layers, `T_1` first.
+    pub fn layer_names(&self) -> Vec<String> {
+        self.transform.layers.iter().map(|l| l.name()).collect()
+    }
+
     /// Validates a data batch and its context: widths, rows, presence of context, finiteness.
     pub fn check_inputs(&self, x: &Tensor<2>, context: Option<&Tensor<2>>) -> Result<()> {
         let (n, d) = dims2(x);

@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! # Diffeo: normalizing flows on burn
 //!
 //! A density `p_x` defined by pushing a simple base density `p_u` through an invertible,

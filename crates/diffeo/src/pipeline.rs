@@ -1,1 +1,506 @@
-//! From files to models and back.
+//! From files to models and back: the steps behind `diffeo fit`, `vi`, `eval`, `log-prob`,
+//! `sample` and `check`, shared by the command line and the Python package. Front ends parse their
+//! arguments into a request, call one function here and print what comes back; warnings and notes
+//! reach them through a [`Notice`] callback, progress through the training loop's observer.
+
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::bijections::Cost;
+use crate::data::prepare::{constant_columns, hold_out, logit_layers, logit_transform, minimum_rows, InputSpec};
+use crate::data::{self, builtin, Dataset, Split, Table};
+use crate::error::{FlowError, Result};
+use crate::families::{architecture, vi_architecture, FamilySettings};
+use crate::fit::{fit_monitored, mean_log_likelihood, FitEvent, FitReport, TrainConfig};
+use crate::flow::{Flow, FlowConfig, Standardization};
+use crate::model::{Model, ModelMeta, TrainingSummary, ViRecord};
+use crate::tensor::{matrix, to_vec};
+use crate::vi::{fit_reverse_kl, ReverseKlConfig, ReverseKlProgress, ReverseKlReport, StandardTarget, Target};
+
+/// A message for the user that does not stop the work.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    /// Something the user probably did not intend.
+    Warning(String),
+    /// Information.
+    Note(String),
+}
+
+/// Reads a file or a built-in data set (`builtin:NAME[:SPLIT]`, `default_split` when none is
+/// named; real data sets under `root` or `$DIFFEO_DATA`).
+pub fn read_source(spec: &str, default_split: Split, root: Option<&Path>) -> Result<Table> {
+    match spec.strip_prefix("builtin:") {
+        Some(name) => builtin::load_builtin(name, default_split, root),
+        None => data::read_file(Path::new(spec)),
+    }
+}
+
+/// Loads a model on the CPU.
+pub fn load_model(path: &Path) -> Result<Model> {
+    crate::model::load(path, &crate::cpu())
+}
+
+/// What `diffeo fit` asks for.
+#[derive(Clone, Debug)]
+pub struct FitRequest {
+    /// Data file or `builtin:NAME`.
+    pub data: String,
+    /// Folder of the real data sets.
+    pub data_root: Option<PathBuf>,
+    /// Drop rows with NaN/inf instead of refusing them.
+    pub drop_nonfinite: bool,
+    /// Validation file (default: the data set's own split, else 10% held out).
+    pub val: Option<String>,
+    /// Data columns (default: all but the context).
+    pub columns: Option<String>,
+    /// Context columns.
+    pub context_columns: Option<String>,
+    /// Add U[0, 1) noise to integer data (images: (pixel + U)/256).
+    pub dequantize: bool,
+    /// Model `logit(α + (1 − 2α)x)` of data in [0, 1].
+    pub logit: Option<f64>,
+    /// Standardize the data inside the model.
+    pub standardize: bool,
+    /// Drop constant data columns instead of warning about them.
+    pub drop_constant: bool,
+    /// The architecture.
+    pub family: FamilySettings,
+    /// The training loop's settings.
+    pub train: TrainConfig,
+    /// Continue training this model (its columns, preprocessing and architecture are kept).
+    pub resume: Option<PathBuf>,
+    /// Test data evaluated at every validation (the test curve).
+    pub test: Option<String>,
+    /// Refuse models whose estimated memory exceeds what the machine has available.
+    pub memory_check: bool,
+}
+
+impl FitRequest {
+    /// A request with `diffeo fit`'s defaults for the data `data`.
+    pub fn new(data: &str, family: &str) -> Self {
+        Self {
+            data: data.to_string(),
+            data_root: None,
+            drop_nonfinite: false,
+            val: None,
+            columns: None,
+            context_columns: None,
+            dequantize: false,
+            logit: None,
+            standardize: true,
+            drop_constant: false,
+            family: FamilySettings::new(family),
+            train: TrainConfig::new().with_steps(2000).with_schedule(crate::train::Schedule::Cosine),
+            resume: None,
+            test: None,
+            memory_check: true,
+        }
+    }
+}
+
+/// What a fit produced.
+pub struct FitOutcome {
+    /// The model, ready to save.
+    pub model: Model,
+    /// What the training loop did.
+    pub report: FitReport,
+    /// Training rows.
+    pub train_rows: usize,
+    /// Validation rows.
+    pub val_rows: usize,
+    /// Test log-likelihood at each validation: `(seconds, step, mean, standard error)`.
+    pub curve: Vec<(f64, usize, f64, f64)>,
+}
+
+/// Memory a fit of `config` needs, in bytes (an estimate from the parameter count: weights,
+/// gradients, Adam's two moments, the best model kept and one copy per gradient shard, in f32; and
+/// the activations of a batch through every layer, forward and backward).
+pub fn memory_estimate(config: &FlowConfig, batch_size: usize) -> (usize, f64) {
+    let params = config.parameter_count();
+    let copies = 5.0 + rayon::current_num_threads() as f64;
+    let widths: usize = config
+        .layers
+        .iter()
+        .map(|l| match l.spec() {
+            Some(s) => s.parameter_count() / s.dim().max(1) + s.dim(),
+            None => 0,
+        })
+        .sum();
+    let activations = 3.0 * 4.0 * batch_size as f64 * widths as f64;
+    (params, 4.0 * params as f64 * copies + activations)
+}
+
+/// Memory available to new work, in bytes (`MemAvailable` of /proc/meminfo), if known.
+pub fn available_memory() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: f64 = s.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}
+
+fn gib(bytes: f64) -> String {
+    format!("{:.1} GiB", bytes / (1u64 << 30) as f64)
+}
+
+/// Refuses configurations that cannot fit in memory (the estimate above the available memory).
+pub fn check_memory(config: &FlowConfig, batch_size: usize) -> Result<()> {
+    let (params, need) = memory_estimate(config, batch_size);
+    if let Some(have) = available_memory() {
+        if need > have {
+            return Err(FlowError::TooLarge(format!(
+                "this model has {params} parameters and needs about {} to train (batch {batch_size}); the machine has {} available. Use fewer or narrower layers, or pass --no-memory-check to try anyway",
+                gib(need),
+                gib(have)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Fits a model to the data of a request: reads and prepares the data (columns, non-finite rows,
+/// dequantization, logit), splits off validation data, builds the family's architecture (with
+/// the data standardization inside the model) or resumes a saved model, and trains it.
+pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn FnMut(&FitEvent)) -> Result<FitOutcome> {
+    let device = crate::cpu();
+    let root = req.data_root.as_deref();
+    let table = read_source(&req.data, Split::Train, root)?;
+
+    // Columns and preprocessing: from the resumed model, or from the request.
+    let resumed = req.resume.as_ref().map(|p| crate::model::load(p, &device)).transpose()?;
+    let mut meta = match &resumed {
+        Some(m) => {
+            if req.columns.is_some() || req.context_columns.is_some() || req.dequantize || req.logit.is_some() {
+                notice(Notice::Warning(
+                    "--resume keeps the model's columns and preprocessing; column and preprocessing flags are ignored".into(),
+                ));
+            }
+            m.meta.clone()
+        }
+        None => {
+            let mut inputs = InputSpec::select(&table, req.columns.as_deref(), req.context_columns.as_deref())?;
+            inputs.dequantize = req.dequantize;
+            inputs.logit_alpha = req.logit;
+            inputs.standardized = req.standardize;
+            if table.images && !req.dequantize {
+                notice(Notice::Warning("8-bit images without --dequantize: the density of discrete pixels is not a proper density".into()));
+            }
+            ModelMeta { family: req.family.family.clone(), data_source: table.source.clone(), inputs }
+        }
+    };
+
+    let mut rng = StdRng::seed_from_u64(req.train.seed ^ 0x5EED_DA7A);
+    let (all, dropped) = meta.inputs.inputs(&table, req.drop_nonfinite, &mut rng)?;
+    if dropped > 0 {
+        notice(Notice::Note(format!("dropped {dropped} row(s) with non-finite values")));
+    }
+    let mut all = all;
+    // Constant columns (with at least two rows): dropped when asked, else a warning once the data
+    // are known to be enough for a fit.
+    let constant = if resumed.is_none() && all.len() >= 2 { constant_columns(&all.x.values, all.dim()) } else { Vec::new() };
+    let constant_names: Vec<String> = constant
+        .iter()
+        .map(|&j| {
+            let col = meta.inputs.columns[j];
+            match &meta.inputs.column_names {
+                Some(n) => format!("{col} ({:?})", n[j]),
+                None => col.to_string(),
+            }
+        })
+        .collect();
+    if req.drop_constant && !constant.is_empty() {
+        if constant.len() == all.dim() {
+            return Err(FlowError::Data(format!("{}: every data column is constant; nothing is left to model", table.source)));
+        }
+        let keep: Vec<usize> = (0..all.dim()).filter(|j| !constant.contains(j)).collect();
+        meta.inputs.columns = keep.iter().map(|&j| meta.inputs.columns[j]).collect();
+        meta.inputs.column_names = meta.inputs.column_names.map(|n| keep.iter().map(|&j| n[j].clone()).collect());
+        all = Dataset { x: all.x.select(&keep), context: all.context };
+    }
+    let (dim, cdim) = (meta.inputs.dim(), meta.inputs.context_dim());
+    let min = minimum_rows(dim);
+    if all.len() < min {
+        return Err(FlowError::Data(format!(
+            "{}: {} row(s) for {dim} data column(s); a fit needs at least {min}: with n ≤ D points the data lie in a subspace of dimension n − 1 < D, where the likelihood has no maximum",
+            table.source,
+            all.len()
+        )));
+    }
+    if !constant.is_empty() {
+        if req.drop_constant {
+            notice(Notice::Note(format!("dropped constant column(s) {}", constant_names.join(", "))));
+        } else {
+            notice(Notice::Warning(format!(
+                "constant data column(s) {}: a density of constant values is degenerate (the fit drives its scale to zero); pass --drop-constant to leave them out",
+                constant_names.join(", ")
+            )));
+        }
+    }
+
+    // Validation data: `val`, else the data set's own split, else 10% held out.
+    let builtin_val = req
+        .data
+        .strip_prefix("builtin:")
+        .map(|s| s.split(':').next().unwrap_or_default())
+        .filter(|name| builtin::BUILTINS.iter().any(|b| b.name == *name && b.file.is_some()));
+    let (train_set, val_set) = if let Some(v) = &req.val {
+        let t = read_source(v, Split::Val, root)?;
+        (all, Some(meta.inputs.inputs(&t, req.drop_nonfinite, &mut rng)?.0))
+    } else if let Some(name) = builtin_val {
+        let t = builtin::load_builtin(&format!("{name}:val"), Split::Val, root)?;
+        (all, Some(meta.inputs.inputs(&t, false, &mut rng)?.0))
+    } else if all.len() >= 20 {
+        let (t, v) = hold_out(&all, 10, &mut rng);
+        (t, Some(v))
+    } else {
+        notice(Notice::Warning(format!("only {} rows: training on all of them without validation", all.len())));
+        (all, None)
+    };
+
+    // The flow.
+    let (flow, prior) = match resumed {
+        Some(m) => {
+            if m.flow.dim() != dim || m.flow.context_dim() != cdim {
+                return Err(FlowError::Data(format!(
+                    "the resumed model has {} data and {} context columns",
+                    m.flow.dim(),
+                    m.flow.context_dim()
+                )));
+            }
+            (m.flow, m.summary.unwrap_or_default())
+        }
+        None => {
+            let mut config = architecture(&req.family, dim, cdim)?;
+            // z: the training data as the flow's layers see them.
+            let mut z = train_set.x.values.clone();
+            if let Some(alpha) = meta.inputs.logit_alpha {
+                logit_transform(&mut z, alpha, &table.source)?;
+            }
+            if meta.inputs.standardized {
+                let stats = Standardization::of(&z, dim)?;
+                config = config.standardized(&stats);
+                stats.apply(&mut z);
+            }
+            if let Some(alpha) = meta.inputs.logit_alpha {
+                config.layers.extend(logit_layers(dim, alpha));
+            }
+            if let Some(bound) = config.tail_bound() {
+                let beyond = z.iter().filter(|v| v.abs() > bound).count();
+                if beyond > 0 {
+                    notice(Notice::Warning(format!(
+                        "{beyond} of {} standardized training values ({:.3}%) lie beyond the spline tail bound ±{bound}, where the splines are the identity; consider a larger --tail-bound",
+                        z.len(),
+                        100.0 * beyond as f64 / z.len() as f64
+                    )));
+                }
+            }
+            if let Some(c) = &train_set.context {
+                config.context_standardization = Some(Standardization::of(&c.values, cdim)?);
+            }
+            config.validate()?;
+            if req.memory_check {
+                check_memory(&config, req.train.batch_size.min(train_set.len()))?;
+            }
+            (config.init(&device)?, TrainingSummary::default())
+        }
+    };
+    match flow.directions().inverse {
+        Cost::Unavailable => {
+            return Err(FlowError::InvalidConfig(format!(
+                "{} has no inverse, so it cannot evaluate densities of data: maximum-likelihood fitting needs a flow with an inverse (maf, iaf, realnvp, nice)",
+                meta.family
+            )))
+        }
+        Cost::Sequential => notice(Notice::Note(format!(
+            "{} evaluates densities in {dim} sequential passes; fitting is slower than with maf",
+            meta.family
+        ))),
+        Cost::Iterative => notice(Notice::Note(format!("{} evaluates densities by an iterative solver", meta.family))),
+        Cost::ClosedForm => {}
+    }
+
+    let (train_rows, val_rows) = (train_set.len(), val_set.as_ref().map_or(0, Dataset::len));
+    let test_set = match &req.test {
+        Some(t) => {
+            let table = read_source(t, Split::Test, root)?;
+            Some(meta.inputs.inputs(&table, req.drop_nonfinite, &mut rng)?.0)
+        }
+        None => None,
+    };
+    let mut curve: Vec<(f64, usize, f64, f64)> = Vec::new();
+    let mut monitor_error = None;
+    let mut monitor = |step: usize, seconds: f64, flow: &Flow| {
+        if let Some(t) = &test_set {
+            match mean_log_likelihood(flow, t) {
+                Ok((ll, se)) => curve.push((seconds, step, ll, se)),
+                Err(e) => monitor_error = Some(e),
+            }
+        }
+    };
+    let result = fit_monitored(flow, &train_set, val_set.as_ref(), &req.train, observer, &mut monitor);
+    if let Some(e) = monitor_error {
+        return Err(FlowError::Data(format!("evaluating the test data: {e}")));
+    }
+    let (flow, report) = result?;
+    let summary = TrainingSummary {
+        steps_total: prior.steps_total + report.steps,
+        runs: prior.runs + 1,
+        seconds_total: prior.seconds_total + report.seconds,
+        train_rows,
+        val_rows,
+        best_val_log_likelihood: report.best_val_log_likelihood,
+        best_step: report.best_step,
+        final_train_loss: report.final_train_loss,
+        history: report.history.iter().map(|r| (r.step, r.train_loss, r.val_log_likelihood)).collect(),
+    };
+    Ok(FitOutcome { model: Model { flow, meta, summary: Some(summary), vi: None }, report, train_rows, val_rows, curve })
+}
+
+/// Per-row log-likelihoods of a data source under a model (its columns and preprocessing, the
+/// dequantization noise seeded by `seed`), and the number of rows dropped as non-finite.
+pub fn log_likelihoods(model: &Model, data: &str, root: Option<&Path>, drop_nonfinite: bool, seed: u64) -> Result<(Vec<f64>, usize)> {
+    let table = read_source(data, Split::Test, root)?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (set, dropped) = model.meta.inputs.inputs(&table, drop_nonfinite, &mut rng)?;
+    if model.flow.directions().inverse == Cost::Unavailable {
+        return Err(FlowError::InvalidConfig(format!(
+            "this {} model has no inverse, so it cannot evaluate densities of data",
+            model.meta.family
+        )));
+    }
+    Ok((crate::fit::log_likelihoods(&model.flow, &set)?, dropped))
+}
+
+/// The inputs of a data source as a model sees them (rows with non-finite values dropped).
+pub fn model_inputs(model: &Model, data: &str, root: Option<&Path>, seed: u64) -> Result<Dataset> {
+    let table = read_source(data, Split::Test, root)?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    Ok(model.meta.inputs.inputs(&table, true, &mut rng)?.0)
+}
+
+/// Parses `1.5,2,-3` as one row of numbers.
+pub fn parse_values(s: &str) -> Option<Vec<f64>> {
+    let v: Option<Vec<f64>> = s.split(',').map(|p| p.trim().parse::<f64>().ok()).collect();
+    v.filter(|v| !v.is_empty())
+}
+
+/// The context rows of a request: comma-separated values (one row) or a file with the context's
+/// columns (or laid out like the training data). `None` for an unconditional model.
+pub fn context_rows(spec: Option<&str>, model: &Model) -> Result<Option<Table>> {
+    let c = model.flow.context_dim();
+    match (spec, c) {
+        (None, 0) => Ok(None),
+        (None, c) => Err(FlowError::Data(format!("the model is conditional on {c} context value(s): pass --context"))),
+        (Some(_), 0) => Err(FlowError::Data("the model is unconditional: --context is not accepted".into())),
+        (Some(s), c) => {
+            let table = if let Some(v) = parse_values(s) {
+                if v.len() != c {
+                    return Err(FlowError::Data(format!("--context has {} value(s), the model needs {c}", v.len())));
+                }
+                Table::new(v, c, "--context")
+            } else {
+                let t = data::read_file(Path::new(s)).map_err(|e| FlowError::Data(format!("reading --context: {e}")))?;
+                let t = if t.cols == c {
+                    t
+                } else if t.cols == model.meta.inputs.input_columns {
+                    t.select(&model.meta.inputs.context_columns)
+                } else {
+                    return Err(FlowError::Data(format!(
+                        "{}: has {} columns; the context has {c} (or pass a file laid out like the training data)",
+                        t.source, t.cols
+                    )));
+                };
+                t.check_finite()?;
+                t
+            };
+            if table.values.iter().any(|v| !v.is_finite()) {
+                return Err(FlowError::Data("--context holds a non-finite value".into()));
+            }
+            Ok(Some(table))
+        }
+    }
+}
+
+/// The most samples one call draws.
+pub const MAX_SAMPLES: usize = 50_000_000;
+
+/// `n` samples of a model per context row (in row order), with its column names.
+pub fn sample(model: &Model, n: usize, context: Option<&Table>, seed: u64) -> Result<Table> {
+    if model.flow.directions().forward == Cost::Unavailable {
+        return Err(FlowError::InvalidConfig("this model cannot be sampled (its forward direction is unavailable)".into()));
+    }
+    let rows = context.map_or(1, Table::rows);
+    if n.saturating_mul(rows) > MAX_SAMPLES {
+        return Err(FlowError::InvalidConfig(format!("{} samples requested; the limit is 50 million per call", n.saturating_mul(rows))));
+    }
+    let device = model.flow.device();
+    let ct = context.map(|c| matrix(c.values.clone(), c.rows(), c.cols, &device));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x = model.flow.sample(n, ct.as_ref(), &mut rng)?;
+    let mut t = Table::new(to_vec(x)?, model.flow.dim(), "samples");
+    t.names = model.meta.inputs.column_names.clone();
+    Ok(t)
+}
+
+/// Log-densities of a model at points `[N, D]` (row-major), with one context row for all.
+pub fn log_density(model: &Model, points: &[f64], context: Option<&Table>) -> Result<Vec<f64>> {
+    let d = model.flow.dim();
+    let n = points.len() / d.max(1);
+    let device = model.flow.device();
+    let ct = context.map(|c| crate::tensor::repeat_rows(&matrix(c.values.clone(), c.rows(), c.cols, &device), n));
+    to_vec(model.flow.log_prob(matrix(points.to_vec(), n, d, &device), ct.as_ref())?)
+}
+
+/// Self-checks a saved model in f64 (see [`crate::testing::self_check`]).
+pub fn check(path: &Path, n: usize, seed: u64) -> Result<crate::testing::SelfCheck> {
+    let device = crate::cpu_f64()?;
+    let model = crate::model::load(path, &device)?;
+    crate::testing::self_check(&model.flow, n, seed)
+}
+
+/// What `diffeo vi` asks for.
+#[derive(Clone, Debug)]
+pub struct ViRequest {
+    /// The target.
+    pub target: StandardTarget,
+    /// Its name as the user gave it.
+    pub target_name: String,
+    /// The architecture (a family of [`crate::families::VI_FAMILIES`]).
+    pub family: FamilySettings,
+    /// The fit's settings.
+    pub fit: ReverseKlConfig,
+}
+
+/// What a variational fit produced.
+pub struct ViOutcome {
+    /// The model, ready to save.
+    pub model: Model,
+    /// The fit's report (its diagnostics always present).
+    pub report: ReverseKlReport,
+}
+
+/// Fits a flow to a built-in target by reverse KL; the model records the target and diagnostics.
+pub fn vi(req: &ViRequest, observer: &mut dyn FnMut(&ReverseKlProgress)) -> Result<ViOutcome> {
+    req.target.validate()?;
+    let config = vi_architecture(&req.family, req.target.dim(), req.target.support())?;
+    let flow = config.init(&crate::cpu())?;
+    let (flow, report) = fit_reverse_kl(flow, &req.target, &req.fit, observer)?;
+    let diagnostics = report.diagnostics.clone().ok_or_else(|| FlowError::InvalidConfig("the fit reported no diagnostics".into()))?;
+    let d = req.target.dim();
+    let meta = ModelMeta {
+        family: format!("{} (vi)", req.family.family),
+        data_source: format!("target:{}", req.target_name),
+        inputs: InputSpec::plain(d, 0),
+    };
+    let summary = TrainingSummary {
+        steps_total: report.steps,
+        runs: 1,
+        seconds_total: report.seconds,
+        best_step: report.steps,
+        final_train_loss: -report.history.last().map_or(f64::NAN, |h| h.1),
+        history: report.history.iter().map(|(s, elbo)| (*s, -elbo, None)).collect(),
+        ..TrainingSummary::default()
+    };
+    let vi = ViRecord { target: req.target.clone(), diagnostics };
+    Ok(ViOutcome { model: Model { flow, meta, summary: Some(summary), vi: Some(vi) }, report })
+}

@@ -139,6 +139,7 @@ fn apply<B: Bijection>(b: &B, forward: bool, x: Tensor<2>, call: &Call) -> Resul
 /// The log-dets of one direction at `x`: the values of one call for an exact log-det; for an
 /// estimated one, the mean over `estimator_draws` calls with different random sources and its
 /// standard error per point.
+#[allow(clippy::too_many_arguments)]
 fn log_dets<B: Bijection>(
     b: &B,
     forward: bool,

@@ -174,6 +174,9 @@ impl Batch {
     }
 }
 
+/// Loss value, metrics and gradients of a batch.
+type BatchGradients = (f64, Vec<(&'static str, f64)>, GradientsParams);
+
 /// The loss of (part of) a batch.
 pub struct StepLoss {
     /// A scalar `[1]` on the autodiff device: the part's share of the batch loss (the batch loss
@@ -321,7 +324,7 @@ fn batch_gradients(
     shards: usize,
     ids: &[(ParamId, usize)],
     rng: &mut StdRng,
-) -> Result<(f64, Vec<(&'static str, f64)>, GradientsParams)> {
+) -> Result<BatchGradients> {
     if shards <= 1 {
         let l = objective.loss(model, batch, batch.len(), step, rng)?;
         return Ok((l.value, l.metrics, GradientsParams::from_grads(l.loss.backward(), model)));
@@ -331,7 +334,7 @@ fn batch_gradients(
     let whole = batch.len();
     let parts = batch.split(shards);
     let copies: Vec<Flow> = parts.iter().map(|_| model.clone().valid().train()).collect();
-    let results: Vec<Result<(f64, Vec<(&'static str, f64)>, GradientsParams)>> = copies
+    let results: Vec<Result<BatchGradients>> = copies
         .into_par_iter()
         .zip(parts.par_iter())
         .enumerate()

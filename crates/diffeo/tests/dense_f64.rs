@@ -119,7 +119,7 @@ fn sharded_gradients_match_one_pass() {
     let data: Vec<f64> = (0..2048).map(|k| if k % 2 == 0 { rng.random_range(-1.0..1.0) } else { rng.sample::<f64, _>(StandardNormal) }).collect();
     let train = Dataset::new(data, 2);
     let fitted = |shards: usize| {
-        let flow = maf(2, 2, vec![16, 16]).with_seed(1).init(&dev);
+        let flow = maf(2, 2, vec![16, 16]).with_seed(1).init(&dev).unwrap();
         let config = FitConfig::new().with_steps(20).with_batch_size(512).with_shards(shards).with_seed(2);
         let (flow, report) = fit(flow, &train, None, &config, &mut |_| {}).unwrap();
         let x = matrix(vec![0.3, -0.2, -1.0, 0.5, 0.0, 1.5], 3, 2, &dev);

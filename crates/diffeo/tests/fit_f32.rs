@@ -49,7 +49,7 @@ fn correlated_gaussian_4d_reaches_the_analytic_likelihood() {
     let val = Dataset::new(g.sample(4_000, &mut rng), 4);
     let test_x = g.sample(10_000, &mut rng);
     let test = Dataset::new(test_x.clone(), 4);
-    let flow = maf(4, 3, vec![32, 32]).init(&device);
+    let flow = maf(4, 3, vec![32, 32]).init(&device).unwrap();
     let config = statistical_fit(2500);
     let (flow, _) = fit(flow, &train, Some(&val), &config, &mut quiet).unwrap();
     let model = log_likelihoods(&flow, &test).unwrap();
@@ -67,7 +67,7 @@ fn two_moons_and_its_density_integrates_to_one() {
     let train = Dataset::new(two_moons(20_000, &mut rng), 2);
     let val = Dataset::new(two_moons(4_000, &mut rng), 2);
     let test = Dataset::new(two_moons(10_000, &mut rng), 2);
-    let flow = maf(2, 6, vec![64, 64]).init(&device);
+    let flow = maf(2, 6, vec![64, 64]).init(&device).unwrap();
     let config = statistical_fit(2000);
     let (flow, report) = fit(flow, &train, Some(&val), &config, &mut quiet).unwrap();
     let (ll, se) = mean_log_likelihood(&flow, &test).unwrap();
@@ -108,8 +108,8 @@ fn one_dimensional_flow_integrates_to_one() {
     let flow = MafConfig::new(1)
         .with_transforms(2)
         .with_hidden(vec![16])
-        .with_base(BaseConfig::GaussianMixture { components: 3 })
-        .init(&device);
+        .with_base(BaseKind::GaussianMixture { components: 3 })
+        .init(&device).unwrap();
     let config = FitConfig::new().with_steps(800).with_batch_size(256).with_learning_rate(1e-2);
     let (flow, _) = fit(flow, &Dataset::new(data, 1), None, &config, &mut quiet).unwrap();
     let (lo, hi, k) = (-20.0, 20.0, 8000usize);
@@ -143,7 +143,7 @@ fn conditional_maf_matches_the_analytic_conditional() {
     let (xt, ct) = make(20_000);
     let (xv, cv) = make(4_000);
     let (xs, cs) = make(10_000);
-    let flow = maf(2, 3, vec![32, 32]).with_context_dim(2).init(&device);
+    let flow = maf(2, 3, vec![32, 32]).with_context_dim(2).init(&device).unwrap();
     let config = statistical_fit(2500);
     let train = Dataset::new(xt, 2).with_context(ct, 2);
     let val = Dataset::new(xv, 2).with_context(cv, 2);
@@ -179,10 +179,10 @@ fn sample_and_log_prob_agree_with_log_prob() {
     for cfg in [
         realnvp(2, 4, vec![32]).flow_config(),
         iaf(2, 3, vec![32]).flow_config(),
-        maf(2, 3, vec![32]).with_base(BaseConfig::StudentT { df: 5.0 }).flow_config(),
-        maf(2, 3, vec![32]).with_base(BaseConfig::DiagNormal).with_batch_norm(true).flow_config(),
+        maf(2, 3, vec![32]).with_base(BaseKind::StudentT { df: 5.0 }).flow_config(),
+        maf(2, 3, vec![32]).with_base(BaseKind::DiagNormal).with_batch_norm(true).flow_config(),
     ] {
-        let flow = cfg.init(&device);
+        let flow = cfg.init(&device).unwrap();
         let (flow, _) =
             fit(flow, &train, None, &FitConfig::new().with_steps(150).with_batch_size(256), &mut quiet).unwrap();
         check_sample_and_log_prob(&flow, 256, None, &mut rng, 2e-3).unwrap();
@@ -196,7 +196,7 @@ fn same_seed_gives_the_same_model() {
     let train = Dataset::new(two_moons(2_000, &mut rng), 2);
     let probe = matrix(two_moons(64, &mut rng), 64, 2, &device);
     let run = |seed: u64| {
-        let flow = realnvp(2, 3, vec![32]).with_seed(seed).init(&device);
+        let flow = realnvp(2, 3, vec![32]).with_seed(seed).init(&device).unwrap();
         let cfg = FitConfig::new().with_steps(100).with_batch_size(128).with_seed(seed).with_grad_clip_norm(Some(5.0));
         let (flow, _) = fit(flow, &train, None, &cfg, &mut quiet).unwrap();
         to_vec(flow.log_prob(probe.clone(), None).unwrap()).unwrap()
@@ -213,7 +213,7 @@ fn early_stopping_restores_the_best_model() {
     // 64 training points and a big network: it overfits, validation peaks, patience stops it.
     let train = Dataset::new(two_moons(64, &mut rng), 2);
     let val = Dataset::new(two_moons(2_000, &mut rng), 2);
-    let flow = maf(2, 5, vec![128, 128]).init(&device);
+    let flow = maf(2, 5, vec![128, 128]).init(&device).unwrap();
     let cfg = FitConfig::new()
         .with_steps(5000)
         .with_batch_size(64)
@@ -273,7 +273,7 @@ fn a_time_budget_stops_training() {
     let device = diffeo::cpu();
     let mut rng = StdRng::seed_from_u64(0);
     let train = Dataset::new(two_moons(2000, &mut rng), 2);
-    let flow = maf(2, 2, vec![16]).init(&device);
+    let flow = maf(2, 2, vec![16]).init(&device).unwrap();
     let mut calls = 0;
     let cfg = FitConfig::new().with_steps(1_000_000).with_eval_every(10).with_time_budget(Some(0.5));
     let (_, report) =

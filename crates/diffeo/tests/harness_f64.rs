@@ -2,6 +2,7 @@
 //! device for f64 before any tensor exists).
 
 use diffeo::bijections::*;
+use diffeo::distributions::BaseKind;
 use diffeo::prelude::*;
 use diffeo::testing::{check_bijection, randomize_parameters, HarnessConfig, JacobianReference};
 use diffeo::transformer::Transformer;
@@ -17,7 +18,7 @@ fn check<B: Bijection + Module>(b: &B, cfg: &HarnessConfig) {
 }
 
 fn chain(dim: usize, layers: Vec<LayerConfig>, seed: u64) -> Chain {
-    let c = Chain::from_configs(dim, &layers, seed, &device()).expect("valid chain");
+    let c = ChainConfig::new(dim, layers).with_seed(seed).init(&device()).expect("valid chain");
     randomize_parameters(c, seed + 100, 0.3)
 }
 
@@ -25,25 +26,25 @@ fn chain(dim: usize, layers: Vec<LayerConfig>, seed: u64) -> Chain {
 fn elementwise_maps() {
     let d = device();
     for kind in [ElementwiseKind::Exp, ElementwiseKind::Softplus, ElementwiseKind::Sigmoid, ElementwiseKind::Tanh] {
-        check(&Elementwise::new(kind, 3, &d), &HarnessConfig::default());
+        check(&ElementwiseConfig::new(3, kind).init(&d).unwrap(), &HarnessConfig::default());
     }
     let boxed = ElementwiseKind::Box { low: vec![-4.0, 0.0, 1.0], high: vec![4.0, 1.0, 5.0] };
-    check(&Elementwise::new(boxed, 3, &d), &HarnessConfig::default());
+    check(&ElementwiseConfig::new(3, boxed).init(&d).unwrap(), &HarnessConfig::default());
     let fixed = ElementwiseKind::Affine { shift: vec![3.0, -1.0, 0.5], scale: vec![0.2, 4.0, 1.0] };
-    check(&Elementwise::new(fixed, 3, &d), &HarnessConfig::default());
-    let affine = randomize_parameters(ElementwiseAffine::new(4, &d), 1, 0.5);
+    check(&ElementwiseConfig::new(3, fixed).init(&d).unwrap(), &HarnessConfig::default());
+    let affine = randomize_parameters(ElementwiseAffineConfig::new(4).init(&d).unwrap(), 1, 0.5);
     check(&affine, &HarnessConfig::default());
     // The logit needs inputs in (0, 1).
     let logit_points = HarnessConfig { offset: 0.5, scale: 0.15, ..HarnessConfig::default() };
-    check(&Invert::new(Elementwise::new(ElementwiseKind::Sigmoid, 2, &d)), &logit_points);
+    check(&invert(ElementwiseConfig::new(2, ElementwiseKind::Sigmoid).init(&d).unwrap()), &logit_points);
 }
 
 #[test]
 fn elementwise_out_of_domain_is_minus_infinity() {
     let d = device();
-    let b = Elementwise::new(ElementwiseKind::Exp, 1, &d);
+    let b = ElementwiseConfig::new(1, ElementwiseKind::Exp).init(&d).unwrap();
     let y = diffeo::tensor::matrix(vec![-1.0, 0.0, 2.0], 3, 1, &d);
-    let (x, ld) = b.inverse(y, None).unwrap();
+    let (x, ld) = b.inverse(y, &Call::new()).unwrap();
     let x = diffeo::tensor::to_vec(x).unwrap();
     let ld = diffeo::tensor::to_vec(ld).unwrap();
     assert!(x.iter().all(|v| v.is_finite()));
@@ -53,16 +54,13 @@ fn elementwise_out_of_domain_is_minus_infinity() {
 }
 
 fn made_layer(dim: usize, context_dim: usize, transformer: Transformer, order: Vec<usize>) -> LayerConfig {
-    LayerConfig::MaskedAutoregressive(MaskedAutoregressiveConfig {
-        dim,
-        context_dim,
-        hidden: vec![16, 16],
-        order,
-        transformer,
-        activation: diffeo::nn::Activation::Tanh,
-        residual_blocks: 0,
-        dropout: 0.0,
-    })
+    LayerConfig::MaskedAutoregressive(
+        MaskedAutoregressiveConfig::new(dim, vec![16, 16])
+            .with_context_dim(context_dim)
+            .with_order(order)
+            .with_transformer(transformer)
+            .with_activation(diffeo::nn::Activation::Tanh),
+    )
 }
 
 #[test]
@@ -88,17 +86,17 @@ fn made_is_autoregressive() {
     let order = vec![3, 1, 4, 2];
     let mut layer = made_layer(dim, 0, Transformer::Affine, order.clone());
     if let LayerConfig::MaskedAutoregressive(c) = &mut layer {
-        c.residual_blocks = blocks;
-        c.hidden = vec![12];
+        c.conditioner.residual_blocks = blocks;
+        c.conditioner.hidden = vec![12];
     }
     let c = chain(dim, vec![layer], 5);
     let base = vec![0.1, -0.4, 0.7, 0.2];
-    let (u0, _) = c.inverse(diffeo::tensor::matrix(base.clone(), 1, dim, &d), None).unwrap();
+    let (u0, _) = c.inverse(diffeo::tensor::matrix(base.clone(), 1, dim, &d), &Call::new()).unwrap();
     let u0 = diffeo::tensor::to_vec(u0).unwrap();
     for k in 0..dim {
         let mut x = base.clone();
         x[k] += 0.5;
-        let (u, _) = c.inverse(diffeo::tensor::matrix(x, 1, dim, &d), None).unwrap();
+        let (u, _) = c.inverse(diffeo::tensor::matrix(x, 1, dim, &d), &Call::new()).unwrap();
         let u = diffeo::tensor::to_vec(u).unwrap();
         for i in 0..dim {
             let changed = (u[i] - u0[i]).abs() > 1e-12;
@@ -115,47 +113,43 @@ fn made_is_autoregressive() {
 #[test]
 fn residual_conditioners_with_dropout() {
     for (dim, ctx) in [(1, 0), (3, 2), (4, 0)] {
-        let mut made = MaskedAutoregressiveConfig::new(dim, vec![16]);
-        made.context_dim = ctx;
-        made.residual_blocks = 2;
-        made.dropout = 0.2;
-        made.transformer = Transformer::spline();
+        let made = MaskedAutoregressiveConfig::new(dim, vec![16])
+            .with_context_dim(ctx)
+            .with_residual_blocks(2, 0.2)
+            .with_transformer(Transformer::spline());
         // Splines are steep in places: small finite-difference steps.
         let fine = HarnessConfig { logdet_tol: 1e-5, fd_step: 1e-7, ..HarnessConfig::default() };
         check(&chain(dim, vec![LayerConfig::MaskedAutoregressive(made)], 21), &fine);
         if dim >= 2 {
-            let mut coupling = CouplingConfig::half(dim, vec![16], true);
-            coupling.context_dim = ctx;
-            coupling.residual_blocks = 2;
-            coupling.dropout = 0.2;
+            let coupling = CouplingConfig::half(dim, vec![16], true).with_context_dim(ctx).with_residual_blocks(2, 0.2);
             check(&chain(dim, vec![LayerConfig::Coupling(coupling)], 22), &HarnessConfig::default());
         }
     }
     // A new residual conditioner still starts the flow at the identity.
     let d = device();
-    let flow = MafConfig::new(3).with_residual_blocks(2).with_hidden(vec![8]).with_transformer(Transformer::spline()).init(&d);
+    let flow = MafConfig::new(3).with_residual_blocks(2).with_hidden(vec![8]).with_transformer(Transformer::spline()).init(&d).unwrap();
     let x = diffeo::tensor::matrix(vec![0.3, -2.0, 7.0], 1, 3, &d);
     let (u, ld) = flow.to_base(x.clone(), None).unwrap();
     assert_eq!(diffeo::tensor::to_vec(u).unwrap(), diffeo::tensor::to_vec(x).unwrap());
     assert_eq!(diffeo::tensor::to_vec(ld).unwrap(), vec![0.0]);
     let bad = MafConfig::new(2).with_residual_blocks(1).with_dropout(1.0).flow_config();
-    assert!(bad.try_init(&d).is_err());
+    assert!(bad.init(&d).is_err());
 }
 
 #[test]
 fn identity_initialisation_is_exact() {
     let d = device();
     let layers = MafConfig::new(3).with_context_dim(2).flow_config().layers;
-    let c = Chain::from_configs(3, &layers, 0, &d).unwrap();
+    let c = ChainConfig::new(3, layers).init(&d).unwrap();
     let x = diffeo::tensor::matrix(vec![0.3, -1.2, 2.5, 4.0, 0.0, -7.0], 2, 3, &d);
     let ctx = diffeo::tensor::matrix(vec![1.0, 2.0, -3.0, 0.5], 2, 2, &d);
-    let (u, ld) = c.inverse(x.clone(), Some(&ctx)).unwrap();
+    let (u, ld) = c.inverse(x.clone(), &Call::new().with_context(ctx)).unwrap();
     assert_eq!(diffeo::tensor::to_vec(u).unwrap(), diffeo::tensor::to_vec(x).unwrap());
     assert!(diffeo::tensor::to_vec(ld).unwrap().iter().all(|v| *v == 0.0));
     let layers = RealNvpConfig::new(3).flow_config().layers;
-    let c = Chain::from_configs(3, &layers, 0, &d).unwrap();
+    let c = ChainConfig::new(3, layers).init(&d).unwrap();
     let x = diffeo::tensor::matrix(vec![0.3, -1.2, 2.5], 1, 3, &d);
-    let (u, ld) = c.inverse(x.clone(), None).unwrap();
+    let (u, ld) = c.inverse(x.clone(), &Call::new()).unwrap();
     assert_eq!(diffeo::tensor::to_vec(u).unwrap(), diffeo::tensor::to_vec(x).unwrap());
     assert_eq!(diffeo::tensor::to_vec(ld).unwrap(), vec![0.0]);
 }
@@ -165,10 +159,10 @@ fn coupling_layers() {
     for (dim, ctx) in [(2, 0), (2, 3), (4, 0), (5, 2)] {
         for transformer in [Transformer::Affine, Transformer::Additive] {
             for flip in [false, true] {
-                let mut cfg = CouplingConfig::half(dim, vec![16, 16], flip);
-                cfg.context_dim = ctx;
-                cfg.transformer = transformer.clone();
-                cfg.activation = diffeo::nn::Activation::Tanh;
+                let cfg = CouplingConfig::half(dim, vec![16, 16], flip)
+                    .with_context_dim(ctx)
+                    .with_transformer(transformer.clone())
+                    .with_activation(diffeo::nn::Activation::Tanh);
                 let c = chain(dim, vec![LayerConfig::Coupling(cfg.clone())], 3);
                 check(&c, &HarnessConfig::default());
                 let c = chain(dim, vec![LayerConfig::Coupling(cfg).inverted()], 4);
@@ -181,26 +175,24 @@ fn coupling_layers() {
 #[test]
 fn permutations() {
     let d = device();
-    check(&Permutation::new(Permutation::reverse_order(5), &d), &HarnessConfig::default());
+    check(&PermutationConfig::reverse(5).init(&d).unwrap(), &HarnessConfig::default());
     let mut rng = StdRng::seed_from_u64(3);
-    check(&Permutation::new(Permutation::random_order(6, &mut rng), &d), &HarnessConfig::default());
+    check(&PermutationConfig::new(Permutation::random_order(6, &mut rng)).init(&d).unwrap(), &HarnessConfig::default());
 }
 
 #[test]
 fn batch_norm_evaluation_mode() {
     let d = device();
-    let bn = randomize_parameters(BatchNormConfig::new(4).init(&d), 9, 0.2);
-    assert_eq!(bn.mode, NormMode::Evaluation);
+    let bn = randomize_parameters(BatchNormConfig::new(4).init(&d).unwrap(), 9, 0.2);
     check(&bn, &HarnessConfig::default());
 }
 
 #[test]
 fn batch_norm_training_mode_uses_batch_statistics() {
     let d = device();
-    let mut bn = BatchNormConfig::new(2).init(&d);
-    bn.set_mode(NormMode::Training);
+    let bn = BatchNormConfig::new(2).init(&d).unwrap();
     let x = vec![1.0, 10.0, 3.0, 20.0, 5.0, 60.0, 7.0, 30.0];
-    let (u, ld) = bn.inverse(diffeo::tensor::matrix(x.clone(), 4, 2, &d), None).unwrap();
+    let (u, ld) = bn.inverse(diffeo::tensor::matrix(x.clone(), 4, 2, &d), &Call::training()).unwrap();
     let u = diffeo::tensor::to_vec(u).unwrap();
     for j in 0..2 {
         let col: Vec<f64> = (0..4).map(|i| u[i * 2 + j]).collect();
@@ -236,7 +228,7 @@ fn composite_flows_with_context() {
         diffeo::flow::nice(3, 3, vec![8]).flow_config(),
     ];
     for cfg in flows {
-        let flow = cfg.init(&d);
+        let flow = cfg.init(&d).unwrap();
         let t = randomize_parameters(flow.transform, 11, 0.2);
         check(&t, &HarnessConfig::default());
     }
@@ -249,17 +241,17 @@ impl Bijection for ForwardOnly {
         1
     }
     fn directions(&self) -> Directions {
-        Directions { forward: Cost::Fast, inverse: Cost::Unavailable }
+        Directions { forward: Cost::ClosedForm, inverse: Cost::Unavailable }
     }
     fn name(&self) -> String {
         "ForwardOnly".into()
     }
-    fn forward_unchecked(&self, x: Tensor<2>, _: Option<&Tensor<2>>) -> diffeo::Result<(Tensor<2>, Tensor<1>)> {
+    fn forward_unchecked(&self, x: Tensor<2>, _: &Call) -> diffeo::Result<(Tensor<2>, Tensor<1>)> {
         let n = x.dims()[0];
         let device = x.device();
         Ok((x, Tensor::zeros([n], &device)))
     }
-    fn inverse_unchecked(&self, _: Tensor<2>, _: Option<&Tensor<2>>) -> diffeo::Result<(Tensor<2>, Tensor<1>)> {
+    fn inverse_unchecked(&self, _: Tensor<2>, _: &Call) -> diffeo::Result<(Tensor<2>, Tensor<1>)> {
         unreachable!("guarded by directions()")
     }
 }
@@ -268,7 +260,7 @@ impl Bijection for ForwardOnly {
 fn missing_direction_is_a_typed_error() {
     let d = device();
     let y = diffeo::tensor::matrix(vec![1.0], 1, 1, &d);
-    match ForwardOnly.inverse(y, None) {
+    match ForwardOnly.inverse(y, &Call::new()) {
         Err(FlowError::NotInvertible { direction: Direction::Inverse, .. }) => {}
         other => panic!("expected NotInvertible, got {other:?}"),
     }
@@ -276,22 +268,21 @@ fn missing_direction_is_a_typed_error() {
 
 #[test]
 fn base_densities_integrate_to_one() {
-    use diffeo::distributions::BaseConfig;
     let d = device();
     let (lo, hi, k) = (-60.0, 60.0, 120_000usize);
     let h = (hi - lo) / k as f64;
     let pts: Vec<f64> = (0..k).map(|i| lo + (i as f64 + 0.5) * h).collect();
     let x = diffeo::tensor::matrix(pts, k, 1, &d);
     for (i, cfg) in [
-        BaseConfig::StandardNormal,
-        BaseConfig::DiagNormal,
-        BaseConfig::GaussianMixture { components: 3 },
-        BaseConfig::StudentT { df: 3.0 },
+        BaseKind::StandardNormal,
+        BaseKind::DiagNormal,
+        BaseKind::GaussianMixture { components: 3 },
+        BaseKind::StudentT { df: 3.0 },
     ]
     .into_iter()
     .enumerate()
     {
-        let base = randomize_parameters(cfg.init(1, i as u64, &d), i as u64, 0.3);
+        let base = randomize_parameters(BaseConfig::new(1, cfg.clone()).with_seed(i as u64).init(&d).unwrap(), i as u64, 0.3);
         let lp = diffeo::tensor::to_vec(base.log_prob(x.clone())).unwrap();
         let mass: f64 = lp.iter().map(|v| v.exp()).sum::<f64>() * h;
         // Student-t(3) puts ~1.4e−4 of its mass beyond ±60.
@@ -311,7 +302,7 @@ fn context_embedding_feeds_the_conditioners() {
             output_dim: 4,
             activation: diffeo::nn::Activation::Tanh,
         }));
-    let flow = randomize_parameters(cfg.init(&d), 1, 0.3);
+    let flow = randomize_parameters(cfg.init(&d).unwrap(), 1, 0.3);
     let x = diffeo::tensor::matrix(vec![0.2, -0.3, 0.2, -0.3], 2, 2, &d);
     let c = diffeo::tensor::matrix(vec![1.0, 0.0, -1.0, 0.5, 0.5, 2.0], 2, 3, &d);
     let lp = diffeo::tensor::to_vec(flow.log_prob(x, Some(&c)).unwrap()).unwrap();
@@ -327,7 +318,7 @@ fn fitting_works_in_f64() {
     let d = device();
     let mut rng = StdRng::seed_from_u64(8);
     let data = diffeo::fit::Dataset::new(diffeo::datasets::two_moons(2_000, &mut rng), 2);
-    let flow = realnvp(2, 3, vec![16]).init(&d);
+    let flow = realnvp(2, 3, vec![16]).init(&d).unwrap();
     let cfg = FitConfig::new().with_steps(100).with_batch_size(256).with_learning_rate(3e-3);
     let (flow, report) = fit(flow, &data, Some(&data), &cfg, &mut |_| {}).unwrap();
     let before = report.history.first().and_then(|r| r.val_log_likelihood).unwrap();
@@ -340,19 +331,19 @@ fn fitting_works_in_f64() {
 #[test]
 fn planar_forward_only() {
     for dim in [1, 2, 5] {
-        let c = chain(dim, vec![LayerConfig::Planar(PlanarConfig { dim }); 2], 7 + dim as u64);
+        let c = chain(dim, vec![LayerConfig::Planar(PlanarConfig::new(dim)); 2], 7 + dim as u64);
         assert_eq!(c.directions().inverse, Cost::Unavailable);
         check(&c, &HarnessConfig::default());
         assert!(matches!(
-            c.inverse(diffeo::tensor::matrix(vec![0.0; dim], 1, dim, &device()), None),
+            c.inverse(diffeo::tensor::matrix(vec![0.0; dim], 1, dim, &device()), &Call::new()),
             Err(FlowError::NotInvertible { .. })
         ));
     }
     // A new planar layer is exactly the identity.
     let d = device();
-    let p = PlanarConfig { dim: 3 }.init_with(&mut StdRng::seed_from_u64(1), &d);
+    let p = PlanarConfig::new(3).with_seed(1).init(&d).unwrap();
     let x = diffeo::tensor::matrix(vec![0.5, -1.0, 2.0, 3.0, 0.0, -0.25], 2, 3, &d);
-    let (y, ld) = p.forward(x.clone(), None).unwrap();
+    let (y, ld) = p.forward(x.clone(), &Call::new()).unwrap();
     let (y, x, ld) = (diffeo::tensor::to_vec(y).unwrap(), diffeo::tensor::to_vec(x).unwrap(), diffeo::tensor::to_vec(ld).unwrap());
     assert!(y.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-12), "{y:?} vs {x:?}");
     assert!(ld.iter().all(|v| v.abs() < 1e-12));
@@ -362,7 +353,7 @@ fn assert_identity<B: Bijection>(b: &B, dim: usize) {
     let d = device();
     let values: Vec<f64> = (0..2 * dim).map(|k| 0.7 * k as f64 - 1.3).collect();
     let x = diffeo::tensor::matrix(values.clone(), 2, dim, &d);
-    let (y, ld) = b.forward(x, None).unwrap();
+    let (y, ld) = b.forward(x, &Call::new()).unwrap();
     let (y, ld) = (diffeo::tensor::to_vec(y).unwrap(), diffeo::tensor::to_vec(ld).unwrap());
     assert!(y.iter().zip(&values).all(|(a, b)| (a - b).abs() < 1e-12), "{}: {y:?} vs {values:?}", b.name());
     assert!(ld.iter().all(|v| v.abs() < 1e-12), "{}: log-dets {ld:?}", b.name());
@@ -372,9 +363,9 @@ fn assert_identity<B: Bijection>(b: &B, dim: usize) {
 fn radial_and_sylvester_forward_only() {
     let d = device();
     for dim in [1, 2, 5] {
-        let mut layers = vec![vec![LayerConfig::Radial(RadialConfig { dim }); 2]];
-        let orth = SylvesterConfig { dim, hidden: dim.div_ceil(2), basis: SylvesterBasis::Orthogonal };
-        let hh = SylvesterConfig { dim, hidden: dim, basis: SylvesterBasis::Householder { reflections: dim.max(2) } };
+        let mut layers = vec![vec![LayerConfig::Radial(RadialConfig::new(dim)); 2]];
+        let orth = SylvesterConfig::new(dim, dim.div_ceil(2), SylvesterBasis::Orthogonal);
+        let hh = SylvesterConfig::new(dim, dim, SylvesterBasis::Householder { reflections: dim.max(2) });
         layers.push(vec![LayerConfig::Sylvester(orth.clone()); 2]);
         layers.push(vec![LayerConfig::Sylvester(hh.clone()); 2]);
         for l in layers {
@@ -384,15 +375,15 @@ fn radial_and_sylvester_forward_only() {
             check(&c, &HarnessConfig { logdet_tol: 1e-10, jacobian: JacobianReference::Autodiff, ..HarnessConfig::default() });
         }
         // New layers are exactly the identity.
-        let mut rng = StdRng::seed_from_u64(dim as u64);
-        assert_identity(&RadialConfig { dim }.init_with(&mut rng, &d), dim);
-        assert_identity(&orth.init_with(&mut rng, &d), dim);
-        assert_identity(&hh.init_with(&mut rng, &d), dim);
+        let seed = dim as u64;
+        assert_identity(&RadialConfig::new(dim).with_seed(seed).init(&d).unwrap(), dim);
+        assert_identity(&orth.with_seed(seed + 1).init(&d).unwrap(), dim);
+        assert_identity(&hh.with_seed(seed + 2).init(&d).unwrap(), dim);
     }
     // Björck orthogonalization: a trained-looking (non-orthogonal) basis still gives orthonormal
     // columns, so the log-det formula stays exact (checked above against the Jacobian).
-    assert!(SylvesterConfig { dim: 3, hidden: 4, basis: SylvesterBasis::Orthogonal }.validate().is_err());
-    assert!(SylvesterConfig { dim: 3, hidden: 2, basis: SylvesterBasis::Householder { reflections: 2 } }.validate().is_err());
+    assert!(SylvesterConfig::new(3, 4, SylvesterBasis::Orthogonal).validate().is_err());
+    assert!(SylvesterConfig::new(3, 2, SylvesterBasis::Householder { reflections: 2 }).validate().is_err());
 }
 
 #[test]
@@ -402,7 +393,7 @@ fn standardization_layer_reports_densities_in_data_units() {
     let s = Standardization::of(&values, 2).unwrap();
     assert!((s.mean[0] - 3.0).abs() < 1e-12 && (s.mean[1] - 27.5).abs() < 1e-12);
     // An identity flow on standardized values: log p(x) = Σ log N((x − m)/s) − Σ log s.
-    let flow = FlowConfig::new(2, vec![]).standardized(&s).init(&d);
+    let flow = FlowConfig::new(2, vec![]).standardized(&s).init(&d).unwrap();
     let lp = diffeo::tensor::to_vec(flow.log_prob(diffeo::tensor::matrix(values.clone(), 4, 2, &d), None).unwrap()).unwrap();
     for (i, row) in values.chunks(2).enumerate() {
         let expected: f64 = (0..2)
@@ -416,7 +407,7 @@ fn standardization_layer_reports_densities_in_data_units() {
     // A constant column is centred, not divided by zero.
     let c = Standardization::of(&[1.0, 5.0, 2.0, 5.0], 2).unwrap();
     assert_eq!(c.std[1], 1.0);
-    assert!(FlowConfig::new(2, vec![]).standardized(&c).try_init(&d).is_ok());
+    assert!(FlowConfig::new(2, vec![]).standardized(&c).init(&d).is_ok());
 }
 
 #[test]
@@ -424,29 +415,29 @@ fn linear_flows_lu_and_householder() {
     for dim in [1, 2, 4, 6] {
         let mut perm: Vec<usize> = (0..dim).collect();
         perm.reverse();
-        let lu = LayerConfig::LuLinear(LuLinearConfig { dim, perm });
+        let lu = LayerConfig::LuLinear(LuLinearConfig::new(dim).with_perm(perm));
         check(&chain(dim, vec![lu.clone()], 11 + dim as u64), &HarnessConfig::default());
         check(&chain(dim, vec![lu.inverted()], 12), &HarnessConfig::default());
-        let hh = LayerConfig::Householder(HouseholderConfig { dim, reflections: dim.max(2) });
+        let hh = LayerConfig::Householder(HouseholderConfig::new(dim, dim.max(2)));
         check(&chain(dim, vec![hh], 13), &HarnessConfig::default());
     }
     let d = device();
     // A new LU layer with the identity permutation is exactly the identity.
-    let lu = LuLinearConfig::new(3).init(&d);
+    let lu = LuLinearConfig::new(3).init(&d).unwrap();
     let x = diffeo::tensor::matrix(vec![0.5, -1.0, 2.0, 3.0, 0.0, -0.25], 2, 3, &d);
-    for r in [lu.forward(x.clone(), None).unwrap(), lu.inverse(x.clone(), None).unwrap()] {
+    for r in [lu.forward(x.clone(), &Call::new()).unwrap(), lu.inverse(x.clone(), &Call::new()).unwrap()] {
         assert_eq!(diffeo::tensor::to_vec(r.0).unwrap(), diffeo::tensor::to_vec(x.clone()).unwrap());
         assert!(diffeo::tensor::to_vec(r.1).unwrap().iter().all(|v| *v == 0.0));
     }
     // Householder maps preserve norms.
-    let hh = HouseholderConfig { dim: 3, reflections: 3 }.init_with(&mut StdRng::seed_from_u64(2), &d);
-    let y = diffeo::tensor::to_vec(hh.forward(x.clone(), None).unwrap().0).unwrap();
+    let hh = HouseholderConfig::new(3, 3).with_seed(2).init(&d).unwrap();
+    let y = diffeo::tensor::to_vec(hh.forward(x.clone(), &Call::new()).unwrap().0).unwrap();
     let xv = diffeo::tensor::to_vec(x).unwrap();
     for (a, b) in y.chunks(3).zip(xv.chunks(3)) {
         let (na, nb): (f64, f64) = (a.iter().map(|v| v * v).sum(), b.iter().map(|v| v * v).sum());
         assert!((na - nb).abs() < 1e-12);
     }
-    assert!(LayerConfig::LuLinear(LuLinearConfig { dim: 2, perm: vec![0, 0] }).validate().is_err());
+    assert!(LuLinearConfig::new(2).with_perm(vec![0, 0]).validate().is_err());
 }
 
 /// MADE's degree-ordered sweep (each hidden unit computed once) inverts a MAF layer exactly as D
@@ -462,22 +453,17 @@ fn made_sweep_matches_full_passes() {
             let mut rng = StdRng::seed_from_u64(case);
             let mut order: Vec<usize> = (1..=dim).collect();
             rand::seq::SliceRandom::shuffle(&mut order[..], &mut rng);
-            let config = MaskedAutoregressiveConfig {
-                dim,
-                context_dim: ctx,
-                hidden: hidden.clone(),
-                order,
-                transformer: transformer.clone(),
-                activation: diffeo::nn::Activation::Relu,
-                residual_blocks: 0,
-                dropout: 0.0,
-            };
-            let layer = randomize_parameters(config.init_with(&mut rng, &dev), case + 50, 0.5);
+            let config = MaskedAutoregressiveConfig::new(dim, hidden.clone())
+                .with_context_dim(ctx)
+                .with_order(order)
+                .with_transformer(transformer.clone())
+                .with_seed(case);
+            let layer = randomize_parameters(config.init(&dev).unwrap(), case + 50, 0.5);
             let n = 37;
             let u: Vec<f64> = (0..n * dim).map(|k| ((k * 7919 % 1000) as f64 / 250.0) - 2.0).collect();
             let u = diffeo::tensor::matrix(u, n, dim, &dev);
             let c = (ctx > 0).then(|| diffeo::tensor::matrix((0..n * ctx).map(|k| (k as f64 * 0.37).sin()).collect(), n, ctx, &dev));
-            let (x, ld) = layer.forward_unchecked(u.clone(), c.as_ref()).unwrap();
+            let (x, ld) = layer.forward_unchecked(u.clone(), &Call::new().with_optional_context(c.clone())).unwrap();
             let (x_ref, ld_ref) = layer.forward_full_passes(u, c.as_ref()).unwrap();
             let (x, x_ref) = (diffeo::tensor::to_vec(x).unwrap(), diffeo::tensor::to_vec(x_ref).unwrap());
             let (ld, ld_ref) = (diffeo::tensor::to_vec(ld).unwrap(), diffeo::tensor::to_vec(ld_ref).unwrap());

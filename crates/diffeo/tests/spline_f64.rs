@@ -349,29 +349,26 @@ fn spline_layers_pass_the_harness() {
     let exact = HarnessConfig { logdet_tol: 1e-9, jacobian: JacobianReference::Autodiff, ..fd.clone() };
     for (dim, ctx) in [(1, 0), (2, 0), (3, 2), (5, 0)] {
         let order: Vec<usize> = (1..=dim).collect();
-        let made = LayerConfig::MaskedAutoregressive(MaskedAutoregressiveConfig {
-            dim,
-            context_dim: ctx,
-            hidden: vec![16, 16],
-            order,
-            transformer: spline.clone(),
-            activation: diffeo::nn::Activation::Tanh,
-            residual_blocks: 0,
-            dropout: 0.0,
-        });
+        let made = LayerConfig::MaskedAutoregressive(
+            MaskedAutoregressiveConfig::new(dim, vec![16, 16])
+                .with_context_dim(ctx)
+                .with_order(order)
+                .with_transformer(spline.clone())
+                .with_activation(diffeo::nn::Activation::Tanh),
+        );
         for layer in [made.clone(), made.inverted()] {
-            let c = Chain::from_configs(dim, &[layer], dim as u64, &dev).unwrap();
+            let c = ChainConfig::new(dim, vec![layer]).with_seed(dim as u64).init(&dev).unwrap();
             let c = randomize_parameters(c, 40 + dim as u64, 0.5);
             for cfg in [&fd, &exact] {
                 check_bijection(&c, &dev, cfg).unwrap_or_else(|e| panic!("{e}"));
             }
         }
         if dim >= 2 {
-            let mut coupling = CouplingConfig::half(dim, vec![16], false);
-            coupling.context_dim = ctx;
-            coupling.transformer = spline.clone();
-            coupling.activation = diffeo::nn::Activation::Tanh;
-            let c = Chain::from_configs(dim, &[LayerConfig::Coupling(coupling)], 3, &dev).unwrap();
+            let coupling = CouplingConfig::half(dim, vec![16], false)
+                .with_context_dim(ctx)
+                .with_transformer(spline.clone())
+                .with_activation(diffeo::nn::Activation::Tanh);
+            let c = ChainConfig::new(dim, vec![LayerConfig::Coupling(coupling)]).with_seed(3).init(&dev).unwrap();
             let c = randomize_parameters(c, 50 + dim as u64, 0.5);
             for cfg in [&fd, &exact] {
                 check_bijection(&c, &dev, cfg).unwrap_or_else(|e| panic!("{e}"));
@@ -385,7 +382,7 @@ fn a_spline_flow_density_integrates_to_one() {
     let dev = device();
     let cfg = MafConfig::new(1).with_transforms(2).with_hidden(vec![8]).with_transformer(Transformer::spline());
     // Moderate random parameters: a clearly non-linear map whose density a fine grid resolves.
-    let flow = randomize_parameters(cfg.init(&dev), 3, 0.5);
+    let flow = randomize_parameters(cfg.init(&dev).unwrap(), 3, 0.5);
     let (lo, hi, m) = (-14.0, 14.0, 28_001);
     let step = (hi - lo) / (m - 1) as f64;
     let xs: Vec<f64> = (0..m).map(|i| lo + step * i as f64).collect();
@@ -404,7 +401,7 @@ fn bad_spline_settings_are_rejected() {
         Transformer::RationalQuadratic { bins: 8, tail_bound: f64::NAN },
     ] {
         let cfg = MafConfig::new(2).with_transformer(t).flow_config();
-        assert!(matches!(cfg.try_init(&device()), Err(FlowError::InvalidConfig(_))));
+        assert!(matches!(cfg.init(&device()), Err(FlowError::InvalidConfig(_))));
     }
 }
 

@@ -73,8 +73,9 @@ impl LayerSpec for BatchNormConfig {
         Ok(())
     }
 
+    /// γ and β, and the two running statistics (stored with the weights).
     fn parameter_count(&self) -> usize {
-        2 * self.dim
+        4 * self.dim
     }
 
     fn batch_dependent(&self) -> bool {

@@ -68,7 +68,7 @@ impl LayerSpec for LuLinearConfig {
     }
 
     fn parameter_count(&self) -> usize {
-        self.dim * (self.dim + 1)
+        2 * self.dim * (self.dim + 1)
     }
 }
 

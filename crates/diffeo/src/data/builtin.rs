@@ -130,7 +130,7 @@ pub fn read_power_csv(reader: impl Read, source: &str) -> Result<Table> {
     let reader = BufReader::new(reader);
     let mut values = Vec::new();
     for (k, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| crate::error::FlowError::Data(format!("{}: {e}", format!("{source}: cannot read line {}", k + 1))))?;
+        let line = line.map_err(|e| data_err!("{source}: cannot read line {}: {e}", k + 1))?;
         if k == 0 || line.trim().is_empty() {
             continue;
         }

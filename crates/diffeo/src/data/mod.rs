@@ -299,7 +299,7 @@ pub fn read_text(reader: impl Read, source: &str) -> Result<Table> {
     let mut delimiter: Option<Option<char>> = None; // Some(None): whitespace
     for (k, line) in reader.lines().enumerate() {
         let line_no = k + 1;
-        let line = line.map_err(|e| crate::error::FlowError::Data(format!("{}: {e}", format!("{source}: cannot read line {line_no} (not a text file?)"))))?;
+        let line = line.map_err(|e| data_err!("{source}: cannot read line {line_no} (not a text file?): {e}"))?;
         let trimmed = line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') && !(lines.is_empty() && names.is_none()) {
             continue;
@@ -353,7 +353,7 @@ fn parse_cell(c: &str) -> Option<f64> {
 /// NPY: f32, f64 or integer arrays of rank 1 (one column) or 2, C order.
 pub fn read_npy(mut reader: impl Read, source: &str) -> Result<Table> {
     let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).map_err(|e| crate::error::FlowError::Data(format!("{}: {e}", format!("cannot read {source}"))))?;
+    reader.read_to_end(&mut bytes).map_err(|e| data_err!("cannot read {source}: {e}"))?;
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| data_err!("{source}: not a valid .npy file ({e})"))?;
     let shape = npy.shape().to_vec();
     if npy.order() == npyz::Order::Fortran && shape.len() > 1 {
@@ -387,7 +387,7 @@ pub fn read_npy(mut reader: impl Read, source: &str) -> Result<Table> {
 /// `[n]` labels.
 pub fn read_idx(mut reader: impl Read, source: &str) -> Result<Table> {
     let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).map_err(|e| crate::error::FlowError::Data(format!("{}: {e}", format!("cannot read {source}"))))?;
+    reader.read_to_end(&mut bytes).map_err(|e| data_err!("cannot read {source}: {e}"))?;
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         bail!("{source}: not an IDX file (bad magic number)");
     }
@@ -513,3 +513,84 @@ pub fn dequantize(values: &mut [f64], rng: &mut StdRng) {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::builtin::{hepmass_pipeline, miniboone_pipeline, power_pipeline, read_power_csv};
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn csv_with_and_without_header() {
+        let t = read_text("a,b\n1,2\n3,4.5\n".as_bytes(), "t").unwrap();
+        assert_eq!(t.names.as_deref(), Some(&["a".to_string(), "b".to_string()][..]));
+        assert_eq!(t.values, vec![1.0, 2.0, 3.0, 4.5]);
+        let t = read_text("1 2 3\n4 5 6\n".as_bytes(), "t").unwrap();
+        assert_eq!((t.rows(), t.cols), (2, 3));
+        assert!(read_text("1,2\n3\n".as_bytes(), "t").unwrap_err().to_string().contains("ragged"));
+        assert!(read_text("1,2\n3,x\n".as_bytes(), "t").unwrap_err().to_string().contains("line 2, column 1"));
+        let t = read_text("1,nan\n".as_bytes(), "t").unwrap();
+        assert!(t.check_finite().unwrap_err().to_string().contains("line 1, column 1"));
+    }
+
+    #[test]
+    fn npy_round_trip_and_idx() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        write_table(&p, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3, None).unwrap();
+        let t = read_file(&p).unwrap();
+        assert_eq!((t.rows(), t.cols), (2, 3));
+        assert_eq!(t.values[5], 6.0);
+        // A 2-image IDX file of 2×2 pixels.
+        let mut idx = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
+        idx.extend([0u8, 255, 1, 2, 3, 4, 5, 6]);
+        let t = read_idx(&idx[..], "m").unwrap();
+        assert_eq!((t.rows(), t.cols, t.images), (2, 4, true));
+        assert_eq!(t.values[1], 255.0);
+        assert!(read_idx(&idx[..10], "m").is_err());
+    }
+
+    #[test]
+    fn columns() {
+        let t = read_text("a,b,c,d\n1,2,3,4\n".as_bytes(), "t").unwrap();
+        assert_eq!(parse_columns("0,2-3", &t).unwrap(), vec![0, 2, 3]);
+        assert_eq!(parse_columns("c,a", &t).unwrap(), vec![2, 0]);
+        assert!(parse_columns("7", &t).is_err());
+        assert!(parse_columns("1,1", &t).is_err());
+    }
+
+    #[test]
+    fn power_fixture() {
+        let mut csv = String::from("date_time,a,r,v,i,s1,s2,s3\n");
+        for k in 0..200 {
+            csv.push_str(&format!("2007-01-01 {:02}:{:02}:00,{},{},{},{},{},{},{}\n", k / 60 % 24, k % 60, k as f64 * 0.01, 0.1, 240.0 + (k % 7) as f64, 5.0, k % 3, 1, k % 5));
+        }
+        let raw = read_power_csv(csv.as_bytes(), "p").unwrap();
+        assert_eq!((raw.rows(), raw.cols), (200, 8));
+        assert_eq!(raw.row(61)[7], 61.0);
+        let [train, val, test] = power_pipeline(&raw);
+        assert_eq!((train.rows(), val.rows(), test.rows(), train.cols), (162, 18, 20, 6));
+        let both: Vec<f64> = train.values.iter().chain(&val.values).copied().collect();
+        let s = crate::flow::Standardization::of(&both, 6).unwrap();
+        assert!(s.mean.iter().all(|v| v.abs() < 1e-9) && s.std.iter().all(|v| (v - 1.0).abs() < 1e-9));
+    }
+
+    #[test]
+    fn miniboone_and_hepmass_fixtures() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let raw = Table::new((0..100 * 3).map(|_| rng.random::<f64>()).collect(), 3, "m");
+        let [a, b, c] = miniboone_pipeline(&raw);
+        assert_eq!((a.rows(), b.rows(), c.rows()), (81, 9, 10));
+        // label, f1, f2 (f2 repeats a value: dropped); the test file has an extra last column.
+        let mut train = Vec::new();
+        for i in 0..60 {
+            train.extend([(i % 2) as f64, rng.random::<f64>(), (i % 3) as f64]);
+        }
+        let mut test = Vec::new();
+        for i in 0..20 {
+            test.extend([1.0, rng.random::<f64>(), (i % 3) as f64, 9.0]);
+        }
+        let [tr, va, te] = hepmass_pipeline(&Table::new(train, 3, "tr"), &Table::new(test, 4, "te")).unwrap();
+        assert_eq!((tr.cols, te.cols), (1, 1));
+        assert_eq!((tr.rows(), va.rows(), te.rows()), (27, 3, 20));
+    }
+}
