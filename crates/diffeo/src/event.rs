@@ -105,6 +105,33 @@ impl std::fmt::Display for EventShape {
     }
 }
 
+/// Checks a context of shape `(rows, cols)` (or none) against the width `expected` a model needs
+/// (0: unconditional) and, when given, the number of data rows: a missing or surplus context, a
+/// wrong width, a row mismatch or an empty context is an error. `ignore_surplus`: an unconditional
+/// layer inside a conditional chain ignores the context it is handed.
+pub fn check_context_shape(expected: usize, context: Option<(usize, usize)>, rows: Option<usize>, what: &str, ignore_surplus: bool) -> Result<()> {
+    match (expected, context) {
+        (0, None) => Ok(()),
+        (0, Some(_)) if ignore_surplus => Ok(()),
+        (0, Some((_, cols))) => Err(FlowError::UnexpectedContext { got: cols }),
+        (k, None) => Err(FlowError::MissingContext { expected: k }),
+        (k, Some((n, cols))) => {
+            if cols != k {
+                return Err(FlowError::DimensionMismatch { what: what.into(), expected: k, got: cols });
+            }
+            if let Some(r) = rows {
+                if n != r {
+                    return Err(FlowError::RowMismatch { data_rows: r, context_rows: n });
+                }
+            }
+            if n == 0 {
+                return Err(FlowError::Empty { what: what.into() });
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Whether a pass is part of training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Mode {

@@ -355,28 +355,28 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
     if s.dropout > 0.0 && s.residual_blocks == 0 {
         return Err(FlowError::InvalidConfig("dropout acts inside residual blocks: add residual blocks".into()));
     }
-    let k = s.transforms;
-    let spline = Transformer::RationalQuadratic { bins: s.bins, tail_bound: s.tail_bound };
-    Ok(match f.name {
-        "maf" | "iaf" | "nsf" => {
-            let mut c = MafConfig::new(dim)
+    let k = s.transforms.unwrap_or(f.default_transforms);
+    let transformer = match f.name {
+        "nsf" | "nsf-coupling" => Transformer::RationalQuadratic { bins: s.bins, tail_bound: s.tail_bound },
+        _ => Transformer::Affine,
+    };
+    // The settings every conditioned family shares.
+    macro_rules! shared {
+        ($config:expr) => {
+            $config
+                .with_transforms(k)
                 .with_hidden(s.hidden.clone())
                 .with_context_dim(context_dim)
                 .with_activation(s.activation)
                 .with_batch_norm(s.batch_norm)
-                .with_iaf(f.name == "iaf")
-                .with_lu(s.lu || f.name == "nsf")
                 .with_residual_blocks(s.residual_blocks)
                 .with_dropout(s.dropout)
-                .with_seed(s.seed);
-            if f.name == "nsf" {
-                c = c.with_transformer(spline);
-            }
-            if let Some(k) = k {
-                c = c.with_transforms(k);
-            }
-            c.flow_config()
-        }
+                .with_transformer(transformer)
+                .with_seed(s.seed)
+        };
+    }
+    Ok(match f.name {
+        "maf" | "iaf" | "nsf" => shared!(MafConfig::new(dim)).with_iaf(f.name == "iaf").with_lu(s.lu || f.name == "nsf").flow_config(),
         "realnvp" | "nice" | "nsf-coupling" => {
             if dim < 2 {
                 return Err(FlowError::InvalidConfig(format!(
@@ -384,29 +384,13 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
                     f.name
                 )));
             }
-            let mut c = RealNvpConfig::new(dim)
-                .with_hidden(s.hidden.clone())
-                .with_context_dim(context_dim)
-                .with_activation(s.activation)
-                .with_batch_norm(s.batch_norm)
-                .with_additive(f.name == "nice")
-                .with_lu(s.lu || f.name == "nsf-coupling")
-                .with_residual_blocks(s.residual_blocks)
-                .with_dropout(s.dropout)
-                .with_seed(s.seed);
-            if f.name == "nsf-coupling" {
-                c = c.with_transformer(spline);
-            }
-            if let Some(k) = k {
-                c = c.with_transforms(k);
-            }
-            c.flow_config()
+            shared!(RealNvpConfig::new(dim)).with_additive(f.name == "nice").with_lu(s.lu || f.name == "nsf-coupling").flow_config()
         }
         _ => {
             if context_dim > 0 {
                 return Err(FlowError::InvalidConfig("planar layers are unconditional: fit without context columns".into()));
             }
-            FlowConfig::new(dim, vec![LayerConfig::Planar(PlanarConfig::new(dim)); k.unwrap_or(f.default_transforms)]).with_seed(s.seed)
+            FlowConfig::new(dim, vec![LayerConfig::Planar(PlanarConfig::new(dim)); k]).with_seed(s.seed)
         }
     })
 }

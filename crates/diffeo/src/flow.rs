@@ -12,7 +12,7 @@ use crate::bijections::{
 };
 use crate::distributions::{Base, BaseConfig, BaseKind};
 use crate::error::{Direction, FlowError, Result};
-use crate::nn::{Activation, Mlp, MlpConfig};
+use crate::nn::{Activation, Mlp, MlpConfig, NetworkConfig};
 use crate::tensor::{check_finite, dims2, repeat_rows, vector};
 
 pub use crate::families::{iaf, maf, nice, nsf, nsf_coupling, realnvp, MafConfig, RealNvpConfig};
@@ -162,7 +162,7 @@ impl FlowConfig {
     }
 
     fn embedding_network(&self, e: &EmbeddingConfig) -> MlpConfig {
-        MlpConfig::new(self.context_dim, e.hidden.clone(), e.output_dim).with_activation(e.activation).with_seed(self.seed ^ EMBEDDING_SEED)
+        MlpConfig::new(self.context_dim, NetworkConfig::new(e.hidden.clone()).with_activation(e.activation), e.output_dim).with_seed(self.seed ^ EMBEDDING_SEED)
     }
 
     /// Trainable parameters, computed from the configuration (before building anything).
@@ -314,25 +314,10 @@ impl Flow {
     }
 
     fn check_context(&self, context: Option<&Tensor<2>>, rows: Option<usize>) -> Result<()> {
-        match (self.context_dim(), context) {
-            (0, None) => Ok(()),
-            (0, Some(c)) => Err(FlowError::UnexpectedContext { got: dims2(c).1 }),
-            (k, None) => Err(FlowError::MissingContext { expected: k }),
-            (k, Some(c)) => {
-                let (cn, cd) = dims2(c);
-                if cd != k {
-                    return Err(FlowError::DimensionMismatch { what: "context".into(), expected: k, got: cd });
-                }
-                if let Some(n) = rows {
-                    if cn != n {
-                        return Err(FlowError::RowMismatch { data_rows: n, context_rows: cn });
-                    }
-                }
-                if cn == 0 {
-                    return Err(FlowError::Empty { what: "context".into() });
-                }
-                check_finite(c, "context")
-            }
+        crate::event::check_context_shape(self.context_dim(), context.map(dims2), rows, "context", false)?;
+        match context {
+            Some(c) => check_finite(c, "context"),
+            None => Ok(()),
         }
     }
 

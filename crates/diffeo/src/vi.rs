@@ -165,23 +165,12 @@ impl StandardTarget {
     }
 }
 
-/// Lower Cholesky factor of a row-major SPD matrix.
+/// Lower Cholesky factor of a row-major symmetric positive-definite matrix.
 fn cholesky(a: &[f64], d: usize) -> Result<Vec<f64>> {
-    let mut l = vec![0.0; d * d];
-    for i in 0..d {
-        for j in 0..=i {
-            let s: f64 = a[i * d + j] - (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum::<f64>();
-            if i == j {
-                if s.is_nan() || s <= 0.0 || (a[i * d + j] - a[j * d + i]).abs() > 1e-9 * a[i * d + j].abs().max(1.0) {
-                    return Err(FlowError::InvalidConfig("the covariance must be symmetric positive definite".into()));
-                }
-                l[i * d + i] = s.sqrt();
-            } else {
-                l[i * d + j] = s / l[j * d + j];
-            }
-        }
-    }
-    Ok(l)
+    let symmetric = (0..d).all(|i| (0..i).all(|j| (a[i * d + j] - a[j * d + i]).abs() <= 1e-9 * a[i * d + j].abs().max(1.0)));
+    crate::datasets::cholesky(a, d)
+        .filter(|_| symmetric)
+        .ok_or_else(|| FlowError::InvalidConfig("the covariance must be symmetric positive definite".into()))
 }
 
 /// `log(e^a + e^b)`, stable.

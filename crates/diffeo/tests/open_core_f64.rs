@@ -121,6 +121,9 @@ fn multi_scale_chains_factor_features_out_to_the_base() {
     let flow = randomize_parameters(FlowConfig::new(4, layers).with_event(Some(EventShape::image(1, 2, 2))).init(&d).unwrap(), 4, 0.3);
     let mut rng = StdRng::seed_from_u64(1);
     diffeo::testing::check_sample_and_log_prob(&flow, 50, None, &mut rng, 1e-10).unwrap();
+    // A factor-out step cannot be inverted.
+    let inverted = FlowConfig::new(4, vec![made(2, 0), LayerConfig::FactorOut(FactorOutConfig::new(2)).inverted()]);
+    assert!(matches!(inverted.init(&d), Err(FlowError::InvalidConfig(_))));
     // Factoring out part of a channel is refused.
     let bad = FlowConfig::new(8, vec![made(5, 0), LayerConfig::FactorOut(FactorOutConfig::new(3))])
         .with_event(Some(EventShape::image(2, 2, 2)));

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Bijection, Call, ConditionerConfig, Conditioner, Cost, Directions, LayerSpec, Mapped};
 use crate::error::{FlowError, Result};
-use crate::nn::{Activation, Made};
+use crate::nn::Made;
 use crate::tensor::{dims2, indices, sum_rows};
 use crate::transformer::Transformer;
 
@@ -53,46 +53,11 @@ impl MaskedAutoregressiveConfig {
         }
     }
 
-    /// Conditions on a context of width `context_dim`.
-    pub fn with_context_dim(mut self, context_dim: usize) -> Self {
-        self.context_dim = context_dim;
-        self
-    }
+    super::conditioner::conditioned_layer_builders!();
 
     /// Sets the autoregressive order (a permutation of 1..=D).
     pub fn with_order(mut self, order: Vec<usize>) -> Self {
         self.order = order;
-        self
-    }
-
-    /// Sets the transformer.
-    pub fn with_transformer(mut self, transformer: Transformer) -> Self {
-        self.transformer = transformer;
-        self
-    }
-
-    /// Sets the hidden nonlinearity.
-    pub fn with_activation(mut self, activation: Activation) -> Self {
-        self.conditioner.activation = activation;
-        self
-    }
-
-    /// Residual blocks (ResMADE) with dropout inside.
-    pub fn with_residual_blocks(mut self, blocks: usize, dropout: f64) -> Self {
-        self.conditioner.residual_blocks = blocks;
-        self.conditioner.dropout = dropout;
-        self
-    }
-
-    /// Sets the conditioner network.
-    pub fn with_conditioner(mut self, conditioner: ConditionerConfig) -> Self {
-        self.conditioner = conditioner;
-        self
-    }
-
-    /// Sets the seed of the weights.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
         self
     }
 

@@ -150,7 +150,9 @@ impl ChainConfig {
                     shape.without_last(f.features).map_err(at)?
                 }
                 other => {
-                    let spec = other.spec().expect("registered layers have a description");
+                    let spec = other
+                        .spec()
+                        .ok_or_else(|| at(FlowError::InvalidConfig("a factor-out step cannot be inverted".into())))?;
                     spec.validate().map_err(at)?;
                     let inverted = is_inverted(other);
                     if spec.dim() != shape.size() {

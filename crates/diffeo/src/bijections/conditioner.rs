@@ -2,69 +2,16 @@
 //! the features a layer may depend on (and the context) to the parameters of an elementwise
 //! [`Transformer`](crate::transformer::Transformer). The autoregressive layer uses MADE, whose
 //! outputs for feature `i` see only the features before `i`; the coupling layer an MLP on the
-//! features it keeps. Both share one configuration of the network, [`ConditionerConfig`].
+//! features it keeps. Both share one description of the network, [`ConditionerConfig`], and the
+//! same builder methods ([`conditioned_layer_builders`]).
 
 use burn::tensor::Tensor;
-use serde::{Deserialize, Serialize};
 
-use crate::error::{FlowError, Result};
-use crate::nn::{Activation, Made, MadeConfig, Mlp, MlpConfig};
+use crate::nn::{Made, Mlp};
 
 /// The network of a conditioner: hidden widths, nonlinearity, optional residual blocks with
 /// dropout. Serialized flat inside each layer's configuration.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ConditionerConfig {
-    /// Hidden layer widths.
-    pub hidden: Vec<usize>,
-    /// Hidden nonlinearity.
-    #[serde(default)]
-    pub activation: Activation,
-    /// Residual blocks after the first hidden layer (ResMADE / residual MLP; 0: plain). With
-    /// blocks, only `hidden[0]` is used, as the width of every block.
-    #[serde(default)]
-    pub residual_blocks: usize,
-    /// Dropout probability inside the residual blocks (training only).
-    #[serde(default)]
-    pub dropout: f64,
-}
-
-impl ConditionerConfig {
-    /// ReLU network with the given hidden widths, no residual blocks.
-    pub fn new(hidden: Vec<usize>) -> Self {
-        Self { hidden, activation: Activation::Relu, residual_blocks: 0, dropout: 0.0 }
-    }
-
-    /// Checks the settings.
-    pub fn validate(&self) -> Result<()> {
-        if self.hidden.contains(&0) {
-            return Err(FlowError::InvalidConfig("hidden layers must have at least one unit".into()));
-        }
-        crate::nn::validate_residual(&self.hidden, self.residual_blocks, self.dropout)
-    }
-
-    /// Whether the network draws random numbers while training (dropout).
-    pub fn random_in_training(&self) -> bool {
-        self.residual_blocks > 0 && self.dropout > 0.0
-    }
-
-    /// MADE over inputs of degrees `order` with `params_per_dim` outputs each (last layer zero).
-    pub fn made(&self, order: &[usize], context_dim: usize, params_per_dim: usize, seed: u64) -> MadeConfig {
-        MadeConfig::new(order.to_vec(), self.hidden.clone(), params_per_dim)
-            .with_context_dim(context_dim)
-            .with_activation(self.activation)
-            .with_residual_blocks(self.residual_blocks, self.dropout)
-            .with_seed(seed)
-    }
-
-    /// An MLP `d_in → d_out` (last layer zero).
-    pub fn mlp(&self, d_in: usize, d_out: usize, seed: u64) -> MlpConfig {
-        MlpConfig::new(d_in, self.hidden.clone(), d_out)
-            .with_activation(self.activation)
-            .with_zero_last(true)
-            .with_residual_blocks(self.residual_blocks, self.dropout)
-            .with_seed(seed)
-    }
-}
+pub type ConditionerConfig = crate::nn::NetworkConfig;
 
 /// A network producing transformer parameters `[N, P·D_out]` from its input `[N, D_in]` and an
 /// optional context `[N, C]`.
@@ -89,3 +36,47 @@ impl Conditioner for Mlp {
         self.forward(input)
     }
 }
+
+/// The builder methods of a layer configuration with fields `context_dim`, `conditioner`,
+/// `transformer` and `seed` (autoregressive and coupling layers).
+macro_rules! conditioned_layer_builders {
+    () => {
+        /// Conditions on a context of width `context_dim`.
+        pub fn with_context_dim(mut self, context_dim: usize) -> Self {
+            self.context_dim = context_dim;
+            self
+        }
+
+        /// Sets the elementwise transformer.
+        pub fn with_transformer(mut self, transformer: crate::transformer::Transformer) -> Self {
+            self.transformer = transformer;
+            self
+        }
+
+        /// Sets the conditioner's hidden nonlinearity.
+        pub fn with_activation(mut self, activation: crate::nn::Activation) -> Self {
+            self.conditioner.activation = activation;
+            self
+        }
+
+        /// Residual blocks in the conditioner, with dropout inside.
+        pub fn with_residual_blocks(mut self, blocks: usize, dropout: f64) -> Self {
+            self.conditioner.residual_blocks = blocks;
+            self.conditioner.dropout = dropout;
+            self
+        }
+
+        /// Sets the conditioner network.
+        pub fn with_conditioner(mut self, conditioner: crate::bijections::ConditionerConfig) -> Self {
+            self.conditioner = conditioner;
+            self
+        }
+
+        /// Sets the seed of the weights.
+        pub fn with_seed(mut self, seed: u64) -> Self {
+            self.seed = seed;
+            self
+        }
+    };
+}
+pub(crate) use conditioned_layer_builders;

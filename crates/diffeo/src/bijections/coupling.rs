@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Bijection, Call, Conditioner, ConditionerConfig, LayerSpec, Mapped};
 use crate::error::{FlowError, Result};
-use crate::nn::{Activation, Mlp};
+use crate::nn::Mlp;
 use crate::tensor::{indices, sum_rows};
 use crate::transformer::Transformer;
 
@@ -46,48 +46,13 @@ impl CouplingConfig {
         Self::new((0..dim).map(|i| (i < dim.div_ceil(2)) != flip).collect(), hidden)
     }
 
-    /// Conditions on a context of width `context_dim`.
-    pub fn with_context_dim(mut self, context_dim: usize) -> Self {
-        self.context_dim = context_dim;
-        self
-    }
-
-    /// Sets the transformer.
-    pub fn with_transformer(mut self, transformer: Transformer) -> Self {
-        self.transformer = transformer;
-        self
-    }
-
-    /// Sets the hidden nonlinearity.
-    pub fn with_activation(mut self, activation: Activation) -> Self {
-        self.conditioner.activation = activation;
-        self
-    }
-
-    /// Residual blocks with dropout inside.
-    pub fn with_residual_blocks(mut self, blocks: usize, dropout: f64) -> Self {
-        self.conditioner.residual_blocks = blocks;
-        self.conditioner.dropout = dropout;
-        self
-    }
-
-    /// Sets the conditioner network.
-    pub fn with_conditioner(mut self, conditioner: ConditionerConfig) -> Self {
-        self.conditioner = conditioner;
-        self
-    }
-
-    /// Sets the seed of the weights.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
     fn split(&self) -> (Vec<usize>, Vec<usize>) {
         let kept: Vec<usize> = (0..self.dim).filter(|&i| self.mask[i]).collect();
         let changed: Vec<usize> = (0..self.dim).filter(|&i| !self.mask[i]).collect();
         (kept, changed)
     }
+
+    super::conditioner::conditioned_layer_builders!();
 
     /// Builds the layer (last conditioner layer zero: identity start).
     pub fn init(&self, device: &Device) -> Result<Coupling> {

@@ -177,23 +177,14 @@ pub trait Bijection {
     }
 }
 
-/// Checks a batch `[N, dim]` and its context `[N, context_dim]`.
+/// Checks a batch `[N, dim]` and its context `[N, context_dim]` (an unconditional bijection
+/// ignores any context).
 pub fn validate_io(dim: usize, context_dim: usize, x: &Tensor<2>, context: Option<&Tensor<2>>) -> Result<()> {
     let (n, d) = dims2(x);
     if d != dim {
         return Err(FlowError::DimensionMismatch { what: "input".into(), expected: dim, got: d });
     }
-    if context_dim > 0 {
-        let c = context.ok_or(FlowError::MissingContext { expected: context_dim })?;
-        let (cn, cd) = dims2(c);
-        if cd != context_dim {
-            return Err(FlowError::DimensionMismatch { what: "context".into(), expected: context_dim, got: cd });
-        }
-        if cn != n {
-            return Err(FlowError::RowMismatch { data_rows: n, context_rows: cn });
-        }
-    }
-    Ok(())
+    crate::event::check_context_shape(context_dim, context.map(dims2), Some(n), "context", true)
 }
 
 /// The configuration of a layer: what [`LayerConfig`], chains and model files need to know

@@ -219,19 +219,11 @@ impl Dataset {
             return Err(FlowError::Empty { what: what.into() });
         }
         check_finite_values(&self.x.values, self.dim(), what)?;
-        match (context_dim, &self.context) {
-            (0, None) => Ok(()),
-            (0, Some(c)) => Err(FlowError::UnexpectedContext { got: c.cols }),
-            (k, None) => Err(FlowError::MissingContext { expected: k }),
-            (k, Some(c)) => {
-                if c.cols != k {
-                    return Err(FlowError::DimensionMismatch { what: format!("{what} context"), expected: k, got: c.cols });
-                }
-                if c.values.len() != self.len() * k {
-                    return Err(FlowError::RowMismatch { data_rows: self.len(), context_rows: c.values.len() / k });
-                }
-                check_finite_values(&c.values, k, &format!("{what} context"))
-            }
+        let shape = self.context.as_ref().map(|c| (c.values.len() / c.cols.max(1), c.cols));
+        crate::event::check_context_shape(context_dim, shape, Some(self.len()), &format!("{what} context"), false)?;
+        match &self.context {
+            Some(c) => check_finite_values(&c.values, c.cols, &format!("{what} context")),
+            None => Ok(()),
         }
     }
 

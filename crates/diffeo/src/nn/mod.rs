@@ -194,32 +194,29 @@ pub struct Mlp {
     pub activation: Activation,
 }
 
-/// Configuration of an [`Mlp`]: `d_in → hidden… → d_out`, or with residual blocks
-/// `d_in → H → blocks → d_out` (H = `hidden[0]`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct MlpConfig {
-    /// Input width.
-    pub d_in: usize,
-    /// Hidden widths (with residual blocks only the first is used).
+/// The shape of a feed-forward network: hidden widths, nonlinearity, and optional residual blocks
+/// (of width `hidden[0]`, after the first layer) with dropout inside. Shared by [`MlpConfig`] and
+/// [`MadeConfig`], and by every conditioner (serialized flat inside a layer's configuration).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// Hidden layer widths.
     pub hidden: Vec<usize>,
-    /// Output width.
-    pub d_out: usize,
-    /// Nonlinearity.
+    /// Hidden nonlinearity.
+    #[serde(default)]
     pub activation: Activation,
-    /// Zero last layer (a conditioner's identity start).
-    pub zero_last: bool,
-    /// Residual blocks after the first layer (0: a plain MLP).
+    /// Residual blocks after the first hidden layer (0: plain). With blocks, only `hidden[0]` is
+    /// used, as the width of every block.
+    #[serde(default)]
     pub residual_blocks: usize,
-    /// Dropout inside the residual blocks.
+    /// Dropout probability inside the residual blocks (training only).
+    #[serde(default)]
     pub dropout: f64,
-    /// Seed of the weights.
-    pub seed: u64,
 }
 
-impl MlpConfig {
-    /// A plain ReLU MLP with a uniformly initialised last layer.
-    pub fn new(d_in: usize, hidden: Vec<usize>, d_out: usize) -> Self {
-        Self { d_in, hidden, d_out, activation: Activation::Relu, zero_last: false, residual_blocks: 0, dropout: 0.0, seed: 0 }
+impl NetworkConfig {
+    /// A ReLU network with the given hidden widths, no residual blocks.
+    pub fn new(hidden: Vec<usize>) -> Self {
+        Self { hidden, activation: Activation::Relu, residual_blocks: 0, dropout: 0.0 }
     }
 
     /// Sets the nonlinearity.
@@ -228,16 +225,67 @@ impl MlpConfig {
         self
     }
 
-    /// Starts the last layer at zero.
-    pub fn with_zero_last(mut self, zero_last: bool) -> Self {
-        self.zero_last = zero_last;
-        self
-    }
-
     /// Residual blocks (width `hidden[0]`) with dropout inside.
     pub fn with_residual_blocks(mut self, blocks: usize, dropout: f64) -> Self {
         self.residual_blocks = blocks;
         self.dropout = dropout;
+        self
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        if self.hidden.contains(&0) {
+            return Err(crate::error::FlowError::InvalidConfig("hidden layers must have at least one unit".into()));
+        }
+        validate_residual(&self.hidden, self.residual_blocks, self.dropout)
+    }
+
+    /// Whether the network draws random numbers while training (dropout).
+    pub fn random_in_training(&self) -> bool {
+        self.residual_blocks > 0 && self.dropout > 0.0
+    }
+
+    /// The hidden widths used (with residual blocks, the first only).
+    fn hidden_used(&self) -> &[usize] {
+        if self.residual_blocks > 0 { &self.hidden[..1.min(self.hidden.len())] } else { &self.hidden }
+    }
+
+    /// MADE with this shape over inputs of degrees `order` with `params_per_dim` outputs each.
+    pub fn made(&self, order: &[usize], context_dim: usize, params_per_dim: usize, seed: u64) -> MadeConfig {
+        MadeConfig::new(order.to_vec(), self.clone(), params_per_dim).with_context_dim(context_dim).with_seed(seed)
+    }
+
+    /// An MLP with this shape `d_in → d_out`, last layer zero (a conditioner's identity start).
+    pub fn mlp(&self, d_in: usize, d_out: usize, seed: u64) -> MlpConfig {
+        MlpConfig::new(d_in, self.clone(), d_out).with_zero_last(true).with_seed(seed)
+    }
+}
+
+/// Configuration of an [`Mlp`]: `d_in → hidden… → d_out`, or with residual blocks
+/// `d_in → H → blocks → d_out` (H = `hidden[0]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlpConfig {
+    /// Input width.
+    pub d_in: usize,
+    /// Hidden widths, nonlinearity, residual blocks.
+    pub network: NetworkConfig,
+    /// Output width.
+    pub d_out: usize,
+    /// Zero last layer (a conditioner's identity start).
+    pub zero_last: bool,
+    /// Seed of the weights.
+    pub seed: u64,
+}
+
+impl MlpConfig {
+    /// An MLP of the given shape with a uniformly initialised last layer.
+    pub fn new(d_in: usize, network: NetworkConfig, d_out: usize) -> Self {
+        Self { d_in, network, d_out, zero_last: false, seed: 0 }
+    }
+
+    /// Starts the last layer at zero.
+    pub fn with_zero_last(mut self, zero_last: bool) -> Self {
+        self.zero_last = zero_last;
         self
     }
 
@@ -249,20 +297,21 @@ impl MlpConfig {
 
     /// Checks the settings.
     pub fn validate(&self) -> crate::error::Result<()> {
-        if self.d_in == 0 || self.d_out == 0 || self.hidden.contains(&0) {
+        if self.d_in == 0 || self.d_out == 0 {
             return Err(crate::error::FlowError::InvalidConfig("network widths must be positive".into()));
         }
-        validate_residual(&self.hidden, self.residual_blocks, self.dropout)
+        self.network.validate()
     }
 
     /// Trainable parameters.
     pub fn parameter_count(&self) -> usize {
-        if self.residual_blocks > 0 {
-            let h = self.hidden[0];
-            (self.d_in + 1) * h + self.residual_blocks * 2 * (h + 1) * h + (h + 1) * self.d_out
+        let net = &self.network;
+        if net.residual_blocks > 0 {
+            let h = net.hidden[0];
+            (self.d_in + 1) * h + net.residual_blocks * 2 * (h + 1) * h + (h + 1) * self.d_out
         } else {
             let mut sizes = vec![self.d_in];
-            sizes.extend(&self.hidden);
+            sizes.extend(&net.hidden);
             sizes.push(self.d_out);
             sizes.windows(2).map(|w| (w[0] + 1) * w[1]).sum()
         }
@@ -271,17 +320,17 @@ impl MlpConfig {
     /// Builds the network (the last layer zero when `zero_last`; always zero with residual blocks).
     pub fn init(&self, device: &Device) -> crate::error::Result<Mlp> {
         self.validate()?;
+        let net = &self.network;
         let rng = &mut StdRng::seed_from_u64(self.seed);
-        if self.residual_blocks > 0 {
-            let width = self.hidden[0];
+        if net.residual_blocks > 0 {
+            let width = net.hidden[0];
             let first = Dense::new(self.d_in, width, Init::Uniform, rng, device);
-            let residual =
-                ResidualBlocks::new(self.residual_blocks, &vec![1.0; width * width], width, self.dropout, self.activation, rng, device);
+            let residual = ResidualBlocks::new(net.residual_blocks, &vec![1.0; width * width], width, net.dropout, net.activation, rng, device);
             let last = Dense::new(width, self.d_out, Init::Zeros, rng, device);
-            return Ok(Mlp { layers: vec![first, last], residual: Some(residual), activation: self.activation });
+            return Ok(Mlp { layers: vec![first, last], residual: Some(residual), activation: net.activation });
         }
         let mut sizes = vec![self.d_in];
-        sizes.extend_from_slice(&self.hidden);
+        sizes.extend_from_slice(&net.hidden);
         sizes.push(self.d_out);
         let n = sizes.len() - 1;
         let layers = (0..n)
@@ -290,7 +339,7 @@ impl MlpConfig {
                 Dense::new(sizes[i], sizes[i + 1], init, rng, device)
             })
             .collect();
-        Ok(Mlp { layers, residual: None, activation: self.activation })
+        Ok(Mlp { layers, residual: None, activation: net.activation })
     }
 }
 
@@ -390,44 +439,26 @@ pub struct Made {
 pub struct MadeConfig {
     /// Degrees of the inputs: `order[i]` ∈ 1..=D is the position of feature `i`.
     pub order: Vec<usize>,
-    /// Context width (0: unconditional).
-    pub context_dim: usize,
-    /// Hidden widths (with residual blocks only the first is used).
-    pub hidden: Vec<usize>,
+    /// Hidden widths, nonlinearity, masked residual blocks (ResMADE).
+    pub network: NetworkConfig,
     /// Outputs per input.
     pub params_per_dim: usize,
-    /// Nonlinearity.
-    pub activation: Activation,
-    /// Masked residual blocks after the first hidden layer (ResMADE; 0: plain MADE).
-    pub residual_blocks: usize,
-    /// Dropout inside the residual blocks.
-    pub dropout: f64,
+    /// Context width (0: unconditional).
+    pub context_dim: usize,
     /// Seed of the weights.
     pub seed: u64,
 }
 
 impl MadeConfig {
-    /// MADE for inputs of degrees `order` with `params_per_dim` outputs each, ReLU, unconditional.
-    pub fn new(order: Vec<usize>, hidden: Vec<usize>, params_per_dim: usize) -> Self {
-        Self { order, context_dim: 0, hidden, params_per_dim, activation: Activation::Relu, residual_blocks: 0, dropout: 0.0, seed: 0 }
+    /// MADE of the given shape for inputs of degrees `order` with `params_per_dim` outputs each,
+    /// unconditional.
+    pub fn new(order: Vec<usize>, network: NetworkConfig, params_per_dim: usize) -> Self {
+        Self { order, network, params_per_dim, context_dim: 0, seed: 0 }
     }
 
     /// Conditions on a context of width `context_dim`.
     pub fn with_context_dim(mut self, context_dim: usize) -> Self {
         self.context_dim = context_dim;
-        self
-    }
-
-    /// Sets the nonlinearity.
-    pub fn with_activation(mut self, activation: Activation) -> Self {
-        self.activation = activation;
-        self
-    }
-
-    /// Residual blocks (width `hidden[0]`) with dropout inside (ResMADE).
-    pub fn with_residual_blocks(mut self, blocks: usize, dropout: f64) -> Self {
-        self.residual_blocks = blocks;
-        self.dropout = dropout;
         self
     }
 
@@ -437,33 +468,30 @@ impl MadeConfig {
         self
     }
 
-    fn hidden_used(&self) -> &[usize] {
-        if self.residual_blocks > 0 { &self.hidden[..1.min(self.hidden.len())] } else { &self.hidden }
-    }
-
     /// Trainable parameters.
     pub fn parameter_count(&self) -> usize {
         let d = self.order.len();
-        let hidden = self.hidden_used();
+        let hidden = self.network.hidden_used();
         let mut sizes = vec![d];
         sizes.extend(hidden);
         sizes.push(self.params_per_dim * d);
         let dense: usize = sizes.windows(2).map(|w| (w[0] + 1) * w[1]).sum();
         let context = self.context_dim * sizes[1];
-        let blocks = hidden.first().map_or(0, |h| self.residual_blocks * 2 * (h + 1) * h);
+        let blocks = hidden.first().map_or(0, |h| self.network.residual_blocks * 2 * (h + 1) * h);
         dense + context + blocks
     }
 
     /// Builds MADE with a zero last layer (identity start).
     pub fn init(&self, device: &Device) -> crate::error::Result<Made> {
-        validate_residual(&self.hidden, self.residual_blocks, self.dropout)?;
-        if self.order.is_empty() || self.params_per_dim == 0 || self.hidden.contains(&0) {
-            return Err(crate::error::FlowError::InvalidConfig("MADE needs inputs, outputs and positive widths".into()));
+        self.network.validate()?;
+        if self.order.is_empty() || self.params_per_dim == 0 {
+            return Err(crate::error::FlowError::InvalidConfig("MADE needs inputs and outputs".into()));
         }
         let rng = &mut StdRng::seed_from_u64(self.seed);
-        let (order, context_dim, params_per_dim, activation) = (&self.order[..], self.context_dim, self.params_per_dim, self.activation);
-        let (blocks, dropout) = (self.residual_blocks, self.dropout);
-        let hidden = self.hidden_used();
+        let net = &self.network;
+        let (order, context_dim, params_per_dim, activation) = (&self.order[..], self.context_dim, self.params_per_dim, net.activation);
+        let (blocks, dropout) = (net.residual_blocks, net.dropout);
+        let hidden = net.hidden_used();
         let d = order.len();
         let mut degrees: Vec<Vec<usize>> = vec![order.to_vec()];
         for &h in hidden {
