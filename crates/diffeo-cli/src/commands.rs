@@ -170,14 +170,11 @@ pub fn fit(a: FitArgs) -> Result<()> {
         lib(diffeo::data::check_output(p, &["csv"]))?;
     }
     let req = request(&a);
-    let planned = if req.train.epochs.is_some() || req.train.steps > 0 { None } else { Some(usize::MAX) };
+    // The progress display starts with the first step, which knows the planned total.
     let mut progress: Option<Progress> = None;
     let mut observer = |e: &FitEvent| {
         let p = progress.get_or_insert_with(|| {
-            let total = match e {
-                FitEvent::Step { total, .. } => *total,
-                _ => planned.unwrap_or(0),
-            };
+            let total = if let FitEvent::Step { total, .. } = e { *total } else { usize::MAX };
             let mut p = Progress::new(total, a.quiet, a.eval_every as usize);
             p.budget = a.time_budget;
             p
@@ -241,8 +238,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if n_bad > 0 {
         eprintln!("warning: {n_bad} row(s) have zero density under the model (log-likelihood −inf)");
     }
+    let estimated = m.flow.log_det(diffeo::bijections::Mode::Evaluation) == diffeo::bijections::LogDet::Estimated;
+    if estimated && !a.json {
+        eprintln!("note: this model's log-determinants are unbiased stochastic estimates; so is each log-density");
+    }
     if a.json {
-        let mut o = json!({"log_likelihood": mean, "stderr": se, "n": ll.len(), "dim": m.flow.dim(), "dropped": dropped});
+        let log_det = if estimated { "estimated" } else { "exact" };
+        let mut o = json!({"log_likelihood": mean, "stderr": se, "n": ll.len(), "dim": m.flow.dim(), "dropped": dropped, "log_det": log_det});
         if let Some((b, s)) = bpd {
             o["bits_per_dim"] = json!(b);
             o["bits_per_dim_stderr"] = json!(s);
@@ -322,6 +324,7 @@ pub fn info(a: InfoArgs) -> Result<()> {
             "layers": layers,
             "base": format!("{:?}", flow.config().base),
             "event": flow.event().to_string(),
+            "log_det": format!("{:?}", flow.log_det(diffeo::bijections::Mode::Evaluation)).to_lowercase(),
             "columns": inputs.columns,
             "context_columns": inputs.context_columns,
             "column_names": inputs.column_names,
@@ -349,6 +352,7 @@ pub fn info(a: InfoArgs) -> Result<()> {
     println!("layers:       {} ({})", layers.len(), layers.join(", "));
     println!("density:      {}", dirs.inverse.describe());
     println!("sampling:     {}", dirs.forward.describe());
+    println!("log-dets:     {}", format!("{:?}", flow.log_det(diffeo::bijections::Mode::Evaluation)).to_lowercase());
     let mut pre = Vec::new();
     if inputs.dequantize {
         pre.push("uniform dequantization".to_string());

@@ -165,7 +165,8 @@ impl FlowConfig {
         MlpConfig::new(self.context_dim, NetworkConfig::new(e.hidden.clone()).with_activation(e.activation), e.output_dim).with_seed(self.seed ^ EMBEDDING_SEED)
     }
 
-    /// Trainable parameters, computed from the configuration (before building anything).
+    /// Parameters stored with the weights, computed from the configuration (before building
+    /// anything).
     pub fn parameter_count(&self) -> usize {
         let layers: usize = self.layers.iter().filter_map(LayerConfig::spec).map(|s| s.parameter_count()).sum();
         let embedding = self.embedding.as_ref().map_or(0, |e| self.embedding_network(e).parameter_count());

@@ -104,6 +104,12 @@ fn multi_scale_chains_factor_features_out_to_the_base() {
     let c = chain(EventShape::image(1, 2, 2), layers.clone(), 3);
     check(&c, &HarnessConfig::default());
     check(&c, &HarnessConfig { jacobian: JacobianReference::Autodiff, logdet_tol: 1e-10, ..HarnessConfig::default() });
+    // With a context for the inner layer (squeeze and factor-out pass it through).
+    let mut conditional = layers.clone();
+    conditional[0] = made(2, 3);
+    let cc = chain(EventShape::image(1, 2, 2), conditional, 6);
+    assert_eq!(cc.context_dim(), 3);
+    check(&cc, &HarnessConfig::default());
     // The parts set aside go to the base unchanged: the last two base features are the last two
     // channels of the squeezed, coupled event; the first two went through the inner layer.
     let d = device();

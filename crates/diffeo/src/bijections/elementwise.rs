@@ -1,5 +1,5 @@
-//! Fixed and learnable elementwise bijections: exp, softplus, sigmoid, tanh, a scaled sigmoid
-//! onto a box, and a learnable diagonal affine map.
+//! Fixed elementwise bijections: exp, softplus, sigmoid, tanh, a scaled sigmoid onto a box, and
+//! a fixed affine map (a stored standardization).
 //!
 //! Inputs outside a map's domain (e.g. `y ≤ 0` for the inverse of `exp`) are replaced by safe
 //! values *before* any arithmetic, and their log-determinant is set to −∞, so densities of

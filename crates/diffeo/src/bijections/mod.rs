@@ -202,7 +202,8 @@ pub trait LayerSpec {
         0
     }
 
-    /// Trainable parameters, computed from the settings (memory estimates before building).
+    /// Parameters stored with the weights (trainable ones and running statistics), computed from
+    /// the settings: memory estimates before anything is built.
     fn parameter_count(&self) -> usize {
         0
     }
