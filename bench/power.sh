@@ -17,6 +17,6 @@ mkdir -p bench/results
 cargo build -q -p diffeo-cli
 target="${CARGO_TARGET_DIR:-target}"
 "$target/debug/diffeo" fit --data builtin:power --data-root "$root" --flow "$flow" \
-  --transforms 5 --hidden 128,128 --batch 512 --lr 1e-3 --schedule cosine --steps 10000000 \
+  --transforms 5 --hidden 128,128 --batch 512 --lr 1e-3 --schedule cosine \
   --time-budget "$budget" --eval-every "${EVAL_EVERY:-2000}" --test builtin:power:test --curve "$out.csv" \
   --plot-loss "$out-loss.png" --out "$out.dfo" "$@" 2>&1 | tee "$out.log"
