@@ -93,16 +93,16 @@ pub fn device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(cpu()),
         "cpu-f64" => cpu_f64(),
-        cuda if cuda == "cuda" || cuda.starts_with("cuda:") => {
-            let index: usize = cuda
+        gpu if gpu == "cuda" || gpu.starts_with("cuda:") => {
+            let index: usize = gpu
                 .strip_prefix("cuda:")
                 .map_or(Ok(0), str::parse)
-                .map_err(|_| FlowError::InvalidConfig(format!("bad CUDA device index in {cuda:?}")))?;
+                .map_err(|_| FlowError::InvalidConfig(format!("bad CUDA device index in {gpu:?}")))?;
             #[cfg(feature = "cuda")]
             return Ok(cuda(index));
             #[cfg(not(feature = "cuda"))]
             Err(FlowError::InvalidConfig(format!(
-                "device {cuda}: this build has no CUDA support (build with --features cuda); device index {index}"
+                "device {gpu}: this build has no CUDA support (build with --features cuda); device index {index}"
             )))
         }
         other => Err(FlowError::InvalidConfig(format!("expected a device cpu, cuda or cuda:N, got {other:?}"))),
