@@ -163,7 +163,7 @@ fn bad_inputs_are_typed_errors() {
     ] {
         assert!(matches!(fit(plain.clone(), &ok, None, &bad_cfg, &mut quiet), Err(FlowError::InvalidConfig(_))));
     }
-    // Invalid architectures are errors from try_init.
+    // Invalid architectures are errors from init.
     assert!(RealNvpConfig::new(1).flow_config().init(&device).is_err());
     let mut cfg = maf(3, 1, vec![4]).flow_config();
     if let LayerConfig::MaskedAutoregressive(m) = &mut cfg.layers[0] {
