@@ -49,9 +49,14 @@ impl ModulePath {
     }
 }
 
+/// A stored tensor: name, shape, type and little-endian bytes.
+type Stored = (String, Vec<usize>, Dtype, Vec<u8>);
+
 struct Collect {
     path: ModulePath,
-    tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)>,
+    /// Whether to read the values (not only the names and shapes).
+    read_data: bool,
+    tensors: Vec<Stored>,
     error: Option<String>,
 }
 
@@ -67,6 +72,10 @@ impl ModuleVisitor for Collect {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let t = param.val();
         let shape = t.dims().to_vec();
+        if !self.read_data {
+            self.tensors.push((self.path.current(), shape, Dtype::F32, Vec::new()));
+            return;
+        }
         let is_f64 = matches!(t.dtype(), DType::F64);
         let result = if is_f64 {
             t.try_into_vec_as::<f64>().map(|v| (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
@@ -156,12 +165,21 @@ fn chain_entries(config: &FlowConfig) -> Vec<usize> {
         .collect()
 }
 
+/// A flow's parameters under their stored names, in the order the flow visits them (values read
+/// only with `read_data`).
+fn collect(flow: &Flow, read_data: bool) -> Result<Vec<Stored>> {
+    let mut c = Collect { path: ModulePath::default(), read_data, tensors: Vec::new(), error: None };
+    flow.visit(&mut c);
+    if let Some(e) = c.error {
+        return Err(FlowError::Backend(e));
+    }
+    let rename = chain_entries(flow.config());
+    Ok(c.tensors.into_iter().map(|(p, shape, dt, bytes)| (public_name(&p, &rename), shape, dt, bytes)).collect())
+}
+
 /// The stored names of a flow's parameters, in the order the flow visits them.
 pub fn tensor_names(flow: &Flow) -> Vec<String> {
-    let mut c = Collect { path: ModulePath::default(), tensors: Vec::new(), error: None };
-    flow.visit(&mut c);
-    let rename = chain_entries(flow.config());
-    c.tensors.iter().map(|(p, ..)| public_name(p, &rename)).collect()
+    collect(flow, false).map(|t| t.into_iter().map(|(name, ..)| name).collect()).unwrap_or_default()
 }
 
 /// FNV-1a, 64 bit.
@@ -211,14 +229,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Serialises a flow (weights + architecture + `extra` metadata) to bytes, in the current format
 /// version. A flow with non-finite weights is refused, so no NaN model is ever written.
 pub fn to_bytes(flow: &Flow, extra: &BTreeMap<String, String>) -> Result<Vec<u8>> {
-    let mut c = Collect { path: ModulePath::default(), tensors: Vec::new(), error: None };
-    flow.visit(&mut c);
-    if let Some(e) = c.error {
-        return Err(FlowError::Backend(e));
-    }
-    let rename = chain_entries(flow.config());
-    let mut tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> =
-        c.tensors.into_iter().map(|(p, shape, dt, bytes)| (public_name(&p, &rename), shape, dt, bytes)).collect();
+    let mut tensors = collect(flow, true)?;
     if let Some((name, ..)) = tensors.iter().find(|(_, _, dt, bytes)| match dt {
         Dtype::F64 => bytes.chunks_exact(8).any(|b| !f64::from_le_bytes(b.try_into().expect("8 bytes")).is_finite()),
         _ => bytes.chunks_exact(4).any(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
