@@ -114,7 +114,7 @@ pub fn plot(a: PlotArgs) -> Result<()> {
         bail!("plot takes one context row (comma-separated values)");
     }
     let data = match &a.data {
-        Some(spec) => Some(lib(pipeline::model_inputs(&m, spec, a.data_root.as_deref(), a.seed))?.x.values),
+        Some(spec) => Some(lib(pipeline::model_inputs(&m, spec, a.data_root.as_deref(), true, a.seed))?.0.x.values),
         None => None,
     };
     if m.flow.directions().forward == Cost::Unavailable {

@@ -59,14 +59,6 @@ impl EventShape {
         }
     }
 
-    /// `(C, H, W)` of an image event.
-    pub fn image_dims(&self) -> Option<(usize, usize, usize)> {
-        match *self {
-            EventShape::Image { channels, height, width } => Some((channels, height, width)),
-            EventShape::Flat(_) => None,
-        }
-    }
-
     /// The same kind of shape with `features` fewer features at the end: for an image, whole
     /// channels (the last `features / (H·W)`); for a vector, the last `features`.
     pub fn without_last(&self, features: usize) -> Result<Self> {
@@ -83,17 +75,6 @@ impl EventShape {
         }
     }
 
-    /// The same kind of shape with `features` more features at the end (whole channels for an
-    /// image): the inverse of [`without_last`](Self::without_last).
-    pub fn with_more(&self, features: usize) -> Result<Self> {
-        match *self {
-            EventShape::Flat(d) => Ok(EventShape::Flat(d + features)),
-            EventShape::Image { channels, height, width } if features % (height * width) == 0 => {
-                Ok(EventShape::image(channels + features / (height * width), height, width))
-            }
-            _ => Err(FlowError::InvalidConfig(format!("{features} features are not whole channels of an image of shape {self}"))),
-        }
-    }
 }
 
 impl std::fmt::Display for EventShape {
@@ -210,7 +191,8 @@ impl Call {
         self
     }
 
-    /// Conditions on `context` when given.
+    /// Conditions on `context` when given (and on none otherwise; the mode, tolerance and random
+    /// source stay).
     pub fn with_optional_context(mut self, context: Option<Tensor<2>>) -> Self {
         self.context = context;
         self
@@ -237,13 +219,6 @@ impl Call {
     /// The context `[N, C]`, if any.
     pub fn context(&self) -> Option<&Tensor<2>> {
         self.context.as_ref()
-    }
-
-    /// The same call (mode, tolerance, random source) with another context, e.g. the output of
-    /// a context embedding.
-    pub fn replace_context(mut self, context: Option<Tensor<2>>) -> Self {
-        self.context = context;
-        self
     }
 
     /// Draws from the random source.

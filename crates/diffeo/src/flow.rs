@@ -203,7 +203,7 @@ impl FlowConfig {
                 return Err(FlowError::InvalidConfig("embedding widths must be positive".into()));
             }
         }
-        self.chain().event_shapes()?;
+        self.chain().base_event()?;
         let cc = self.conditioner_context_dim();
         for (i, l) in self.layers.iter().enumerate() {
             let Some(spec) = l.spec() else { continue };
@@ -337,7 +337,7 @@ impl Flow {
     /// The call the transform sees: the flow's context embedded.
     fn inner_call(&self, call: Call) -> Call {
         let embedded = self.embed(call.context());
-        call.replace_context(embedded)
+        call.with_optional_context(embedded)
     }
 
     /// `T⁻¹(x; c)` and `log|det J_{T⁻¹}|` (data → base), context embedding included, inputs

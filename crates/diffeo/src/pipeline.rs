@@ -359,9 +359,7 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
 /// Per-row log-likelihoods of a data source under a model (its columns and preprocessing, the
 /// dequantization noise seeded by `seed`), and the number of rows dropped as non-finite.
 pub fn log_likelihoods(model: &Model, data: &str, root: Option<&Path>, drop_nonfinite: bool, seed: u64) -> Result<(Vec<f64>, usize)> {
-    let table = read_source(data, Split::Test, root)?;
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (set, dropped) = model.meta.inputs.inputs(&table, drop_nonfinite, &mut rng)?;
+    let (set, dropped) = model_inputs(model, data, root, drop_nonfinite, seed)?;
     if model.flow.directions().inverse == Cost::Unavailable {
         return Err(FlowError::InvalidConfig(format!(
             "this {} model has no inverse, so it cannot evaluate densities of data",
@@ -371,11 +369,12 @@ pub fn log_likelihoods(model: &Model, data: &str, root: Option<&Path>, drop_nonf
     Ok((crate::fit::log_likelihoods(&model.flow, &set)?, dropped))
 }
 
-/// The inputs of a data source as a model sees them (rows with non-finite values dropped).
-pub fn model_inputs(model: &Model, data: &str, root: Option<&Path>, seed: u64) -> Result<Dataset> {
+/// The inputs of a data source (its test split by default) as a model sees them — its columns
+/// and preprocessing, dequantization noise seeded by `seed` — and the rows dropped as non-finite.
+pub fn model_inputs(model: &Model, data: &str, root: Option<&Path>, drop_nonfinite: bool, seed: u64) -> Result<(Dataset, usize)> {
     let table = read_source(data, Split::Test, root)?;
     let mut rng = StdRng::seed_from_u64(seed);
-    Ok(model.meta.inputs.inputs(&table, true, &mut rng)?.0)
+    model.meta.inputs.inputs(&table, drop_nonfinite, &mut rng)
 }
 
 /// Parses `1.5,2,-3` as one row of numbers.

@@ -351,12 +351,7 @@ fn batch_gradients(
     for part in results {
         let (value, part_metrics, grads) = part?;
         total += value;
-        for (k, v) in part_metrics {
-            match metrics.iter_mut().find(|(name, _)| *name == k) {
-                Some(m) => m.1 += v,
-                None => metrics.push((k, v)),
-            }
-        }
+        add_metrics(&mut metrics, part_metrics);
         sum = Some(match sum {
             None => grads,
             Some(mut acc) => {
@@ -366,6 +361,16 @@ fn batch_gradients(
         });
     }
     Ok((total, metrics, sum.unwrap_or_default()))
+}
+
+/// Adds metrics to running sums, by name.
+fn add_metrics(sums: &mut Vec<(&'static str, f64)>, metrics: Vec<(&'static str, f64)>) {
+    for (k, v) in metrics {
+        match sums.iter_mut().find(|(name, _)| *name == k) {
+            Some(m) => m.1 += v,
+            None => sums.push((k, v)),
+        }
+    }
 }
 
 /// `acc += other`, parameter by parameter.
@@ -511,12 +516,7 @@ pub fn train(
         steps_done = step;
         interval_loss += loss_value;
         interval_count += 1;
-        for (k, v) in metrics {
-            match interval_metrics.iter_mut().find(|(name, _)| *name == k) {
-                Some(m) => m.1 += v,
-                None => interval_metrics.push((k, v)),
-            }
-        }
+        add_metrics(&mut interval_metrics, metrics);
         observer(&FitEvent::Step { step, total: total_reported, loss: loss_value, learning_rate: lr });
 
         let out_of_time = config.time_budget.is_some_and(|b| start.elapsed().as_secs_f64() - paused >= b);

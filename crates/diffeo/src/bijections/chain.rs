@@ -130,17 +130,14 @@ impl ChainConfig {
         self
     }
 
-    /// The event shape at the data side of each entry of `layers` (index `i`: after `T_i`),
-    /// checking every layer's settings and that the shapes fit together, from the data side.
-    /// Returns the shapes and the base-side shape of `T_1`.
-    pub fn event_shapes(&self) -> Result<(Vec<EventShape>, EventShape)> {
+    /// Checks every layer's settings and that the event shapes fit together, walking from the
+    /// data side; returns the shape on the base side of `T_1` (without the factored-out parts).
+    pub fn base_event(&self) -> Result<EventShape> {
         if self.event.size() == 0 {
             return Err(FlowError::InvalidConfig("a flow needs at least one feature".into()));
         }
         let mut shape = self.event;
-        let mut shapes = vec![shape; self.layers.len()];
         for (i, layer) in self.layers.iter().enumerate().rev() {
-            shapes[i] = shape;
             let at = |e: FlowError| FlowError::InvalidConfig(format!("layer {i}: {}", strip_invalid(&e)));
             shape = match layer {
                 LayerConfig::FactorOut(f) => {
@@ -166,12 +163,12 @@ impl ChainConfig {
                 }
             };
         }
-        Ok((shapes, shape))
+        Ok(shape)
     }
 
     /// Builds the chain.
     pub fn init(&self, device: &Device) -> Result<Chain> {
-        let (_, base) = self.event_shapes()?;
+        let base = self.base_event()?;
         let mut layers = Vec::new();
         let mut join = Vec::new();
         let mut pending = 0;
