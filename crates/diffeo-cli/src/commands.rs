@@ -14,10 +14,12 @@ use serde_json::json;
 
 use crate::{CheckArgs, DatasetsArgs, EvalArgs, Failed, FitArgs, InfoArgs, LogProbArgs, SampleArgs};
 
-/// A library error as a command-line error (exit 2), or exit 1 for a diverging fit.
+/// A library error as a command-line error (exit 2), or exit 1 for a diverging fit, a failed
+/// simulation or a sampler that hit its limit.
 pub(crate) fn lib<T>(r: diffeo::Result<T>) -> Result<T> {
     r.map_err(|e| match e {
         e @ diffeo::FlowError::NonFiniteLoss { .. } => Failed(format!("training failed, no model written: {e}")).into(),
+        e @ (diffeo::FlowError::Simulation(_) | diffeo::FlowError::SamplingLimit(_)) => Failed(e.to_string()).into(),
         e => anyhow!("{e}"),
     })
 }
@@ -262,7 +264,14 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 pub fn log_prob(a: LogProbArgs) -> Result<()> {
     lib(diffeo::data::check_output(&a.out, &["npy", "csv"]))?;
     let m = lib(pipeline::load_model(&a.model))?;
-    let (ll, _) = lib(pipeline::log_likelihoods(&m, &a.data.data, a.data.data_root.as_deref(), a.data.drop_nonfinite, a.seed))?;
+    let ll = if m.posterior.is_some() {
+        lib(pipeline::sbi::posterior_log_density(&m, &a.data.data, a.observation.as_deref(), a.data.data_root.as_deref(), a.seed))?
+    } else {
+        if a.observation.is_some() {
+            bail!("--observation goes with posterior models (from diffeo npe); pass a conditional model's context as columns of --data");
+        }
+        lib(pipeline::log_likelihoods(&m, &a.data.data, a.data.data_root.as_deref(), a.data.drop_nonfinite, a.seed))?.0
+    };
     let csv = a.out.extension().is_some_and(|e| e == "csv");
     let header = ["log_prob".to_string()];
     lib(diffeo::data::write_table(&a.out, &ll, 1, csv.then_some(&header[..])))

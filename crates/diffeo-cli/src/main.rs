@@ -12,6 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod commands;
 mod plot;
+mod sbi;
 mod vi;
 
 use std::path::PathBuf;
@@ -47,6 +48,12 @@ enum Command {
     Info(InfoArgs),
     /// List the built-in data sets.
     Datasets(DatasetsArgs),
+    /// Neural posterior estimation: a conditional flow q(θ | x) from simulations or a simulator.
+    Npe(Box<sbi::NpeArgs>),
+    /// Draw samples of a posterior model at an observation (inside the prior's support).
+    Posterior(sbi::PosteriorArgs),
+    /// Simulation-based calibration and expected coverage of a posterior model.
+    Sbc(sbi::SbcArgs),
     /// Time a fixed configuration of the peer benchmark harness; prints one JSON line.
     Bench(bench::BenchArgs),
 }
@@ -275,6 +282,11 @@ pub struct LogProbArgs {
     /// Output file (.npy or .csv), one log density per row.
     #[arg(long)]
     pub out: PathBuf,
+    /// For a posterior model: the observation x (values or a one-row file) every θ row of
+    /// --data is conditioned on (default: the x columns of a file laid out like the
+    /// simulations, else the observation of sequential rounds).
+    #[arg(long, value_name = "VALUES|FILE", allow_hyphen_values = true)]
+    pub observation: Option<String>,
     /// Seed for dequantization noise.
     #[arg(long, default_value = "0")]
     pub seed: u64,
@@ -289,7 +301,7 @@ pub struct SampleArgs {
     #[arg(short, long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub n: u64,
     /// Context: comma-separated values (one row) or a file (n samples per row).
-    #[arg(long, value_name = "FILE|VALUES")]
+    #[arg(long, value_name = "FILE|VALUES", allow_hyphen_values = true)]
     pub context: Option<String>,
     /// Seed.
     #[arg(long, default_value = "0")]
@@ -311,7 +323,7 @@ pub struct PlotArgs {
     #[arg(long, value_name = "DIR")]
     pub data_root: Option<PathBuf>,
     /// Context values for a conditional model (comma-separated).
-    #[arg(long, value_name = "VALUES")]
+    #[arg(long, value_name = "VALUES", allow_hyphen_values = true)]
     pub context: Option<String>,
     /// Samples to draw.
     #[arg(short, long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "5000")]
@@ -380,12 +392,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(a) => commands::check(a),
         Command::Info(a) => commands::info(a),
         Command::Datasets(a) => commands::datasets(a),
+        Command::Npe(a) => sbi::npe(*a),
+        Command::Posterior(a) => sbi::posterior(a),
+        Command::Sbc(a) => sbi::sbc(a),
         Command::Bench(a) => bench::bench(a),
     }
 }
 
+/// The command line, with every option that takes a value accepting a leading minus sign when
+/// the value is a number (`--seed -1` reaches the value check; lists like `--context -0.6,0.1`
+/// take `allow_hyphen_values` on their own options).
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    fn negative(cmd: clap::Command) -> clap::Command {
+        cmd.mut_args(|a| if a.get_action().takes_values() { a.allow_negative_numbers(true) } else { a }).mut_subcommands(negative)
+    }
+    negative(Cli::command())
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    use clap::FromArgMatches;
+    let cli = match command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;

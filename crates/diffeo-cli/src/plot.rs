@@ -349,3 +349,57 @@ pub fn test_curve(points: &[(f64, usize, f64, f64)], out: &Path) -> Result<()> {
         Ok(())
     })
 }
+
+/// SBC rank histogram of one parameter, with the flat line a calibrated posterior gives and its
+/// 99% band (binomial).
+pub fn rank_histogram(ranks: &[usize], samples: usize, bins: usize, name: &str, out: &Path) -> Result<()> {
+    let n = ranks.len();
+    let mut counts = vec![0usize; bins];
+    for &r in ranks {
+        counts[(r * bins / (samples + 1)).min(bins - 1)] += 1;
+    }
+    let expect = n as f64 / bins as f64;
+    let band = 2.576 * (expect * (1.0 - 1.0 / bins as f64)).sqrt();
+    let ymax = (counts.iter().copied().max().unwrap_or(1) as f64).max(expect + band) * 1.1;
+    render(out, (560, 380), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("SBC ranks of {name} ({n} pairs, {samples} samples)"), ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(32)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0.0..samples as f64 + 1.0, 0.0..ymax)
+            .map_err(perr)?;
+        chart.configure_mesh().disable_mesh().x_desc("rank").y_desc("pairs").draw().map_err(perr)?;
+        let w = (samples as f64 + 1.0) / bins as f64;
+        chart
+            .draw_series(
+                (0..bins).map(|b| Rectangle::new([(b as f64 * w, 0.0), ((b + 1) as f64 * w, counts[b] as f64)], DATA_COLOR.mix(0.7).filled())),
+            )
+            .map_err(perr)?;
+        let top = samples as f64 + 1.0;
+        chart
+            .draw_series([Rectangle::new([(0.0, (expect - band).max(0.0)), (top, expect + band)], MODEL_COLOR.mix(0.12).filled())])
+            .map_err(perr)?;
+        chart.draw_series(LineSeries::new([(0.0, expect), (top, expect)], MODEL_COLOR.stroke_width(2))).map_err(perr)?;
+        Ok(())
+    })
+}
+
+/// Expected coverage of HPD regions against the credibility level, with the diagonal.
+pub fn coverage(levels: &[f64], coverage: &[f64], pairs: usize, out: &Path) -> Result<()> {
+    render(out, (480, 480), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("expected coverage ({pairs} pairs)"), ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+            .map_err(perr)?;
+        chart.configure_mesh().x_desc("credibility level").y_desc("empirical coverage").draw().map_err(perr)?;
+        chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.5).stroke_width(1))).map_err(perr)?;
+        let pts: Vec<(f64, f64)> = std::iter::once((0.0, 0.0)).chain(levels.iter().copied().zip(coverage.iter().copied())).chain([(1.0, 1.0)]).collect();
+        chart.draw_series(LineSeries::new(pts.clone(), DATA_COLOR.stroke_width(2))).map_err(perr)?;
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, DATA_COLOR.filled()))).map_err(perr)?;
+        Ok(())
+    })
+}

@@ -133,6 +133,12 @@ pub enum FlowError {
     /// A configuration that would not fit in memory.
     #[error("{0}")]
     TooLarge(String),
+    /// A simulator failed (non-zero exit, wrong output, timeout); the message names the batch.
+    #[error("{0}")]
+    Simulation(String),
+    /// Rejection sampling hit its time or attempt limit.
+    #[error("{0}")]
+    SamplingLimit(String),
     /// The tensor backend failed.
     #[error("tensor backend error: {0}")]
     Backend(String),

@@ -17,7 +17,9 @@ use crate::tensor::{check_finite, dims2, repeat_rows, vector};
 
 pub use crate::families::{iaf, maf, nice, nsf, nsf_coupling, realnvp, MafConfig, RealNvpConfig};
 
-/// An MLP applied to the context before it reaches the conditioners.
+/// A network applied to the context before it reaches the conditioners: an MLP `e(c)`, or — for
+/// a context made of `groups` exchangeable draws `c = (c_1, …, c_G)` — DeepSets,
+/// `e(c) = (1/G) Σ_g φ(c_g)` with an MLP φ (permutation invariant; the conditioners act as ρ).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EmbeddingConfig {
     /// Hidden widths.
@@ -27,6 +29,26 @@ pub struct EmbeddingConfig {
     /// Nonlinearity.
     #[serde(default)]
     pub activation: Activation,
+    /// Exchangeable draws in the context (0 or 1: a plain MLP on the whole context).
+    #[serde(default)]
+    pub groups: usize,
+}
+
+impl EmbeddingConfig {
+    /// An MLP embedding.
+    pub fn mlp(hidden: Vec<usize>, output_dim: usize) -> Self {
+        Self { hidden, output_dim, activation: Activation::Relu, groups: 0 }
+    }
+
+    /// A DeepSets embedding of a context made of `groups` draws.
+    pub fn deep_sets(groups: usize, hidden: Vec<usize>, output_dim: usize) -> Self {
+        Self { hidden, output_dim, activation: Activation::Relu, groups }
+    }
+
+    /// Draws the context is split into (1 for an MLP embedding).
+    pub fn group_count(&self) -> usize {
+        self.groups.max(1)
+    }
 }
 
 /// Per-feature mean and standard deviation of a data set, for standardizing data and context.
@@ -162,7 +184,7 @@ impl FlowConfig {
     }
 
     fn embedding_network(&self, e: &EmbeddingConfig) -> MlpConfig {
-        MlpConfig::new(self.context_dim, NetworkConfig::new(e.hidden.clone()).with_activation(e.activation), e.output_dim).with_seed(self.seed ^ EMBEDDING_SEED)
+        MlpConfig::new(self.context_dim / e.group_count(), NetworkConfig::new(e.hidden.clone()).with_activation(e.activation), e.output_dim).with_seed(self.seed ^ EMBEDDING_SEED)
     }
 
     /// Parameters stored with the weights, computed from the configuration (before building
@@ -201,6 +223,13 @@ impl FlowConfig {
             }
             if e.output_dim == 0 || e.hidden.contains(&0) {
                 return Err(FlowError::InvalidConfig("embedding widths must be positive".into()));
+            }
+            if self.context_dim % e.group_count() != 0 {
+                return Err(FlowError::InvalidConfig(format!(
+                    "a context of {} values cannot be split into {} equal draws",
+                    self.context_dim,
+                    e.group_count()
+                )));
             }
         }
         self.chain().base_event()?;
@@ -328,7 +357,15 @@ impl Flow {
             let device = c.device();
             c = c.sub(vector(s.mean.clone(), &device).unsqueeze()).div(vector(s.std.clone(), &device).unsqueeze());
         }
+        let groups = self.config.embedding.as_ref().map_or(1, EmbeddingConfig::group_count);
         Some(match &self.embedding {
+            Some(mlp) if groups > 1 => {
+                // DeepSets: φ on every draw, averaged over the draws.
+                let (n, width) = dims2(&c);
+                let phi = mlp.forward(c.reshape([n * groups, width / groups]));
+                let out = dims2(&phi).1;
+                phi.reshape([n, groups, out]).mean_dim(1).reshape([n, out])
+            }
             Some(mlp) => mlp.forward(c),
             None => c,
         })

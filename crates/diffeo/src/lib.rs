@@ -47,6 +47,7 @@ pub mod io;
 pub mod model;
 pub mod nn;
 pub mod pipeline;
+pub mod sbi;
 pub mod spline;
 pub mod tensor;
 pub mod testing;

@@ -19,6 +19,8 @@ pub const META_KEY: &str = "cli";
 pub const REPORT_KEY: &str = "training";
 /// Key of the variational-inference record (target and diagnostics).
 pub const VI_KEY: &str = "vi";
+/// Key of the posterior record (prior, support handling, simulations).
+pub const POSTERIOR_KEY: &str = "posterior";
 
 /// What a variational fit stores with its model.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +84,8 @@ pub struct Model {
     pub summary: Option<TrainingSummary>,
     /// Target and diagnostics of a variational fit.
     pub vi: Option<ViRecord>,
+    /// Prior and simulations of a posterior estimate `q(θ | x)`.
+    pub posterior: Option<crate::sbi::PosteriorRecord>,
 }
 
 /// Loads a model; every failure is a one-line error naming the file.
@@ -97,7 +101,15 @@ pub fn load(path: &Path, device: &Device) -> Result<Model> {
     };
     let summary = loaded.extra.get(REPORT_KEY).and_then(|s| serde_json::from_str(s).ok());
     let vi = loaded.extra.get(VI_KEY).and_then(|s| serde_json::from_str(s).ok());
-    Ok(Model { flow: loaded.flow, meta, summary, vi })
+    // A posterior without its prior would sample outside the support: a bad record is an error.
+    let posterior = match loaded.extra.get(POSTERIOR_KEY) {
+        Some(s) => Some(serde_json::from_str(s).map_err(|e| FlowError::BadModelFile {
+            path: path.display().to_string(),
+            reason: format!("bad posterior record ({e})"),
+        })?),
+        None => None,
+    };
+    Ok(Model { flow: loaded.flow, meta, summary, vi, posterior })
 }
 
 /// Saves a model atomically with its metadata.
@@ -107,6 +119,9 @@ pub fn save(path: &Path, model: &Model) -> Result<()> {
     extra.insert(REPORT_KEY.to_string(), json(&model.summary.clone().unwrap_or_default())?);
     if let Some(v) = &model.vi {
         extra.insert(VI_KEY.to_string(), json(v)?);
+    }
+    if let Some(p) = &model.posterior {
+        extra.insert(POSTERIOR_KEY.to_string(), json(p)?);
     }
     crate::io::save(&model.flow, path, &extra).map_err(|e| match e {
         FlowError::Io { .. } | FlowError::NonFinite { .. } => e,

@@ -30,6 +30,8 @@ fn elementwise_maps() {
     }
     let boxed = ElementwiseKind::Box { low: vec![-4.0, 0.0, 1.0], high: vec![4.0, 1.0, 5.0] };
     check(&ElementwiseConfig::new(3, boxed).init(&d).unwrap(), &HarnessConfig::default());
+    let support = ElementwiseKind::Support { low: vec![Some(-1.0), None, Some(0.0), None], high: vec![Some(2.0), None, None, Some(3.0)] };
+    check(&ElementwiseConfig::new(4, support).init(&d).unwrap(), &HarnessConfig::default());
     let fixed = ElementwiseKind::Affine { shift: vec![3.0, -1.0, 0.5], scale: vec![0.2, 4.0, 1.0] };
     check(&ElementwiseConfig::new(3, fixed).init(&d).unwrap(), &HarnessConfig::default());
     let affine = randomize_parameters(ElementwiseAffineConfig::new(4).init(&d).unwrap(), 1, 0.5);
@@ -51,6 +53,24 @@ fn elementwise_out_of_domain_is_minus_infinity() {
     assert_eq!(ld[0], f64::NEG_INFINITY);
     assert_eq!(ld[1], f64::NEG_INFINITY);
     assert!((ld[2] + 2f64.ln()).abs() < 1e-12);
+}
+
+#[test]
+fn support_map_outside_the_support_is_minus_infinity() {
+    let d = device();
+    let kind = ElementwiseKind::Support { low: vec![Some(-1.0), Some(0.0), None], high: vec![Some(1.0), None, Some(3.0)] };
+    let b = ElementwiseConfig::new(3, kind).init(&d).unwrap();
+    // Rows: inside; first feature at its bound; second below 0; third above 3.
+    let y = diffeo::tensor::matrix(vec![0.5, 2.0, -7.0, 1.0, 2.0, 0.0, 0.0, -0.1, 0.0, 0.0, 1.0, 3.5], 4, 3, &d);
+    let (x, ld) = b.inverse(y, &Call::new()).unwrap();
+    let x = diffeo::tensor::to_vec(x).unwrap();
+    let ld = diffeo::tensor::to_vec(ld).unwrap();
+    assert!(x.iter().all(|v| v.is_finite()));
+    assert!(ld[0].is_finite());
+    assert!(ld[1..].iter().all(|v| *v == f64::NEG_INFINITY), "{ld:?}");
+    // Inside: log|dx/dy| of logit((y+1)/2), log y and −log(3 − y).
+    let expect = -(0.75f64 * 0.25 * 2.0).ln() - 2f64.ln() - 10f64.ln();
+    assert!((ld[0] - expect).abs() < 1e-12, "{} vs {expect}", ld[0]);
 }
 
 fn made_layer(dim: usize, context_dim: usize, transformer: Transformer, order: Vec<usize>) -> LayerConfig {
@@ -301,6 +321,7 @@ fn context_embedding_feeds_the_conditioners() {
             hidden: vec![8],
             output_dim: 4,
             activation: diffeo::nn::Activation::Tanh,
+            groups: 0,
         }));
     let flow = randomize_parameters(cfg.init(&d).unwrap(), 1, 0.3);
     let x = diffeo::tensor::matrix(vec![0.2, -0.3, 0.2, -0.3], 2, 2, &d);
@@ -311,6 +332,30 @@ fn context_embedding_feeds_the_conditioners() {
     let mut rng = StdRng::seed_from_u64(0);
     // Relative to 1 + |log p|: tighter than an absolute 1e−9 for any |log p| < 1000.
     diffeo::testing::check_sample_and_log_prob(&flow, 3, Some(&c), &mut rng, 1e-12).unwrap();
+}
+
+#[test]
+fn deep_sets_embedding_is_permutation_invariant() {
+    let d = device();
+    // A context of 3 draws of 2 values each.
+    let cfg = MafConfig::new(2)
+        .with_transforms(2)
+        .with_hidden(vec![8])
+        .with_context_dim(6)
+        .with_embedding(Some(diffeo::flow::EmbeddingConfig::deep_sets(3, vec![8], 4)));
+    let flow = randomize_parameters(cfg.init(&d).unwrap(), 2, 0.3);
+    let x = diffeo::tensor::matrix(vec![0.2, -0.3, 0.2, -0.3, 0.2, -0.3], 3, 2, &d);
+    // The same three draws in two orders, then different draws.
+    let c = diffeo::tensor::matrix(
+        vec![1.0, 0.0, -1.0, 0.5, 0.5, 2.0, 0.5, 2.0, 1.0, 0.0, -1.0, 0.5, 0.5, 2.0, 1.0, 0.0, 1.0, 0.5],
+        3,
+        6,
+        &d,
+    );
+    let lp = diffeo::tensor::to_vec(flow.log_prob(x, Some(&c)).unwrap()).unwrap();
+    assert!((lp[0] - lp[1]).abs() < 1e-12, "{lp:?}");
+    assert!((lp[0] - lp[2]).abs() > 1e-6, "{lp:?}");
+    assert!(MafConfig::new(2).with_context_dim(5).with_embedding(Some(diffeo::flow::EmbeddingConfig::deep_sets(3, vec![8], 4))).init(&d).is_err());
 }
 
 #[test]

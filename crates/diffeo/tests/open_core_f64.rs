@@ -228,7 +228,7 @@ fn parameter_counts_come_from_the_configuration() {
         nice(4, 2, vec![8]).with_base(BaseKind::DiagNormal).flow_config(),
         maf(2, 2, vec![8])
             .with_context_dim(3)
-            .with_embedding(Some(diffeo::flow::EmbeddingConfig { hidden: vec![5], output_dim: 4, activation: diffeo::nn::Activation::Tanh }))
+            .with_embedding(Some(diffeo::flow::EmbeddingConfig { hidden: vec![5], output_dim: 4, activation: diffeo::nn::Activation::Tanh, groups: 0 }))
             .flow_config(),
         FlowConfig::new(
             3,

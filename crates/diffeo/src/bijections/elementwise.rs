@@ -1,5 +1,5 @@
-//! Fixed elementwise bijections: exp, softplus, sigmoid, tanh, a scaled sigmoid onto a box, and
-//! a fixed affine map (a stored standardization).
+//! Fixed elementwise bijections: exp, softplus, sigmoid, tanh, a scaled sigmoid onto a box, a
+//! per-feature map onto a prior's support, and a fixed affine map (a stored standardization).
 //!
 //! Inputs outside a map's domain (e.g. `y ≤ 0` for the inverse of `exp`) are replaced by safe
 //! values *before* any arithmetic, and their log-determinant is set to −∞, so densities of
@@ -34,6 +34,15 @@ pub enum ElementwiseKind {
         /// Upper bounds, one per feature.
         high: Vec<f64>,
     },
+    /// A map onto a support given per feature: `(low, high)` → `low + (high − low)·σ(x)`,
+    /// `(low, ∞)` → `low + eˣ`, `(−∞, high)` → `high − e⁻ˣ`, `(−∞, ∞)` → `x` (a missing bound
+    /// is `null`). Flows on a bounded prior are trained in the unconstrained space it maps from.
+    Support {
+        /// Lower bounds, one per feature (`None`: −∞).
+        low: Vec<Option<f64>>,
+        /// Upper bounds, one per feature (`None`: +∞).
+        high: Vec<Option<f64>>,
+    },
     /// A fixed affine map `y = shift + scale ⊙ x` (scale > 0), e.g. a data standardization
     /// stored with a model so that densities are in the data's original units.
     /// log|det J| = Σ log scale.
@@ -66,9 +75,39 @@ impl ElementwiseConfig {
         let (low, width) = match &self.kind {
             ElementwiseKind::Box { low, high } => (low.clone(), low.iter().zip(high).map(|(l, h)| h - l).collect()),
             ElementwiseKind::Affine { shift, scale } => (shift.clone(), scale.clone()),
+            // low: the lower bound (or the upper one for upper-only features); width: the
+            // interval's width; code: 0 unbounded, 1 interval, 2 lower only, 3 upper only.
+            ElementwiseKind::Support { low, high } => {
+                let lw = low.iter().zip(high).map(|b| match b {
+                    (Some(l), Some(h)) => (*l, h - l),
+                    (Some(l), None) => (*l, 1.0),
+                    (None, Some(h)) => (*h, 1.0),
+                    (None, None) => (0.0, 1.0),
+                });
+                lw.unzip()
+            }
             _ => (vec![0.0; self.dim], vec![1.0; self.dim]),
         };
-        Ok(Elementwise { kind: self.kind.clone(), dim: self.dim, low: vector(low, device), width: vector(width, device) })
+        let code = match &self.kind {
+            ElementwiseKind::Support { low, high } => low
+                .iter()
+                .zip(high)
+                .map(|b| match b {
+                    (None, None) => 0.0,
+                    (Some(_), Some(_)) => 1.0,
+                    (Some(_), None) => 2.0,
+                    (None, Some(_)) => 3.0,
+                })
+                .collect(),
+            _ => vec![0.0; self.dim],
+        };
+        Ok(Elementwise {
+            kind: self.kind.clone(),
+            dim: self.dim,
+            low: vector(low, device),
+            width: vector(width, device),
+            code: vector(code, device),
+        })
     }
 }
 
@@ -86,6 +125,15 @@ impl LayerSpec for ElementwiseConfig {
             }
             if low.iter().zip(high).any(|(l, h)| l >= h || !l.is_finite() || !h.is_finite()) {
                 return Err(FlowError::InvalidConfig("box bounds need finite low < high".into()));
+            }
+        }
+        if let ElementwiseKind::Support { low, high } = &self.kind {
+            if low.len() != dim || high.len() != dim {
+                return Err(FlowError::InvalidConfig(format!("support bounds need {dim} entries each")));
+            }
+            let finite = |b: &Option<f64>| b.is_none_or(|v| v.is_finite());
+            if !low.iter().chain(high).all(finite) || low.iter().zip(high).any(|(l, h)| matches!((l, h), (Some(l), Some(h)) if l >= h)) {
+                return Err(FlowError::InvalidConfig("support bounds need finite values and low < high".into()));
             }
         }
         if let ElementwiseKind::Affine { shift, scale } = &self.kind {
@@ -112,7 +160,20 @@ pub struct Elementwise {
     low: Tensor<1>,
     /// Box widths `high − low` or affine scales (ones for other kinds).
     width: Tensor<1>,
+    /// Support: per-feature kind of bound (0 none, 1 interval, 2 lower, 3 upper); zeros for
+    /// other kinds.
+    code: Tensor<1>,
 }
+
+/// Which features of an `[n, d]` batch have support code `c`.
+fn code_mask(code: &Tensor<1>, c: f64, n: usize) -> burn::tensor::Tensor<2, burn::tensor::Bool> {
+    let d = code.dims()[0];
+    code.clone().unsqueeze::<2>().expand([n, d]).equal_elem(c)
+}
+
+/// Exponents beyond which `exp` of a support map would overflow f32 (the map is then flat,
+/// which only samples ~e⁶⁰ standard deviations out reach).
+const EXP_LIMIT: f64 = 60.0;
 
 /// Replaces entries where `bad` holds by `safe`, returns the cleaned tensor and the mask.
 fn sanitize(y: Tensor<2>, bad: burn::tensor::Tensor<2, burn::tensor::Bool>, safe: f64) -> Tensor<2> {
@@ -131,6 +192,7 @@ impl Bijection for Elementwise {
             ElementwiseKind::Sigmoid => "Sigmoid".into(),
             ElementwiseKind::Tanh => "Tanh".into(),
             ElementwiseKind::Box { .. } => "Box".into(),
+            ElementwiseKind::Support { .. } => "Support".into(),
             ElementwiseKind::Affine { .. } => "FixedAffine".into(),
         }
     }
@@ -157,6 +219,25 @@ impl Bijection for Elementwise {
                     .add(log_sigmoid(x.clone().neg()))
                     .add(w.clone().log());
                 let y = burn::tensor::activation::sigmoid(x).mul(w).add(self.low.clone().unsqueeze());
+                (y, ld)
+            }
+            ElementwiseKind::Support { .. } => {
+                let (n, _) = dims2(&x);
+                let (low, w) = (self.low.clone().unsqueeze::<2>(), self.width.clone().unsqueeze::<2>());
+                let interval = code_mask(&self.code, 1.0, n);
+                let lower = code_mask(&self.code, 2.0, n);
+                let upper = code_mask(&self.code, 3.0, n);
+                let xc = x.clone().clamp(-EXP_LIMIT, EXP_LIMIT);
+                let y_interval = burn::tensor::activation::sigmoid(x.clone()).mul(w.clone()).add(low.clone());
+                let ld_interval = log_sigmoid(x.clone()).add(log_sigmoid(x.clone().neg())).add(w.log());
+                let y_lower = xc.clone().exp().add(low.clone());
+                let y_upper = low.sub(xc.clone().neg().exp());
+                let y = x.clone().mask_where(interval.clone(), y_interval).mask_where(lower.clone(), y_lower).mask_where(upper.clone(), y_upper);
+                let ld = x
+                    .zeros_like()
+                    .mask_where(interval, ld_interval)
+                    .mask_where(lower, xc.clone())
+                    .mask_where(upper, xc.neg());
                 (y, ld)
             }
             ElementwiseKind::Affine { .. } => {
@@ -213,6 +294,37 @@ impl Bijection for Elementwise {
                 let x = log_s.clone().sub(log_1ms.clone());
                 let ld = log_s.add(log_1ms).add(w.log()).neg().mask_fill(bad, neg_inf);
                 (x, ld)
+            }
+            ElementwiseKind::Support { .. } => {
+                let (n, _) = dims2(&y);
+                let (low, w) = (self.low.clone().unsqueeze::<2>(), self.width.clone().unsqueeze::<2>());
+                let interval = code_mask(&self.code, 1.0, n);
+                let lower = code_mask(&self.code, 2.0, n);
+                let upper = code_mask(&self.code, 3.0, n);
+                // Each branch's argument, replaced by a safe value wherever the branch does not
+                // apply or the point is outside the support.
+                let s = y.clone().sub(low.clone()).div(w.clone());
+                let t_lower = y.clone().sub(low.clone());
+                let t_upper = low.sub(y.clone());
+                let bad_interval = s.clone().lower_equal_elem(0.0).bool_or(s.clone().greater_equal_elem(1.0)).bool_and(interval.clone());
+                let bad_lower = t_lower.clone().lower_equal_elem(0.0).bool_and(lower.clone());
+                let bad_upper = t_upper.clone().lower_equal_elem(0.0).bool_and(upper.clone());
+                let bad = bad_interval.bool_or(bad_lower).bool_or(bad_upper);
+                let ss = s.mask_fill(interval.clone().bool_not().bool_or(bad.clone()), 0.5);
+                let tl = t_lower.mask_fill(lower.clone().bool_not().bool_or(bad.clone()), 1.0).log();
+                let tu = t_upper.mask_fill(upper.clone().bool_not().bool_or(bad.clone()), 1.0).log();
+                let (log_s, log_1ms) = (ss.clone().log(), ss.neg().log1p());
+                let x_interval = log_s.clone().sub(log_1ms.clone());
+                let ld_interval = log_s.add(log_1ms).add(w.log()).neg();
+                let x = y.clone().mask_where(interval.clone(), x_interval).mask_where(lower.clone(), tl.clone()).mask_where(upper.clone(), tu.clone().neg());
+                let ld = y
+                    .zeros_like()
+                    .mask_where(interval, ld_interval)
+                    .mask_where(lower, tl.neg())
+                    .mask_where(upper, tu.neg())
+                    .mask_fill(bad.clone(), neg_inf);
+                // Points outside the support map to 0 in the base (finite), with density 0.
+                (x.mask_fill(bad, 0.0), ld)
             }
             ElementwiseKind::Affine { .. } => {
                 let (n, _) = dims2(&y);

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod sbi;
+
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -353,7 +355,7 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
         final_train_loss: report.final_train_loss,
         history: report.history.iter().map(|r| (r.step, r.train_loss, r.val_log_likelihood)).collect(),
     };
-    Ok(FitOutcome { model: Model { flow, meta, summary: Some(summary), vi: None }, report, train_rows, val_rows, curve })
+    Ok(FitOutcome { model: Model { flow, meta, summary: Some(summary), vi: None, posterior: None }, report, train_rows, val_rows, curve })
 }
 
 /// Per-row log-likelihoods of a data source under a model (its columns and preprocessing, the
@@ -501,5 +503,5 @@ pub fn vi(req: &ViRequest, observer: &mut dyn FnMut(&ReverseKlProgress)) -> Resu
         ..TrainingSummary::default()
     };
     let vi = ViRecord { target: req.target.clone(), diagnostics };
-    Ok(ViOutcome { model: Model { flow, meta, summary: Some(summary), vi: Some(vi) }, report })
+    Ok(ViOutcome { model: Model { flow, meta, summary: Some(summary), vi: Some(vi), posterior: None }, report })
 }
