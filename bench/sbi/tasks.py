@@ -96,10 +96,22 @@ def log_likelihood(task, theta, x):
 
 def main():
     args = sys.argv[1:]
-    if len(args) < 2 or args[0] != "simulate" or args[1] not in DIMS:
-        sys.exit("usage: tasks.py simulate TASK [--seed S] < theta.csv > x.csv")
+    if len(args) < 2 or args[0] not in ("simulate", "sims", "prior") or args[1] not in DIMS:
+        sys.exit("usage: tasks.py simulate TASK [--seed S] < theta.csv > x.csv | tasks.py sims TASK N [--seed S] > sims.csv | tasks.py prior TASK")
     task = args[1]
     seed = int(args[args.index("--seed") + 1]) if "--seed" in args else 0
+    if args[0] == "prior":
+        print(PRIORS[task])
+        return
+    if args[0] == "sims":
+        # N simulations from the prior, with a header: theta1.., x1..
+        rng = np.random.default_rng([seed, 7])
+        theta = prior_sample(task, int(args[2]), rng)
+        x = simulate(task, theta, rng)
+        d, k = DIMS[task]
+        header = ",".join([f"theta{i + 1}" for i in range(d)] + [f"x{i + 1}" for i in range(k)])
+        np.savetxt(sys.stdout, np.concatenate([theta, x], 1), delimiter=",", fmt="%.9g", header=header, comments="")
+        return
     text = sys.stdin.read()
     theta = np.loadtxt(text.splitlines(), delimiter=",", ndmin=2) if text.strip() else np.zeros((0, DIMS[task][0]))
     digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")

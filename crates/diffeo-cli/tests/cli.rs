@@ -182,6 +182,11 @@ fn conditional_models_use_their_context_columns() {
     ok(&["eval", "--model", &model, "--data", &data]);
     ok(&["log-prob", "--model", &model, "--data", &data, "--out", &p(d, "lp.npy")]);
     ok(&["sample", "--model", &model, "-n", "50", "--context", "0.5", "--out", &p(d, "s1.csv")]);
+    // Values starting with a minus sign are values, not flags.
+    ok(&["sample", "--model", &model, "-n", "5", "--context", "-0.64", "--out", &p(d, "s0.csv")]);
+    ok(&["plot", "--model", &model, "--context", "-0.2", "--n", "200", "--out", &p(d, "c0.png")]);
+    bad(&["sample", "--model", &model, "-n", "5", "--context", "-0.6,0.1", "--out", &p(d, "x.csv")], "context has 2 value(s)");
+    bad(&["sample", "--model", &model, "-n", "-5", "--context", "0.1", "--out", &p(d, "x.csv")], "-5");
     let rows = std::fs::read_to_string(d.join("s1.csv")).unwrap().lines().count();
     assert_eq!(rows, 51, "header + 50 samples");
     let ctx = write(d, "ctx.csv", "0.1\n-0.4\n0.9\n");
@@ -536,4 +541,147 @@ fn bench_prints_the_peer_harness_keys() {
     assert_eq!(std::fs::read_to_string(&results).unwrap().lines().count(), 2);
     bad(&["bench", "--config", "glow-toy", "--data-dir", &root], "maf or nsf");
     bad(&["bench", "--config", "maf-nothing", "--data-dir", &root], "no such data folder");
+}
+
+/// Simulations of θ ~ U(−1, 1)², x = θ + small deterministic noise (a sharp posterior near x).
+fn toy_simulations(n: usize) -> String {
+    let mut csv = String::from("t1,t2,x1,x2\n");
+    for i in 0..n {
+        let t1 = ((i * 7919) % 1000) as f64 / 500.0 - 0.999;
+        let t2 = ((i * 104_729) % 997) as f64 / 498.5 - 0.999;
+        let (e1, e2) = (((i * 31) % 17) as f64 / 170.0 - 0.05, ((i * 37) % 19) as f64 / 190.0 - 0.05);
+        csv.push_str(&format!("{t1},{t2},{},{}\n", t1 + e1, t2 + e2));
+    }
+    csv
+}
+
+/// The simulator of `toy_simulations` as a program: x = θ + noise, via awk.
+const TOY_SIMULATOR: &str = "awk -F, '{ srand(NR + $1 * 1000); print $1 + (rand() - 0.5) * 0.1 \",\" $2 + (rand() - 0.5) * 0.1 }'";
+
+#[test]
+fn posterior_estimation_from_a_simulations_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut csv = toy_simulations(600);
+    csv.push_str("2.5,0,2.5,0\n"); // θ outside the prior: dropped with a warning
+    csv.push_str("0.5,0.5,nan,0.5\n"); // x not finite: dropped and counted
+    let data = write(d, "sims.csv", &csv);
+    let model = p(d, "post.dfo");
+    let args = ["npe", "--data", &data, "--theta-cols", "t1,t2", "--x-cols", "2-3", "--prior", "uniform:-1:1x2", "--max-epochs", "30", "--batch", "50", "--lr", "3e-3"];
+    let out = diffeo(&[&args[..], &["--hidden", "16", "--transforms", "2", "--out", &model, "-q"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("dropped 1 of 602 simulation(s) whose θ lies outside the prior"), "{err}");
+    assert!(err.contains("dropped 1 of 602 simulation(s) with non-finite x"), "{err}");
+    // Samples lie inside the prior's support; the observation may start with a minus sign.
+    let s = json(&ok(&["posterior", "--model", &model, "--observation", "-0.5,0.3", "-n", "500", "--out", &p(d, "s.csv"), "--json"]));
+    assert_eq!(s["samples"], 500);
+    assert!(s["acceptance"].as_f64().unwrap() > 0.99, "{s}");
+    let samples = std::fs::read_to_string(d.join("s.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = samples.lines().skip(1).map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
+    assert_eq!(rows.len(), 500);
+    assert!(rows.iter().all(|r| r.iter().all(|v| v.abs() < 1.0)));
+    let mean0 = rows.iter().map(|r| r[0]).sum::<f64>() / 500.0;
+    assert!((mean0 + 0.5).abs() < 0.25, "posterior mean {mean0}");
+    // Densities: −inf outside the support, finite inside; per-row x from a simulations file.
+    let theta = write(d, "theta.csv", "-0.5,0.3\n1.5,0\n");
+    ok(&["log-prob", "--model", &model, "--data", &theta, "--observation", "-0.5,0.3", "--out", &p(d, "lp.csv")]);
+    let lp: Vec<f64> = std::fs::read_to_string(d.join("lp.csv")).unwrap().lines().skip(1).map(|l| l.parse().unwrap()).collect();
+    assert!(lp[0].is_finite(), "{lp:?}");
+    assert_eq!(lp[1], f64::NEG_INFINITY);
+    let held_out = write(d, "held.csv", &toy_simulations(60));
+    ok(&["log-prob", "--model", &model, "--data", &held_out, "--out", &p(d, "lp2.npy")]);
+    // Calibration: ranks, KS, coverage, figures.
+    let plots = d.join("figs");
+    std::fs::create_dir(&plots).unwrap();
+    let c = json(&ok(&["sbc", "--model", &model, "--data", &held_out, "--theta-cols", "0,1", "--x-cols", "2,3", "--samples", "50", "--plots", &plots.display().to_string(), "--json"]));
+    assert_eq!(c["pairs"], 60);
+    assert_eq!(c["parameters"].as_array().unwrap().len(), 2);
+    assert_eq!(c["coverage"].as_array().unwrap().len(), 19);
+    assert!(plots.join("ranks-t1.png").exists() && plots.join("coverage.png").exists());
+    // Rejection instead of the transform: same interface, acceptance reported.
+    let rejected = p(d, "rej.dfo");
+    ok(&[&args[..], &["--hidden", "16", "--transforms", "2", "--support", "reject", "--out", &rejected, "-q"]].concat());
+    let s = json(&ok(&["posterior", "--model", &rejected, "--observation", "0.9,0.9", "-n", "200", "--out", &p(d, "r.npy"), "--json"]));
+    assert!(s["acceptance"].as_f64().unwrap() > 0.0 && s["acceptance"].as_f64().unwrap() <= 1.0);
+    // Bad input: one line, exit 2, nothing written.
+    let out = p(d, "bad.dfo");
+    bad(&["npe", "--data", &data, "--theta-cols", "0,1", "--x-cols", "2,3", "--prior", "uniform:-1:1", "--out", &out], "1 parameter(s)");
+    bad(&["npe", "--data", &data, "--theta-cols", "0,1", "--x-cols", "2,3", "--prior", "uniform:1:-1x2", "--out", &out], "prior");
+    bad(&["npe", "--data", &data, "--theta-cols", "0,1", "--x-cols", "2,3", "--prior", "beta:1:2x2", "--out", &out], "unknown kind");
+    bad(&["npe", "--data", &data, "--prior", "uniform:-1:1x2", "--out", &out], "--theta-cols");
+    bad(&["npe", "--data", &data, "--theta-cols", "0,1", "--x-cols", "2,3", "--prior", "uniform:-1:1x2", "--embedding", "deepsets", "--out", &out], "--iid-groups");
+    bad(&["npe", "--data", &data, "--theta-cols", "0,1", "--x-cols", "2,3", "--prior", &write(d, "p.json", "{\"bad\": 1}"), "--out", &out], "prior");
+    assert!(!d.join("bad.dfo").exists());
+    bad(&["posterior", "--model", &model, "--observation", "0.1", "-n", "5", "--out", &p(d, "x.csv")], "1 value(s)");
+    bad(&["posterior", "--model", &model, "--observation", "0.1,nan", "-n", "5", "--out", &p(d, "x.csv")], "non-finite");
+    bad(&["posterior", "--model", &model, "-n", "5", "--out", &p(d, "x.csv")], "--observation");
+    let (_, plain) = small_model(d);
+    bad(&["posterior", "--model", &plain, "--observation", "0.1", "-n", "5", "--out", &p(d, "x.csv")], "not a posterior");
+    assert!(!d.join("x.csv").exists());
+}
+
+#[test]
+fn sequential_rounds_run_any_simulator_program_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = p(d, "seq.dfo");
+    let sims = p(d, "sims.csv");
+    let common = ["npe", "--simulator", TOY_SIMULATOR, "--prior", "uniform:-1:1x2", "--observation", "0.3,-0.4", "--simulations", "600"];
+    let small = ["--simulation-batch", "100", "--workers", "2", "--hidden", "16", "--transforms", "2", "--max-epochs", "10", "--simulations-out", &sims];
+    let out = diffeo(&[&common[..], &["--rounds", "2"], &small[..], &["--out", &model]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("round 2: simulating 300 from the truncated prior"), "{err}");
+    let file = std::fs::read_to_string(&sims).unwrap();
+    assert!(file.starts_with("theta1,theta2,x1,x2,round\n"), "{file}");
+    assert_eq!(file.lines().count(), 601);
+    assert_eq!(file.lines().filter(|l| l.ends_with(",2")).count(), 300);
+    // The posterior remembers its observation.
+    let s = json(&ok(&["posterior", "--model", &model, "-n", "100", "--out", &p(d, "s.csv"), "--json"]));
+    assert_eq!(s["samples"], 100);
+    // The file exists: refuse to overwrite, continue with --resume (nothing is simulated again).
+    bad(&[&common[..], &small[..], &["--out", &model]].concat(), "--resume");
+    let out = diffeo(&[&common[..], &["--rounds", "2", "--resume"], &small[..], &["--out", &model]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("resuming from 600 simulation(s)"));
+    assert_eq!(std::fs::read_to_string(&sims).unwrap().lines().count(), 601);
+    // A simulator that fails on its third batch: exit 1 naming the batch; the first batches stay.
+    let failing = p(d, "failing.sims.csv");
+    // The script counts its calls in a file next to it.
+    let script = write(d, "sim.sh", &format!(
+        "n=$(wc -l)\nb=$(cat {dir}/count 2>/dev/null || echo 0)\necho $((b+1)) > {dir}/count\nif [ \"$b\" -ge 2 ]; then echo boom >&2; exit 3; fi\ni=0; while [ $i -lt $n ]; do echo 0.1,0.2; i=$((i+1)); done\n",
+        dir = d.display()
+    ));
+    let fail_third = format!("sh {script}");
+    let out = diffeo(&["npe", "--simulator", &fail_third, "--prior", "uniform:-1:1x2", "--simulations", "500", "--simulation-batch", "100", "--simulations-out", &failing, "--out", &p(d, "f.dfo"), "-q"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("simulator batch 3") && err.contains("status 3") && err.contains("boom"), "{err}");
+    assert_eq!(std::fs::read_to_string(&failing).unwrap().lines().count(), 201, "two batches kept");
+    assert!(!d.join("f.dfo").exists());
+    // Garbage, wrong widths, too few rows, a missing program, a hang.
+    for (cmd, expect) in [
+        ("cat > /dev/null; echo hello,world", "not a number"),
+        ("awk -F, '{print $1}'", "1 values"),
+        ("head -n 3 | awk '{print 1\",\"2}'", "100 θ rows in, 3 x rows out"),
+        ("no-such-simulator-program", "status 127"),
+        ("sleep 30", "--simulator-timeout"),
+    ] {
+        let f = p(d, "g.sims.csv");
+        let _ = std::fs::remove_file(&f);
+        let out = diffeo(&[
+            "npe", "--simulator", cmd, "--prior", "uniform:-1:1x2", "--observation", "0,0", "--simulations", "100", "--simulation-batch", "100",
+            "--simulator-timeout", "1", "--simulations-out", &f, "--out", &p(d, "g.dfo"), "-q",
+        ]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+        assert!(err.contains(expect) && err.contains("batch 1"), "{cmd}: {err}");
+        assert_eq!(err.lines().count(), 1, "{cmd}: {err}");
+    }
+    bad(
+        &["npe", "--simulator", TOY_SIMULATOR, "--prior", "uniform:-1:1x2", "--observation", "0.3", "--rounds", "2", "--resume", "--simulations-out", &sims, "--out", &model],
+        "--observation has 1 value(s)",
+    );
+    bad(&["npe", "--simulator", "cat", "--prior", "uniform:-1:1x2", "--rounds", "3", "--out", &p(d, "h.dfo")], "--observation");
 }

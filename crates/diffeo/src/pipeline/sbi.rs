@@ -205,14 +205,14 @@ pub fn npe(req: &NpeRequest, notice: &mut dyn FnMut(Notice), events: &mut dyn Fn
                     )));
                 }
                 log = read_simulation_log(&path, d)?;
+                if let (Some(o), true) = (&observation, log.x_dim != 0) {
+                    if o.len() != log.x_dim {
+                        return Err(FlowError::Data(format!("--observation has {} value(s), the simulations {} x columns", o.len(), log.x_dim)));
+                    }
+                }
                 notice(Notice::Note(format!("resuming from {} simulation(s) in {}", log.round.len(), path.display())));
             } else if sim.resume {
                 notice(Notice::Note(format!("{}: no simulations yet; starting from the first round", path.display())));
-            }
-            if let (Some(o), true) = (&observation, log.x_dim != 0) {
-                if o.len() != log.x_dim {
-                    return Err(FlowError::Data(format!("--observation has {} value(s), the simulations {} x columns", o.len(), log.x_dim)));
-                }
             }
             let program = ProgramSimulator::new(&sim.command)
                 .with_timeout(sim.timeout.map(Duration::from_secs_f64))

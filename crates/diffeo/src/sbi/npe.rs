@@ -278,18 +278,21 @@ pub fn sample_posterior(flow: &Flow, prior: &Prior, observation: &[f64], n: usiz
     let mut rng = StdRng::seed_from_u64(seed);
     let start = Instant::now();
     let mut theta = Vec::with_capacity(n * d);
-    let mut proposals = 0usize;
+    let (mut proposals, mut inside) = (0usize, 0usize);
     let max = n.saturating_mul(limits.max_draws_per_sample).max(10_000);
     while theta.len() < n * d {
         let have = theta.len() / d;
         // Propose what the acceptance so far says is needed, in chunks of at most 100k.
-        let rate = if proposals == 0 { 1.0 } else { (have as f64 / proposals as f64).max(1e-3) };
+        let rate = if proposals == 0 { 1.0 } else { (inside as f64 / proposals as f64).max(1e-3) };
         let want = (((n - have) as f64 / rate * 1.1).ceil() as usize).clamp(64, 100_000);
         let x = to_vec(flow.sample(want, Some(&c), &mut rng)?)?;
         proposals += want;
         for row in x.chunks_exact(d) {
-            if theta.len() < n * d && prior.contains(row) {
-                theta.extend_from_slice(row);
+            if prior.contains(row) {
+                inside += 1;
+                if theta.len() < n * d {
+                    theta.extend_from_slice(row);
+                }
             }
         }
         let elapsed = start.elapsed().as_secs_f64();
@@ -301,7 +304,7 @@ pub fn sample_posterior(flow: &Flow, prior: &Prior, observation: &[f64], n: usiz
             )));
         }
     }
-    let acceptance = n as f64 / proposals as f64;
+    let acceptance = inside as f64 / proposals as f64;
     Ok(PosteriorSamples { theta, proposals, acceptance })
 }
 

@@ -97,9 +97,12 @@ impl Simulator for ProgramSimulator {
             input.push_str(&cells.join(","));
             input.push('\n');
         }
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(&self.command)
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(&self.command);
+        // Its own process group, so that a timeout kills the program's children too.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -131,6 +134,8 @@ impl Simulator for ProgramSimulator {
                 Ok(None) => {
                     if let Some(t) = self.timeout {
                         if start.elapsed() > t {
+                            #[cfg(unix)]
+                            let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", child.id())).stderr(Stdio::null()).status();
                             let _ = child.kill();
                             let _ = child.wait();
                             return Err(fail(batch, format!("no answer after {:.0} s (--simulator-timeout); the process was killed", t.as_secs_f64())));
