@@ -325,7 +325,7 @@ pub fn info(a: InfoArgs) -> Result<()> {
     let dirs = flow.directions();
     let inputs = &m.meta.inputs;
     if a.json {
-        let o = json!({
+        let mut o = json!({
             "family": m.meta.family,
             "dim": flow.dim(),
             "context_dim": flow.context_dim(),
@@ -347,6 +347,13 @@ pub fn info(a: InfoArgs) -> Result<()> {
                 "best_val_log_likelihood": s.best_val_log_likelihood, "final_train_loss": s.final_train_loss,
             })),
         });
+        // Keys only for posterior models (JSON outputs keep their keys).
+        if let Some(p) = &m.posterior {
+            o["posterior"] = json!({
+                "prior": p.prior.spec(), "support": p.support, "observation": p.observation, "rounds": p.rounds,
+                "simulations": p.simulations, "dropped_nonfinite": p.dropped_nonfinite, "dropped_outside": p.dropped_outside,
+            });
+        }
         println!("{o}");
         return Ok(());
     }
@@ -377,6 +384,14 @@ pub fn info(a: InfoArgs) -> Result<()> {
     }
     println!("preprocessing: {}", if pre.is_empty() { "none".into() } else { pre.join(", ") });
     println!("trained on:   {}", m.meta.data_source);
+    if let Some(p) = &m.posterior {
+        let support = match p.support {
+            diffeo::sbi::SupportHandling::Transform => "support map in the model",
+            diffeo::sbi::SupportHandling::Rejection => "rejection outside the support",
+        };
+        let at = p.observation.as_ref().map(|o| format!(", focused on x_o = {o:?}")).unwrap_or_default();
+        println!("posterior:    prior {} ({support}); {} simulation(s) in {} round(s){at}", p.prior.spec(), p.simulations, p.rounds);
+    }
     if let Some(s) = &m.summary {
         let val = s.best_val_log_likelihood.map(|v| format!("{v:.4} nats at step {}", s.best_step)).unwrap_or_else(|| "none".into());
         println!(

@@ -599,6 +599,10 @@ fn posterior_estimation_from_a_simulations_file() {
     assert_eq!(c["parameters"].as_array().unwrap().len(), 2);
     assert_eq!(c["coverage"].as_array().unwrap().len(), 19);
     assert!(plots.join("ranks-t1.png").exists() && plots.join("coverage.png").exists());
+    let info = json(&ok(&["info", "--model", &model, "--json"]));
+    assert_eq!(info["posterior"]["prior"], "uniform:-1:1x2");
+    assert_eq!(info["posterior"]["dropped_outside"], 1);
+    assert!(ok(&["info", "--model", &model]).contains("prior uniform:-1:1x2"));
     // Rejection instead of the transform: same interface, acceptance reported.
     let rejected = p(d, "rej.dfo");
     ok(&[&args[..], &["--hidden", "16", "--transforms", "2", "--support", "reject", "--out", &rejected, "-q"]].concat());

@@ -191,7 +191,7 @@ pub fn sequential_npe(
             support: npe.support,
             observation: observation.filter(|_| config.rounds > 1).map(<[f64]>::to_vec),
             rounds: r + 1,
-            simulations: rows.len(),
+            simulations: sims.data.len(),
             dropped_nonfinite: sims.dropped_nonfinite,
             dropped_outside: sims.dropped_outside,
         });
