@@ -50,6 +50,11 @@ for task in $TASKS; do
     start=$(date +%s.%N)
     "$DIFFEO" npe --data "$dir/sims.csv" --theta-cols "$theta_cols" --x-cols "$x_cols" --prior "$prior" --seed 0 --out "$dir/amortized.dfo" --quiet
     train_s=$(echo "$(date +%s.%N) - $start" | bc)
+    # Calibration on 200 fresh pairs.
+    "$PYTHON" bench/sbi/tasks.py sims "$task" 200 --seed 99 > "$dir/held-out.csv"
+    mkdir -p "$dir/sbc"
+    sbc=$("$DIFFEO" sbc --model "$dir/amortized.dfo" --data "$dir/held-out.csv" --theta-cols "$theta_cols" --x-cols "$x_cols" --plots "$dir/sbc" --json)
+    echo "{\"task\": \"$task\", \"mode\": \"sbc\", \"simulations\": $budget, \"sbc\": $sbc}" >> "$RESULTS"
     for k in $OBSERVATIONS; do
       obs="$REF/$task/obs$k"
       acc=$("$DIFFEO" posterior --model "$dir/amortized.dfo" --observation "$obs/observation.csv" -n 10000 --seed "$k" --out "$dir/amortized-obs$k.csv" --json | "$PYTHON" -c "import json,sys; print(json.load(sys.stdin)['acceptance'])")
@@ -73,6 +78,12 @@ import json, sys, collections
 rows = [json.loads(l) for l in open(sys.argv[1])]
 groups = collections.defaultdict(list)
 for r in rows:
+    if r["mode"] == "sbc":
+        s = r["sbc"]
+        ks = ", ".join(f"{p['ks_p_value']:.2f}" for p in s["parameters"])
+        cov = {round(l, 2): c for l, c in zip(s["levels"], s["coverage"])}
+        print(f"SBC {r['task']} {r['simulations']}: KS p-values {ks}; HPD coverage at 0.5 / 0.9: {cov[0.5]:.3f} / {cov[0.9]:.3f}")
+        continue
     groups[(r["task"], r["mode"], r["simulations"])].append(r["c2st"])
 print("| task | mode | simulations | observations | mean C2ST |")
 print("|---|---|---|---|---|")

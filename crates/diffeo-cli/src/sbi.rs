@@ -26,10 +26,10 @@ pub enum EmbeddingArg {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SupportArg {
-    /// Train in the unconstrained space of the prior's support (no sample leaves it).
-    Transform,
     /// Train on θ directly and reject samples outside the support (as sbi does).
     Reject,
+    /// Train in the unconstrained space of the prior's support (no sample leaves it).
+    Transform,
 }
 
 #[derive(Args, Debug)]
@@ -105,7 +105,7 @@ pub struct NpeArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "16")]
     pub embedding_dim: u64,
     /// How posterior samples keep to the prior's support.
-    #[arg(long, value_enum, default_value = "transform")]
+    #[arg(long, value_enum, default_value = "reject")]
     pub support: SupportArg,
     /// Minibatch size (default 200).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]

@@ -568,7 +568,7 @@ fn posterior_estimation_from_a_simulations_file() {
     let data = write(d, "sims.csv", &csv);
     let model = p(d, "post.dfo");
     let args = ["npe", "--data", &data, "--theta-cols", "t1,t2", "--x-cols", "2-3", "--prior", "uniform:-1:1x2", "--max-epochs", "30", "--batch", "50", "--lr", "3e-3"];
-    let out = diffeo(&[&args[..], &["--hidden", "16", "--transforms", "2", "--out", &model, "-q"]].concat());
+    let out = diffeo(&[&args[..], &["--hidden", "16", "--transforms", "2", "--support", "transform", "--out", &model, "-q"]].concat());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(err.contains("dropped 1 of 602 simulation(s) whose θ lies outside the prior"), "{err}");
@@ -603,9 +603,9 @@ fn posterior_estimation_from_a_simulations_file() {
     assert_eq!(info["posterior"]["prior"], "uniform:-1:1x2");
     assert_eq!(info["posterior"]["dropped_outside"], 1);
     assert!(ok(&["info", "--model", &model]).contains("prior uniform:-1:1x2"));
-    // Rejection instead of the transform: same interface, acceptance reported.
+    // Rejection (the default) instead of the transform: same interface, acceptance reported.
     let rejected = p(d, "rej.dfo");
-    ok(&[&args[..], &["--hidden", "16", "--transforms", "2", "--support", "reject", "--out", &rejected, "-q"]].concat());
+    ok(&[&args[..], &["--hidden", "16", "--transforms", "2", "--out", &rejected, "-q"]].concat());
     let s = json(&ok(&["posterior", "--model", &rejected, "--observation", "0.9,0.9", "-n", "200", "--out", &p(d, "r.npy"), "--json"]));
     assert!(s["acceptance"].as_f64().unwrap() > 0.0 && s["acceptance"].as_f64().unwrap() <= 1.0);
     // Bad input: one line, exit 2, nothing written.
