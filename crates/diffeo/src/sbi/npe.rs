@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::prior::Prior;
 use crate::data::prepare::hold_out;
-use crate::data::{Dataset, Table};
+use crate::data::Dataset;
 use crate::error::{FlowError, Result};
 use crate::families::{architecture, FamilySettings};
 use crate::fit::{fit, FitEvent, FitReport, TrainConfig};
@@ -388,12 +388,4 @@ impl Posterior<'_> {
         };
         posterior_log_prob(self.flow, &self.record.prior, theta, observation, acceptance)
     }
-}
-
-/// Makes `Table` rows of x for one observation given as a table of one row.
-pub fn single_row(table: &Table, what: &str) -> Result<Vec<f64>> {
-    if table.rows() != 1 {
-        return Err(FlowError::Data(format!("{what}: expected one row, found {}", table.rows())));
-    }
-    Ok(table.values.clone())
 }
