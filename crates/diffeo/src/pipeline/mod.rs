@@ -2,10 +2,11 @@
 //! `sample` and `check`, shared by the command line and the Python package. Front ends parse their
 //! arguments into a request, call one function here and print what comes back; warnings and notes
 //! reach them through a [`Notice`] callback, progress through the training loop's observer.
-
-use std::path::{Path, PathBuf};
+//! [`sbi`] holds the steps behind `npe`, `posterior` and `sbc`.
 
 pub mod sbi;
+
+use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
