@@ -352,12 +352,8 @@ pub fn test_curve(points: &[(f64, usize, f64, f64)], out: &Path) -> Result<()> {
 
 /// SBC rank histogram of one parameter, with the flat line a calibrated posterior gives and its
 /// 99% band (binomial).
-pub fn rank_histogram(ranks: &[usize], samples: usize, bins: usize, name: &str, out: &Path) -> Result<()> {
-    let n = ranks.len();
-    let mut counts = vec![0usize; bins];
-    for &r in ranks {
-        counts[(r * bins / (samples + 1)).min(bins - 1)] += 1;
-    }
+pub fn rank_histogram(counts: &[usize], samples: usize, name: &str, out: &Path) -> Result<()> {
+    let (n, bins) = (counts.iter().sum::<usize>(), counts.len());
     let expect = n as f64 / bins as f64;
     let band = 2.576 * (expect * (1.0 - 1.0 / bins as f64)).sqrt();
     let ymax = (counts.iter().copied().max().unwrap_or(1) as f64).max(expect + band) * 1.1;

@@ -7,7 +7,6 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use diffeo::fit::FitEvent;
 use diffeo::pipeline::sbi::{self as sbi_pipeline, NpeRequest, SbcRequest, SimulatorRequest};
-use diffeo::pipeline::Notice;
 use diffeo::sbi::{CalibrationConfig, NpeConfig, RoundEvent, SamplingLimits, SequentialConfig, SupportHandling, XEmbedding};
 use serde_json::json;
 
@@ -299,13 +298,7 @@ pub fn posterior(a: PosteriorArgs) -> Result<()> {
     let m = lib(diffeo::pipeline::load_model(&a.model))?;
     let o = lib(sbi_pipeline::observation_for(&m, a.observation.as_deref()))?;
     let limits = SamplingLimits { max_seconds: a.max_seconds, max_draws_per_sample: a.max_proposals as usize };
-    let (t, acceptance) = lib(sbi_pipeline::posterior_samples(&m, &o, a.n as usize, a.seed, limits))?;
-    if acceptance < 0.01 {
-        print_notice(Notice::Warning(format!(
-            "only {:.3}% of the flow's samples fell inside the prior's support (leakage); sampling is slow and the flow is poor there",
-            100.0 * acceptance
-        )));
-    }
+    let (t, acceptance) = lib(sbi_pipeline::posterior_samples(&m, &o, a.n as usize, a.seed, limits, &mut print_notice))?;
     let csv = a.out.extension().is_some_and(|e| e == "csv");
     lib(diffeo::data::write_table(&a.out, &t.values, t.cols, t.names.as_deref().filter(|_| csv)))?;
     if a.json {
@@ -372,7 +365,7 @@ pub fn sbc(a: SbcArgs) -> Result<()> {
     if let Some(dir) = &a.plots {
         for (p, name) in c.parameters.iter().zip(&names) {
             let safe: String = name.chars().map(|ch| if ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' { ch } else { '_' }).collect();
-            crate::plot::rank_histogram(&p.ranks, c.samples, c.bins, name, &dir.join(format!("ranks-{safe}.png")))?;
+            crate::plot::rank_histogram(&p.histogram, c.samples, name, &dir.join(format!("ranks-{safe}.png")))?;
         }
         crate::plot::coverage(&c.levels, &c.coverage, c.pairs, &dir.join("coverage.png"))?;
     }

@@ -73,6 +73,24 @@ pub struct TrainingSummary {
     pub history: Vec<(usize, f64, Option<f64>)>,
 }
 
+impl TrainingSummary {
+    /// The summary after a run that produced `report`, adding it to the totals of `previous` (the
+    /// default for a first run).
+    pub fn after(previous: &TrainingSummary, report: &crate::train::FitReport, train_rows: usize, val_rows: usize) -> Self {
+        Self {
+            steps_total: previous.steps_total + report.steps,
+            runs: previous.runs + 1,
+            seconds_total: previous.seconds_total + report.seconds,
+            train_rows,
+            val_rows,
+            best_val_log_likelihood: report.best_val_log_likelihood,
+            best_step: report.best_step,
+            final_train_loss: report.final_train_loss,
+            history: report.history.iter().map(|r| (r.step, r.train_loss, r.val_log_likelihood)).collect(),
+        }
+    }
+}
+
 /// A flow with its metadata.
 #[derive(Debug)]
 pub struct Model {

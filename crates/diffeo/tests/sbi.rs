@@ -39,15 +39,7 @@ fn npe_recovers_a_conjugate_posterior_and_is_calibrated() {
     let flow = posterior_architecture(&config, &prior, &sims.data).unwrap().init(&diffeo::cpu()).unwrap();
     let (flow, report) = train_posterior(flow, &sims, &config, &mut |_: &FitEvent| {}).unwrap();
     assert!(report.best_val_log_likelihood.is_some());
-    let record = PosteriorRecord {
-        prior: prior.clone(),
-        support: SupportHandling::Transform,
-        observation: None,
-        rounds: 1,
-        simulations: sims.data.len(),
-        dropped_nonfinite: 0,
-        dropped_outside: 0,
-    };
+    let record = PosteriorRecord::new(prior.clone(), SupportHandling::Transform, &sims);
     let post = Posterior { flow: &flow, record: &record };
     for xo in [-1.5, 0.0, 1.0] {
         let s = post.sample(&[xo], 4000, 3, SamplingLimits::default()).unwrap();
@@ -101,15 +93,7 @@ fn posteriors_on_a_box_keep_to_it_and_integrate_to_one() {
         let config = NpeConfig { support, ..small() };
         let flow = posterior_architecture(&config, &prior, &sims.data).unwrap().init(&diffeo::cpu()).unwrap();
         let (flow, _) = train_posterior(flow, &sims, &config, &mut |_: &FitEvent| {}).unwrap();
-        let record = PosteriorRecord {
-            prior: prior.clone(),
-            support,
-            observation: None,
-            rounds: 1,
-            simulations: sims.data.len(),
-            dropped_nonfinite: 0,
-            dropped_outside: 0,
-        };
+        let record = PosteriorRecord::new(prior.clone(), support, &sims);
         let post = Posterior { flow: &flow, record: &record };
         let xo = [0.95, 0.05];
         let s = post.sample(&xo, 2000, 1, SamplingLimits::default()).unwrap();

@@ -171,6 +171,32 @@ fn code_mask(code: &Tensor<1>, c: f64, n: usize) -> burn::tensor::Tensor<2, burn
     code.clone().unsqueeze::<2>().expand([n, d]).equal_elem(c)
 }
 
+/// A support map's bounds as rows and the masks of its three bounded kinds, for a batch of `n`.
+struct SupportBranches {
+    /// Lower bound (upper bound for upper-only features), `[1, d]`.
+    low: Tensor<2>,
+    /// Interval width (1 elsewhere), `[1, d]`.
+    w: Tensor<2>,
+    /// Features bounded on both sides, `[n, d]`.
+    interval: burn::tensor::Tensor<2, burn::tensor::Bool>,
+    /// Features bounded below only.
+    lower: burn::tensor::Tensor<2, burn::tensor::Bool>,
+    /// Features bounded above only.
+    upper: burn::tensor::Tensor<2, burn::tensor::Bool>,
+}
+
+impl Elementwise {
+    fn support_branches(&self, n: usize) -> SupportBranches {
+        SupportBranches {
+            low: self.low.clone().unsqueeze(),
+            w: self.width.clone().unsqueeze(),
+            interval: code_mask(&self.code, 1.0, n),
+            lower: code_mask(&self.code, 2.0, n),
+            upper: code_mask(&self.code, 3.0, n),
+        }
+    }
+}
+
 /// Exponents beyond which `exp` of a support map would overflow f32 (the map is then flat,
 /// which only samples ~e⁶⁰ standard deviations out reach).
 const EXP_LIMIT: f64 = 60.0;
@@ -222,11 +248,7 @@ impl Bijection for Elementwise {
                 (y, ld)
             }
             ElementwiseKind::Support { .. } => {
-                let (n, _) = dims2(&x);
-                let (low, w) = (self.low.clone().unsqueeze::<2>(), self.width.clone().unsqueeze::<2>());
-                let interval = code_mask(&self.code, 1.0, n);
-                let lower = code_mask(&self.code, 2.0, n);
-                let upper = code_mask(&self.code, 3.0, n);
+                let SupportBranches { low, w, interval, lower, upper } = self.support_branches(dims2(&x).0);
                 let xc = x.clone().clamp(-EXP_LIMIT, EXP_LIMIT);
                 let y_interval = burn::tensor::activation::sigmoid(x.clone()).mul(w.clone()).add(low.clone());
                 let ld_interval = log_sigmoid(x.clone()).add(log_sigmoid(x.clone().neg())).add(w.log());
@@ -296,11 +318,7 @@ impl Bijection for Elementwise {
                 (x, ld)
             }
             ElementwiseKind::Support { .. } => {
-                let (n, _) = dims2(&y);
-                let (low, w) = (self.low.clone().unsqueeze::<2>(), self.width.clone().unsqueeze::<2>());
-                let interval = code_mask(&self.code, 1.0, n);
-                let lower = code_mask(&self.code, 2.0, n);
-                let upper = code_mask(&self.code, 3.0, n);
+                let SupportBranches { low, w, interval, lower, upper } = self.support_branches(dims2(&y).0);
                 // Each branch's argument, replaced by a safe value wherever the branch does not
                 // apply or the point is outside the support.
                 let s = y.clone().sub(low.clone()).div(w.clone());

@@ -345,17 +345,7 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
         return Err(FlowError::Data(format!("evaluating the test data: {e}")));
     }
     let (flow, report) = result?;
-    let summary = TrainingSummary {
-        steps_total: prior.steps_total + report.steps,
-        runs: prior.runs + 1,
-        seconds_total: prior.seconds_total + report.seconds,
-        train_rows,
-        val_rows,
-        best_val_log_likelihood: report.best_val_log_likelihood,
-        best_step: report.best_step,
-        final_train_loss: report.final_train_loss,
-        history: report.history.iter().map(|r| (r.step, r.train_loss, r.val_log_likelihood)).collect(),
-    };
+    let summary = TrainingSummary::after(&prior, &report, train_rows, val_rows);
     Ok(FitOutcome { model: Model { flow, meta, summary: Some(summary), vi: None, posterior: None }, report, train_rows, val_rows, curve })
 }
 
@@ -389,19 +379,24 @@ pub fn parse_values(s: &str) -> Option<Vec<f64>> {
 /// The context rows of a request: comma-separated values (one row) or a file with the context's
 /// columns (or laid out like the training data). `None` for an unconditional model.
 pub fn context_rows(spec: Option<&str>, model: &Model) -> Result<Option<Table>> {
+    context_rows_named(spec, model, "--context")
+}
+
+/// [`context_rows`], its messages naming the option the rows came from (`--observation`).
+pub fn context_rows_named(spec: Option<&str>, model: &Model, flag: &str) -> Result<Option<Table>> {
     let c = model.flow.context_dim();
     match (spec, c) {
         (None, 0) => Ok(None),
-        (None, c) => Err(FlowError::Data(format!("the model is conditional on {c} context value(s): pass --context"))),
-        (Some(_), 0) => Err(FlowError::Data("the model is unconditional: --context is not accepted".into())),
+        (None, c) => Err(FlowError::Data(format!("the model is conditional on {c} context value(s): pass {flag}"))),
+        (Some(_), 0) => Err(FlowError::Data(format!("the model is unconditional: {flag} is not accepted"))),
         (Some(s), c) => {
             let table = if let Some(v) = parse_values(s) {
                 if v.len() != c {
-                    return Err(FlowError::Data(format!("--context has {} value(s), the model needs {c}", v.len())));
+                    return Err(FlowError::Data(format!("{flag} has {} value(s), the model needs {c}", v.len())));
                 }
-                Table::new(v, c, "--context")
+                Table::new(v, c, flag)
             } else {
-                let t = data::read_file(Path::new(s)).map_err(|e| FlowError::Data(format!("reading --context: {e}")))?;
+                let t = data::read_file(Path::new(s)).map_err(|e| FlowError::Data(format!("reading {flag}: {e}")))?;
                 let t = if t.cols == c {
                     t
                 } else if t.cols == model.meta.inputs.input_columns {
@@ -416,7 +411,7 @@ pub fn context_rows(spec: Option<&str>, model: &Model) -> Result<Option<Table>> 
                 t
             };
             if table.values.iter().any(|v| !v.is_finite()) {
-                return Err(FlowError::Data("--context holds a non-finite value".into()));
+                return Err(FlowError::Data(format!("{flag} holds a non-finite value")));
             }
             Ok(Some(table))
         }

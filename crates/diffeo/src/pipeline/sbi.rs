@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{context_rows, read_source, Notice};
+use super::{context_rows_named, read_source, Notice};
 use crate::data::prepare::InputSpec;
 use crate::data::{self, Split, Table};
 use crate::error::{FlowError, Result};
@@ -106,14 +106,7 @@ fn pair_columns(table: &Table, theta: Option<&str>, x: Option<&str>) -> Result<I
 }
 
 fn split_pairs(table: &Table, spec: &InputSpec) -> (Vec<f64>, Vec<f64>) {
-    let mut theta = Vec::with_capacity(table.rows() * spec.dim());
-    let mut x = Vec::with_capacity(table.rows() * spec.context_dim());
-    for i in 0..table.rows() {
-        let r = table.row(i);
-        theta.extend(spec.columns.iter().map(|&j| r[j]));
-        x.extend(spec.context_columns.iter().map(|&j| r[j]));
-    }
-    (theta, x)
+    (table.select(&spec.columns).values, table.select(&spec.context_columns).values)
 }
 
 fn drop_notices(prior: &Prior, sims: &Simulations, total: usize, notice: &mut dyn FnMut(Notice)) {
@@ -126,20 +119,6 @@ fn drop_notices(prior: &Prior, sims: &Simulations, total: usize, notice: &mut dy
     }
     if sims.dropped_nonfinite > 0 {
         notice(Notice::Note(format!("dropped {} of {total} simulation(s) with non-finite x", sims.dropped_nonfinite)));
-    }
-}
-
-fn summary(report: &FitReport, train_rows: usize) -> TrainingSummary {
-    TrainingSummary {
-        steps_total: report.steps,
-        runs: 1,
-        seconds_total: report.seconds,
-        train_rows,
-        val_rows: 0,
-        best_val_log_likelihood: report.best_val_log_likelihood,
-        best_step: report.best_step,
-        final_train_loss: report.final_train_loss,
-        history: report.history.iter().map(|r| (r.step, r.train_loss, r.val_log_likelihood)).collect(),
     }
 }
 
@@ -177,17 +156,9 @@ pub fn npe(req: &NpeRequest, notice: &mut dyn FnMut(Notice), events: &mut dyn Fn
             let config = posterior_architecture(&req.npe, &prior, &sims.data)?;
             let flow = config.init(&crate::cpu())?;
             let (flow, report) = train_posterior(flow, &sims, &req.npe, &mut |e: &FitEvent| events(RoundEvent::Fit(e)))?;
-            let record = PosteriorRecord {
-                prior,
-                support: req.npe.support,
-                observation: None,
-                rounds: 1,
-                simulations: sims.data.len(),
-                dropped_nonfinite: sims.dropped_nonfinite,
-                dropped_outside: sims.dropped_outside,
-            };
+            let record = PosteriorRecord::new(prior, req.npe.support, &sims);
             let meta = ModelMeta { family: format!("{} (npe)", req.npe.family.family), data_source: table.source.clone(), inputs: spec };
-            let model = Model { flow, meta, summary: Some(summary(&report, sims.data.len())), vi: None, posterior: Some(record) };
+            let model = Model { flow, meta, summary: Some(TrainingSummary::after(&TrainingSummary::default(), &report, sims.data.len(), 0)), vi: None, posterior: Some(record) };
             Ok(NpeOutcome { model, report, truncation_acceptance: Vec::new(), simulations_file: None })
         }
         (None, Some(sim)) => {
@@ -219,31 +190,33 @@ pub fn npe(req: &NpeRequest, notice: &mut dyn FnMut(Notice), events: &mut dyn Fn
                 .with_x_dim(observation.as_ref().map(Vec::len).or((log.x_dim > 0).then_some(log.x_dim)));
             let mut file = SimulationFile { path: path.clone(), theta_dim: d };
             let mut keep = |round: usize, theta: &[f64], x: &Simulated| file.append(round, theta, x);
-            let mut npe_events = |e: RoundEvent| events(e);
             let (flow, record, report, acceptance) =
-                sequential_npe(&prior, &program, observation.as_deref(), &req.npe, &sim.rounds, &mut log, &mut keep, &mut npe_events)?;
+                sequential_npe(&prior, &program, observation.as_deref(), &req.npe, &sim.rounds, &mut log, &mut keep, events)?;
             let total = record.simulations + record.dropped_nonfinite + record.dropped_outside;
             if record.dropped_nonfinite > 0 {
                 notice(Notice::Note(format!("dropped {} of {total} simulation(s) with non-finite x", record.dropped_nonfinite)));
             }
             let k = log.x_dim;
-            let mut names: Vec<String> = (1..=d).map(|i| format!("theta{i}")).collect();
-            names.extend((1..=k).map(|i| format!("x{i}")));
             let inputs = InputSpec {
                 input_columns: d + k + 1,
                 columns: (0..d).collect(),
                 context_columns: (d..d + k).collect(),
-                column_names: Some(names[..d].to_vec()),
+                column_names: Some(simulation_columns(d, 0)),
                 dequantize: false,
                 images: false,
                 logit_alpha: None,
                 standardized: true,
             };
             let meta = ModelMeta { family: format!("{} (npe)", req.npe.family.family), data_source: path.display().to_string(), inputs };
-            let model = Model { flow, meta, summary: Some(summary(&report, record.simulations)), vi: None, posterior: Some(record) };
+            let model = Model { flow, meta, summary: Some(TrainingSummary::after(&TrainingSummary::default(), &report, record.simulations, 0)), vi: None, posterior: Some(record) };
             Ok(NpeOutcome { model, report, truncation_acceptance: acceptance, simulations_file: Some(path) })
         }
     }
+}
+
+/// The names of a simulations file's θ and x columns: `theta1…thetaD, x1…xK`.
+fn simulation_columns(theta_dim: usize, x_dim: usize) -> Vec<String> {
+    (1..=theta_dim).map(|i| format!("theta{i}")).chain((1..=x_dim).map(|i| format!("x{i}"))).collect()
 }
 
 /// The simulations file: created with its header at the first batch, then appended and synced
@@ -260,8 +233,7 @@ impl SimulationFile {
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| io(e, &self.path))?;
         let mut s = String::new();
         if new {
-            let mut names: Vec<String> = (1..=self.theta_dim).map(|i| format!("theta{i}")).collect();
-            names.extend((1..=x.cols).map(|i| format!("x{i}")));
+            let mut names = simulation_columns(self.theta_dim, x.cols);
             names.push("round".into());
             s.push_str(&names.join(","));
             s.push('\n');
@@ -311,7 +283,7 @@ pub fn observation_for(model: &Model, spec: Option<&str>) -> Result<Vec<f64>> {
     let record = posterior_record(model)?;
     match spec {
         Some(s) => {
-            let t = context_rows(Some(s), model).map_err(|e| FlowError::Data(e.to_string().replace("--context", "--observation")))?;
+            let t = context_rows_named(Some(s), model, "--observation")?;
             let t = t.ok_or_else(|| FlowError::Data("the posterior needs an observation".into()))?;
             if t.rows() != 1 {
                 return Err(FlowError::Data(format!("--observation: expected one row, found {}", t.rows())));
@@ -322,10 +294,24 @@ pub fn observation_for(model: &Model, spec: Option<&str>) -> Result<Vec<f64>> {
     }
 }
 
-/// Posterior samples at an observation, their column names and the acceptance rate.
-pub fn posterior_samples(model: &Model, observation: &[f64], n: usize, seed: u64, limits: SamplingLimits) -> Result<(Table, f64)> {
+/// Posterior samples at an observation, their column names and the acceptance rate (a warning
+/// below 1 %: the flow puts most of its mass outside the prior's support).
+pub fn posterior_samples(
+    model: &Model,
+    observation: &[f64],
+    n: usize,
+    seed: u64,
+    limits: SamplingLimits,
+    notice: &mut dyn FnMut(Notice),
+) -> Result<(Table, f64)> {
     let record = posterior_record(model)?;
     let s = Posterior { flow: &model.flow, record }.sample(observation, n, seed, limits)?;
+    if s.acceptance < 0.01 {
+        notice(Notice::Warning(format!(
+            "only {:.3}% of the flow's samples fell inside the prior's support (leakage); sampling is slow and the flow is poor there",
+            100.0 * s.acceptance
+        )));
+    }
     let mut t = Table::new(s.theta, model.flow.dim(), "posterior samples");
     t.names = model.meta.inputs.column_names.clone();
     Ok((t, s.acceptance))

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::npe::{Posterior, SamplingLimits};
+use super::npe::{posterior_log_prob, Posterior, SamplingLimits};
 use crate::error::{FlowError, Result};
 
 /// Settings of [`calibration`].
@@ -40,6 +40,8 @@ pub struct RankStatistics {
     pub ks_p_value: f64,
     /// χ² statistic of the rank histogram against a flat one (bins − 1 degrees of freedom).
     pub chi2: f64,
+    /// The rank histogram: pairs per bin, the ranks 0..=L split into equal runs.
+    pub histogram: Vec<usize>,
 }
 
 /// Calibration of a posterior on N pairs.
@@ -81,7 +83,9 @@ pub fn calibration(posterior: &Posterior, theta: &[f64], x: &[f64], config: &Cal
         }
         let mut rows = s.theta.clone();
         rows.extend_from_slice(t);
-        let lp = posterior.log_prob(&rows, xo, config.seed)?;
+        // The acceptance rate that scales a rejection posterior's density is one constant at this
+        // observation, so comparing densities needs none.
+        let lp = posterior_log_prob(posterior.flow, &posterior.record.prior, &rows, xo, 1.0)?;
         let (lp_samples, lp_true) = (&lp[..l], lp[l]);
         // Level at which θ* enters the HPD region: the mass of samples denser than it.
         let level = lp_samples.iter().filter(|&&v| v > lp_true).count() as f64 / l as f64;
@@ -105,19 +109,24 @@ pub fn rank_statistics(ranks: Vec<usize>, l: usize, bins: usize) -> RankStatisti
         .enumerate()
         .map(|(i, v)| ((i + 1) as f64 / n as f64 - v).max(v - i as f64 / n as f64))
         .fold(0.0, f64::max);
-    let mut counts = vec![0usize; bins];
+    let bin = |r: usize| (r * bins / (l + 1)).min(bins - 1);
+    let (mut histogram, mut cells) = (vec![0usize; bins], vec![0usize; bins]);
     for &r in &ranks {
-        counts[(r * bins / (l + 1)).min(bins - 1)] += 1;
+        histogram[bin(r)] += 1;
     }
     // Expected count per bin: the cells 0..=L spread over the bins.
-    let chi2 = (0..bins)
-        .map(|b| {
-            let cells = (0..=l).filter(|&r| (r * bins / (l + 1)).min(bins - 1) == b).count();
-            let e = n as f64 * cells as f64 / (l + 1) as f64;
-            if e > 0.0 { (counts[b] as f64 - e).powi(2) / e } else { 0.0 }
+    for r in 0..=l {
+        cells[bin(r)] += 1;
+    }
+    let chi2 = histogram
+        .iter()
+        .zip(&cells)
+        .map(|(&count, &c)| {
+            let e = n as f64 * c as f64 / (l + 1) as f64;
+            if e > 0.0 { (count as f64 - e).powi(2) / e } else { 0.0 }
         })
         .sum();
-    RankStatistics { ks, ks_p_value: kolmogorov_p_value(ks, n), chi2, ranks }
+    RankStatistics { ks, ks_p_value: kolmogorov_p_value(ks, n), chi2, ranks, histogram }
 }
 
 /// `P(D_n ≥ d)` for the KS distance of n uniform draws (asymptotic, with Stephens' correction).

@@ -60,6 +60,21 @@ pub struct PosteriorRecord {
     pub dropped_outside: usize,
 }
 
+impl PosteriorRecord {
+    /// The record of an amortized posterior trained on `sims` (one round, no observation).
+    pub fn new(prior: Prior, support: SupportHandling, sims: &Simulations) -> Self {
+        Self {
+            prior,
+            support,
+            observation: None,
+            rounds: 1,
+            simulations: sims.data.len(),
+            dropped_nonfinite: sims.dropped_nonfinite,
+            dropped_outside: sims.dropped_outside,
+        }
+    }
+}
+
 /// The embedding of x.
 #[derive(Clone, Debug, PartialEq)]
 pub enum XEmbedding {

@@ -9,13 +9,12 @@
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use super::npe::{posterior_architecture, sample_posterior, train_posterior, NpeConfig, PosteriorRecord, SamplingLimits, Simulations};
+use super::npe::{posterior_architecture, posterior_log_prob, sample_posterior, train_posterior, NpeConfig, PosteriorRecord, SamplingLimits, Simulations};
 use super::prior::Prior;
 use super::simulator::{simulate, KeepBatch, Simulated, Simulator};
 use crate::error::{FlowError, Result};
 use crate::fit::{FitEvent, FitReport};
 use crate::flow::Flow;
-use crate::tensor::{matrix, repeat_rows, to_vec};
 
 /// Settings of sequential rounds.
 #[derive(Clone, Debug)]
@@ -187,13 +186,9 @@ pub fn sequential_npe(
         flow = Some(f);
         report = Some(rep);
         record = Some(PosteriorRecord {
-            prior: prior.clone(),
-            support: npe.support,
             observation: observation.filter(|_| config.rounds > 1).map(<[f64]>::to_vec),
             rounds: r + 1,
-            simulations: sims.data.len(),
-            dropped_nonfinite: sims.dropped_nonfinite,
-            dropped_outside: sims.dropped_outside,
+            ..PosteriorRecord::new(prior.clone(), npe.support, &sims)
         });
     }
     match (flow, record, report) {
@@ -209,12 +204,8 @@ pub fn truncated_prior_sample(flow: &Flow, prior: &Prior, observation: &[f64], n
     let d = prior.dim();
     let m = config.region_samples.max(100);
     let samples = sample_posterior(flow, prior, observation, m, rand::Rng::random(rng), SamplingLimits::default())?;
-    let device = flow.device();
-    let c = matrix(observation.to_vec(), 1, observation.len(), &device);
-    let log_q = |rows: &[f64]| -> Result<Vec<f64>> {
-        let k = rows.len() / d;
-        to_vec(flow.log_prob(matrix(rows.to_vec(), k, d, &device), Some(&repeat_rows(&c, k)))?)
-    };
+    // Densities up to the acceptance rate, a constant at one observation: −∞ outside the prior.
+    let log_q = |rows: &[f64]| posterior_log_prob(flow, prior, rows, observation, 1.0);
     let mut lq = log_q(&samples.theta)?;
     lq.sort_by(f64::total_cmp);
     let tau = lq[((config.epsilon * m as f64).floor() as usize).min(m - 1)];
@@ -231,11 +222,7 @@ pub fn truncated_prior_sample(flow: &Flow, prior: &Prior, observation: &[f64], n
         low[j] -= 0.1 * w;
         high[j] += 0.1 * w;
     }
-    let mut accept = |rows: &[f64]| -> Result<Vec<bool>> {
-        let inside: Vec<bool> = rows.chunks_exact(d).map(|r| prior.contains(r)).collect();
-        let lq = log_q(rows)?;
-        Ok(lq.iter().zip(inside).map(|(v, ok)| ok && *v >= tau).collect())
-    };
+    let mut accept = |rows: &[f64]| -> Result<Vec<bool>> { Ok(log_q(rows)?.iter().map(|v| *v >= tau).collect()) };
     let (theta, attempts) = prior.sample_restricted(n, &low, &high, rng, n.saturating_mul(10_000).max(1_000_000), &mut accept)?;
     Ok((theta, n as f64 / attempts as f64))
 }
