@@ -134,8 +134,16 @@ impl Simulator for ProgramSimulator {
                 Ok(None) => {
                     if let Some(t) = self.timeout {
                         if start.elapsed() > t {
+                            // The shell's own `kill` signals the group: procps-ng 4.0's
+                            // /usr/bin/kill reads `-KILL -PGID` as `-1`, every process we may
+                            // signal.
                             #[cfg(unix)]
-                            let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", child.id())).stderr(Stdio::null()).status();
+                            let _ = Command::new("sh")
+                                .arg("-c")
+                                .arg(format!("kill -KILL -{}", child.id()))
+                                .stdin(Stdio::null())
+                                .stderr(Stdio::null())
+                                .status();
                             let _ = child.kill();
                             let _ = child.wait();
                             return Err(fail(batch, format!("no answer after {:.0} s (--simulator-timeout); the process was killed", t.as_secs_f64())));
