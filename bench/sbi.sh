@@ -2,7 +2,7 @@
 # The sbibm benchmark of `diffeo npe`: C2ST against the sbibm reference posteriors.
 #
 #   bench/sbi.sh [--tasks "two_moons gaussian_linear gaussian_mixture slcp"] [--budgets "10000"]
-#                [--observations "1 2 3 4 5 6 7 8 9 10"] [--sequential] [--out DIR]
+#                [--observations "1 2 3 4 5 6 7 8 9 10"] [--sequential | --sequential-only] [--out DIR]
 #
 # Amortized: `diffeo npe --data SIMS --theta-cols … --x-cols … --prior SPEC --seed 0` with no
 # other flag, then `diffeo posterior` (10,000 samples) at each observation. Sequential
@@ -19,6 +19,7 @@ TASKS="two_moons gaussian_linear gaussian_mixture slcp"
 BUDGETS="10000"
 OBSERVATIONS="1 2 3 4 5 6 7 8 9 10"
 SEQUENTIAL=0
+AMORTIZED=1
 OUT="bench/results/sbi"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -26,6 +27,7 @@ while [ $# -gt 0 ]; do
     --budgets) BUDGETS="$2"; shift 2 ;;
     --observations) OBSERVATIONS="$2"; shift 2 ;;
     --sequential) SEQUENTIAL=1; shift ;;
+    --sequential-only) SEQUENTIAL=1; AMORTIZED=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -46,20 +48,24 @@ for task in $TASKS; do
   theta_cols="0-$((D - 1))"; x_cols="$D-$((D + K - 1))"
   for budget in $BUDGETS; do
     dir="$OUT/$task/$budget"; mkdir -p "$dir"
-    "$PYTHON" bench/sbi/tasks.py sims "$task" "$budget" --seed 0 > "$dir/sims.csv"
-    start=$(date +%s.%N)
-    "$DIFFEO" npe --data "$dir/sims.csv" --theta-cols "$theta_cols" --x-cols "$x_cols" --prior "$prior" --seed 0 --out "$dir/amortized.dfo" --quiet
-    train_s=$(echo "$(date +%s.%N) - $start" | bc)
-    # Calibration on 200 fresh pairs.
-    "$PYTHON" bench/sbi/tasks.py sims "$task" 200 --seed 99 > "$dir/held-out.csv"
-    mkdir -p "$dir/sbc"
-    sbc=$("$DIFFEO" sbc --model "$dir/amortized.dfo" --data "$dir/held-out.csv" --theta-cols "$theta_cols" --x-cols "$x_cols" --plots "$dir/sbc" --json)
-    echo "{\"task\": \"$task\", \"mode\": \"sbc\", \"simulations\": $budget, \"sbc\": $sbc}" >> "$RESULTS"
+    if [ "$AMORTIZED" = 1 ]; then
+      "$PYTHON" bench/sbi/tasks.py sims "$task" "$budget" --seed 0 > "$dir/sims.csv"
+      start=$(date +%s.%N)
+      "$DIFFEO" npe --data "$dir/sims.csv" --theta-cols "$theta_cols" --x-cols "$x_cols" --prior "$prior" --seed 0 --out "$dir/amortized.dfo" --quiet
+      train_s=$(echo "$(date +%s.%N) - $start" | bc)
+      # Calibration on 200 fresh pairs.
+      "$PYTHON" bench/sbi/tasks.py sims "$task" 200 --seed 99 > "$dir/held-out.csv"
+      mkdir -p "$dir/sbc"
+      sbc=$("$DIFFEO" sbc --model "$dir/amortized.dfo" --data "$dir/held-out.csv" --theta-cols "$theta_cols" --x-cols "$x_cols" --plots "$dir/sbc" --json)
+      echo "{\"task\": \"$task\", \"mode\": \"sbc\", \"simulations\": $budget, \"sbc\": $sbc}" >> "$RESULTS"
+    fi
     for k in $OBSERVATIONS; do
       obs="$REF/$task/obs$k"
-      acc=$("$DIFFEO" posterior --model "$dir/amortized.dfo" --observation "$obs/observation.csv" -n 10000 --seed "$k" --out "$dir/amortized-obs$k.csv" --json | "$PYTHON" -c "import json,sys; print(json.load(sys.stdin)['acceptance'])")
-      c=$("$PYTHON" bench/sbi/c2st.py "$obs/reference.csv" "$dir/amortized-obs$k.csv")
-      echo "{\"task\": \"$task\", \"mode\": \"amortized\", \"simulations\": $budget, \"observation\": $k, \"c2st\": $c, \"acceptance\": $acc, \"train_seconds\": $train_s}" | tee -a "$RESULTS"
+      if [ "$AMORTIZED" = 1 ]; then
+        acc=$("$DIFFEO" posterior --model "$dir/amortized.dfo" --observation "$obs/observation.csv" -n 10000 --seed "$k" --out "$dir/amortized-obs$k.csv" --json | "$PYTHON" -c "import json,sys; print(json.load(sys.stdin)['acceptance'])")
+        c=$("$PYTHON" bench/sbi/c2st.py "$obs/reference.csv" "$dir/amortized-obs$k.csv")
+        echo "{\"task\": \"$task\", \"mode\": \"amortized\", \"simulations\": $budget, \"observation\": $k, \"c2st\": $c, \"acceptance\": $acc, \"train_seconds\": $train_s}" | tee -a "$RESULTS"
+      fi
       if [ "$SEQUENTIAL" = 1 ]; then
         start=$(date +%s.%N)
         rm -f "$dir/seq-obs$k.sims.csv"

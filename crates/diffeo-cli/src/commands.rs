@@ -352,6 +352,7 @@ pub fn info(a: InfoArgs) -> Result<()> {
             o["posterior"] = json!({
                 "prior": p.prior.spec(), "support": p.support, "observation": p.observation, "rounds": p.rounds,
                 "simulations": p.simulations, "dropped_nonfinite": p.dropped_nonfinite, "dropped_outside": p.dropped_outside,
+                "ensemble": 1 + m.members.len(),
             });
         }
         println!("{o}");
@@ -390,7 +391,11 @@ pub fn info(a: InfoArgs) -> Result<()> {
             diffeo::sbi::SupportHandling::Rejection => "rejection outside the support",
         };
         let at = p.observation.as_ref().map(|o| format!(", focused on x_o = {o:?}")).unwrap_or_default();
-        println!("posterior:    prior {} ({support}); {} simulation(s) in {} round(s){at}", p.prior.spec(), p.simulations, p.rounds);
+        let ensemble = match m.members.len() {
+            0 => String::new(),
+            k => format!("; the mixture of {} flows", k + 1),
+        };
+        println!("posterior:    prior {} ({support}); {} simulation(s) in {} round(s){at}{ensemble}", p.prior.spec(), p.simulations, p.rounds);
     }
     if let Some(s) = &m.summary {
         let val = s.best_val_log_likelihood.map(|v| format!("{v:.4} nats at step {}", s.best_step)).unwrap_or_else(|| "none".into());

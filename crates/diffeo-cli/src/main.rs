@@ -116,7 +116,14 @@ pub(crate) fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
-fn probability(s: &str) -> Result<f64, String> {
+pub(crate) fn nonnegative_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number ≥ 0")),
+    }
+}
+
+pub(crate) fn probability(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
         _ => Err(format!("{s:?} is not in [0, 1)")),

@@ -31,6 +31,14 @@ pub enum SupportArg {
     Transform,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StandardizeArg {
+    /// Subtract θ's least-squares regression on x and divide by the residuals' spread.
+    GivenX,
+    /// θ's own mean and standard deviation.
+    Marginal,
+}
+
 #[derive(Args, Debug)]
 pub struct NpeArgs {
     /// Simulations: CSV (with or without a header) or NPY holding θ and x columns.
@@ -106,6 +114,12 @@ pub struct NpeArgs {
     /// How posterior samples keep to the prior's support.
     #[arg(long, value_enum, default_value = "reject")]
     pub support: SupportArg,
+    /// Flows trained with seeds seed, seed+1, …; the posterior is their equal-weight mixture.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64), default_value = "5")]
+    pub ensemble: u64,
+    /// How θ is standardized inside the model (given-x needs no embedding; with one, marginal).
+    #[arg(long, value_enum, default_value = "given-x")]
+    pub standardize_theta: StandardizeArg,
     /// Minibatch size (default 200).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: Option<u64>,
@@ -115,6 +129,22 @@ pub struct NpeArgs {
     /// Stop after this many epochs without a better validation score (default 20).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub patience: Option<u64>,
+    /// Times the learning rate is reduced (by --lr-decay-factor) when --patience runs out,
+    /// before training stops.
+    #[arg(long)]
+    pub lr_decays: Option<u64>,
+    /// The factor of each reduction, in (0, 1).
+    #[arg(long, value_parser = positive_f64)]
+    pub lr_decay_factor: Option<f64>,
+    /// Dropout inside the residual blocks (with --residual-blocks; default 0).
+    #[arg(long, value_parser = crate::probability)]
+    pub dropout: Option<f64>,
+    /// L2 weight decay (default 0).
+    #[arg(long, value_parser = crate::nonnegative_f64)]
+    pub weight_decay: Option<f64>,
+    /// Residual blocks in the conditioner networks instead of a plain MLP (default 0).
+    #[arg(long)]
+    pub residual_blocks: Option<u64>,
     /// The most epochs per round (default 2000).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_epochs: Option<u64>,
@@ -162,6 +192,8 @@ fn npe_config(a: &NpeArgs) -> Result<NpeConfig> {
         SupportArg::Transform => SupportHandling::Transform,
         SupportArg::Reject => SupportHandling::Rejection,
     };
+    c.standardize_given_x = a.standardize_theta == StandardizeArg::GivenX;
+    c.ensemble = a.ensemble as usize;
     c.train.seed = a.seed;
     if let Some(b) = a.batch {
         c.train.batch_size = b as usize;
@@ -171,6 +203,21 @@ fn npe_config(a: &NpeArgs) -> Result<NpeConfig> {
     }
     if let Some(p) = a.patience {
         c.patience_epochs = p as usize;
+    }
+    if let Some(d) = a.dropout {
+        c.family.dropout = d;
+    }
+    if let Some(w) = a.weight_decay {
+        c.train.weight_decay = w;
+    }
+    if let Some(r) = a.residual_blocks {
+        c.family.residual_blocks = r as usize;
+    }
+    if let Some(d) = a.lr_decays {
+        c.train.lr_decays = d as usize;
+    }
+    if let Some(f) = a.lr_decay_factor {
+        c.train.lr_decay_factor = f;
     }
     if let Some(m) = a.max_epochs {
         c.max_epochs = m as usize;

@@ -602,10 +602,13 @@ fn posterior_estimation_from_a_simulations_file() {
     let info = json(&ok(&["info", "--model", &model, "--json"]));
     assert_eq!(info["posterior"]["prior"], "uniform:-1:1x2");
     assert_eq!(info["posterior"]["dropped_outside"], 1);
-    assert!(ok(&["info", "--model", &model]).contains("prior uniform:-1:1x2"));
+    assert_eq!(info["posterior"]["ensemble"], 5);
+    let described = ok(&["info", "--model", &model]);
+    assert!(described.contains("prior uniform:-1:1x2") && described.contains("the mixture of 5 flows"), "{described}");
     // Rejection (the default) instead of the transform: same interface, acceptance reported.
     let rejected = p(d, "rej.dfo");
-    ok(&[&args[..], &["--hidden", "16", "--transforms", "2", "--out", &rejected, "-q"]].concat());
+    ok(&[&args[..], &["--hidden", "16", "--transforms", "2", "--ensemble", "1", "--standardize-theta", "marginal", "--out", &rejected, "-q"]].concat());
+    assert_eq!(json(&ok(&["info", "--model", &rejected, "--json"]))["posterior"]["ensemble"], 1);
     let s = json(&ok(&["posterior", "--model", &rejected, "--observation", "0.9,0.9", "-n", "200", "--out", &p(d, "r.npy"), "--json"]));
     assert!(s["acceptance"].as_f64().unwrap() > 0.0 && s["acceptance"].as_f64().unwrap() <= 1.0);
     // Bad input: one line, exit 2, nothing written.

@@ -229,7 +229,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Serialises a flow (weights + architecture + `extra` metadata) to bytes, in the current format
 /// version. A flow with non-finite weights is refused, so no NaN model is ever written.
 pub fn to_bytes(flow: &Flow, extra: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    to_bytes_with_members(flow, &[], extra)
+}
+
+/// The prefix of the stored names of ensemble member `i` (1-based: the first flow has none).
+fn member_prefix(i: usize) -> String {
+    format!("member{i}/")
+}
+
+/// [`to_bytes`] of a flow and further flows stored beside it (an ensemble's members): their
+/// tensors named `member{i}/…`, their architectures under `member{i}.config`, their count
+/// under `members`. Files without members are byte-for-byte what [`to_bytes`] always wrote.
+pub fn to_bytes_with_members(flow: &Flow, members: &[Flow], extra: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let mut tensors = collect(flow, true)?;
+    for (i, m) in members.iter().enumerate() {
+        let prefix = member_prefix(i + 1);
+        tensors.extend(collect(m, true)?.into_iter().map(|(name, shape, dt, bytes)| (format!("{prefix}{name}"), shape, dt, bytes)));
+    }
     if let Some((name, ..)) = tensors.iter().find(|(_, _, dt, bytes)| match dt {
         Dtype::F64 => bytes.chunks_exact(8).any(|b| !f64::from_le_bytes(b.try_into().expect("8 bytes")).is_finite()),
         _ => bytes.chunks_exact(4).any(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
@@ -248,6 +264,12 @@ pub fn to_bytes(flow: &Flow, extra: &BTreeMap<String, String>) -> Result<Vec<u8>
     meta.insert("format".into(), FORMAT_NAME.into());
     meta.insert("version".into(), FORMAT_VERSION.to_string());
     meta.insert("config".into(), serde_json::to_string(flow.config()).map_err(|e| FlowError::Backend(e.to_string()))?);
+    for (i, m) in members.iter().enumerate() {
+        meta.insert(format!("member{}.config", i + 1), serde_json::to_string(m.config()).map_err(|e| FlowError::Backend(e.to_string()))?);
+    }
+    if !members.is_empty() {
+        meta.insert("members".into(), members.len().to_string());
+    }
     meta.insert("checksum".into(), format!("{checksum:016x}"));
     meta.insert("tensors".into(), tensors.len().to_string());
     let views = tensors
@@ -271,6 +293,8 @@ pub fn save(flow: &Flow, path: impl AsRef<Path>, extra: &BTreeMap<String, String
 pub struct LoadedModel {
     /// The flow (batch norm in evaluation mode).
     pub flow: Flow,
+    /// Further flows stored beside it (an ensemble's members; usually none).
+    pub members: Vec<Flow>,
     /// Extra metadata given to [`save`].
     pub extra: BTreeMap<String, String>,
 }
@@ -335,22 +359,61 @@ pub fn from_bytes(bytes: &[u8], name: &str, device: &Device) -> Result<LoadedMod
     if let Some(what) = nonfinite {
         return Err(bad(format!("{what} holds non-finite values")));
     }
-    let flow = config.init(device).map_err(|e| bad(format!("architecture: {e}")))?;
-    let rename = chain_entries(&config);
-    // Rank-0 tensors are stored with shape [1]; restore the architecture's shapes.
-    let mut restore = Restore { path: ModulePath::default(), source, rename, next: 0, used: Vec::new(), error: None };
-    let flow = flow.map(&mut restore);
-    if let Some(e) = restore.error {
-        return Err(bad(e));
-    }
-    if restore.next != count {
-        return Err(bad(format!("file has {count} tensors, the architecture uses {}", restore.next)));
-    }
+    // An ensemble's members: their tensors leave the first flow's source for their own.
+    let member_count: usize = match meta.get("members") {
+        Some(m) => m.parse().map_err(|_| bad(format!("bad member count {m:?}")))?,
+        None => 0,
+    };
+    let mut member_sources = Vec::with_capacity(member_count);
+    let source = match source {
+        Source::Named(mut all) if member_count > 0 => {
+            for i in 1..=member_count {
+                let prefix = member_prefix(i);
+                let names: Vec<String> = all.keys().filter(|n| n.starts_with(&prefix)).cloned().collect();
+                let own: HashMap<_, _> =
+                    names.into_iter().filter_map(|n| all.remove(&n).map(|v| (n[prefix.len()..].to_string(), v))).collect();
+                let config: FlowConfig = serde_json::from_str(
+                    meta.get(&format!("member{i}.config")).ok_or_else(|| bad(format!("no architecture of member {i}")))?,
+                )
+                .map_err(|e| bad(format!("architecture of member {i}: {e}")))?;
+                member_sources.push((config, Source::Named(own)));
+            }
+            Source::Named(all)
+        }
+        Source::Positional(_) if member_count > 0 => return Err(bad("a version-1 file cannot hold members".into())),
+        other => other,
+    };
+    let flow = restore_flow(&config, source, device).map_err(bad)?;
+    let members = member_sources
+        .into_iter()
+        .enumerate()
+        .map(|(i, (c, src))| restore_flow(&c, src, device).map_err(|e| bad(format!("member {}: {e}", i + 1))))
+        .collect::<Result<Vec<_>>>()?;
     let extra = meta
         .iter()
         .filter_map(|(k, v)| k.strip_prefix("x.").map(|k| (k.to_string(), v.clone())))
         .collect();
-    Ok(LoadedModel { flow, extra })
+    Ok(LoadedModel { flow, members, extra })
+}
+
+/// A flow of architecture `config` with the weights of `source`, which it must use up.
+fn restore_flow(config: &FlowConfig, source: Source, device: &Device) -> std::result::Result<Flow, String> {
+    let count = match &source {
+        Source::Positional(t) => t.len(),
+        Source::Named(t) => t.len(),
+    };
+    let flow = config.init(device).map_err(|e| format!("architecture: {e}"))?;
+    let rename = chain_entries(config);
+    // Rank-0 tensors are stored with shape [1]; restore the architecture's shapes.
+    let mut restore = Restore { path: ModulePath::default(), source, rename, next: 0, used: Vec::new(), error: None };
+    let flow = flow.map(&mut restore);
+    if let Some(e) = restore.error {
+        return Err(e);
+    }
+    if restore.next != count {
+        return Err(format!("file has {count} tensors, the architecture uses {}", restore.next));
+    }
+    Ok(flow)
 }
 
 /// Loads a flow saved by [`save`] onto `device`.

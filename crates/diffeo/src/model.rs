@@ -104,6 +104,9 @@ pub struct Model {
     pub vi: Option<ViRecord>,
     /// Prior and simulations of a posterior estimate `q(θ | x)`.
     pub posterior: Option<crate::sbi::PosteriorRecord>,
+    /// An ensemble's further members (empty for one flow): a posterior is then the
+    /// equal-weight mixture of `flow` and these.
+    pub members: Vec<Flow>,
 }
 
 /// Loads a model; every failure is a one-line error naming the file.
@@ -127,7 +130,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Model> {
         })?),
         None => None,
     };
-    Ok(Model { flow: loaded.flow, meta, summary, vi, posterior })
+    Ok(Model { flow: loaded.flow, members: loaded.members, meta, summary, vi, posterior })
 }
 
 /// Saves a model atomically with its metadata.
@@ -141,7 +144,7 @@ pub fn save(path: &Path, model: &Model) -> Result<()> {
     if let Some(p) = &model.posterior {
         extra.insert(POSTERIOR_KEY.to_string(), json(p)?);
     }
-    crate::io::save(&model.flow, path, &extra).map_err(|e| match e {
+    crate::io::to_bytes_with_members(&model.flow, &model.members, &extra).and_then(|bytes| crate::io::write_atomic(path, &bytes)).map_err(|e| match e {
         FlowError::Io { .. } | FlowError::NonFinite { .. } => e,
         other => FlowError::Data(format!("cannot save {}: {other}", path.display())),
     })

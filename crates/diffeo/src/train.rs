@@ -69,9 +69,17 @@ pub struct TrainConfig {
     /// Learning-rate schedule.
     #[config(default = "Schedule::Constant")]
     pub schedule: Schedule,
-    /// Stop after this many validations without improvement, restoring the best model.
+    /// Stop after this many validations without improvement, restoring the best model (after
+    /// `lr_decays` reductions of the rate, when set).
     #[config(default = "None")]
     pub patience: Option<usize>,
+    /// Times the rate is multiplied by `lr_decay_factor` when `patience` runs out, before
+    /// training stops (0: stop at the first plateau). Each reduction resets the count.
+    #[config(default = 0)]
+    pub lr_decays: usize,
+    /// The factor of each reduction on a plateau, in (0, 1).
+    #[config(default = 0.5)]
+    pub lr_decay_factor: f64,
     /// Validate (and report the interval's mean loss) every this many steps, and after the last.
     #[config(default = 100)]
     pub eval_every: usize,
@@ -121,6 +129,9 @@ impl TrainConfig {
         }
         if self.patience == Some(0) {
             return bad("patience must be at least 1");
+        }
+        if !(self.lr_decay_factor > 0.0 && self.lr_decay_factor < 1.0) {
+            return bad("the learning-rate decay factor must lie in (0, 1)");
         }
         if let Some(b) = self.time_budget {
             if !(b > 0.0 && b.is_finite()) {
@@ -491,6 +502,8 @@ pub fn train(
     let mut history = Vec::new();
     let mut best: Option<(f64, usize, Flow)> = None;
     let mut since_best = 0;
+    // Reductions of the rate on plateaus so far, and the factor they make.
+    let (mut decays, mut decay_scale) = (0usize, 1.0);
     let (mut interval_loss, mut interval_count) = (0.0, 0usize);
     let mut interval_metrics: Vec<(&'static str, f64)> = Vec::new();
     let mut last_interval_loss = f64::NAN;
@@ -511,7 +524,7 @@ pub fn train(
         if let Some(max_norm) = config.grad_clip_norm {
             clip_global_norm(&mut grads, &ids.0, max_norm)?;
         }
-        let lr = config.lr_at(step - 1, total, start.elapsed().as_secs_f64() - paused);
+        let lr = decay_scale * config.lr_at(step - 1, total, start.elapsed().as_secs_f64() - paused);
         model = optim.step(lr, model, grads);
         steps_done = step;
         interval_loss += loss_value;
@@ -551,8 +564,14 @@ pub fn train(
                 let best_ll = best.as_ref().map(|b| b.0).unwrap_or(f64::NAN);
                 observer(&FitEvent::Validation { step, log_likelihood: ll, best: best_ll });
                 if config.patience.is_some_and(|p| since_best >= p) {
-                    stopped_early = true;
-                    break;
+                    if decays < config.lr_decays {
+                        decays += 1;
+                        decay_scale *= config.lr_decay_factor;
+                        since_best = 0;
+                    } else {
+                        stopped_early = true;
+                        break;
+                    }
                 }
             }
         }

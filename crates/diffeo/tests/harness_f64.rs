@@ -42,6 +42,68 @@ fn elementwise_maps() {
 }
 
 #[test]
+fn conditional_affine_with_and_without_context() {
+    let d = device();
+    let with = ConditionalAffineConfig::new(
+        3,
+        2,
+        vec![0.5, -1.0, 2.0],
+        vec![1.0, -0.5, 0.0, 2.0, 0.3, 0.3],
+        vec![0.4, 1.5, 1.0],
+    );
+    check(&with.init(&d).unwrap(), &HarnessConfig::default());
+    let without = ConditionalAffineConfig::new(2, 0, vec![1.0, -2.0], vec![], vec![3.0, 0.25]);
+    check(&without.init(&d).unwrap(), &HarnessConfig::default());
+    // Wrong sizes and non-positive scales are refused.
+    assert!(
+        ConditionalAffineConfig::new(2, 1, vec![0.0; 2], vec![0.0; 1], vec![1.0; 2])
+            .init(&d)
+            .is_err()
+    );
+    assert!(
+        ConditionalAffineConfig::new(1, 0, vec![0.0], vec![], vec![0.0])
+            .init(&d)
+            .is_err()
+    );
+}
+
+#[test]
+fn conditional_affine_regression_recovers_a_linear_model() {
+    use rand::{Rng, SeedableRng};
+    // y = 1 + 2 c₁ − c₂ + 0.5 ε (first feature), y₂ = −3 + 0.1 ε (second): the regression finds
+    // the coefficients and the residual spreads.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let n = 20_000;
+    let (mut y, mut c) = (Vec::new(), Vec::new());
+    let normal = |rng: &mut rand::rngs::StdRng| -> f64 { rng.sample(rand_distr::StandardNormal) };
+    for _ in 0..n {
+        let (c1, c2) = (normal(&mut rng), normal(&mut rng));
+        c.extend([c1, c2]);
+        y.extend([
+            1.0 + 2.0 * c1 - c2 + 0.5 * normal(&mut rng),
+            -3.0 + 0.1 * normal(&mut rng),
+        ]);
+    }
+    let r = ConditionalAffineConfig::regression(&y, 2, &c, 2).unwrap();
+    let close = |a: f64, b: f64, tol: f64| assert!((a - b).abs() < tol, "{a} vs {b}");
+    close(r.shift[0], 1.0, 0.02);
+    close(r.shift[1], -3.0, 0.005);
+    close(r.weight[0], 2.0, 0.02);
+    close(r.weight[1], -1.0, 0.02);
+    close(r.weight[2], 0.0, 0.005);
+    close(r.weight[3], 0.0, 0.005);
+    close(r.scale[0], 0.5, 0.02);
+    close(r.scale[1], 0.1, 0.005);
+    // Too few rows per coefficient: the marginal standardization (W = 0).
+    let few = ConditionalAffineConfig::regression(&y[..40], 2, &c[..40], 2).unwrap();
+    assert!(few.weight.iter().all(|w| *w == 0.0));
+    // Non-finite values are refused.
+    let mut bad = y[..200].to_vec();
+    bad[3] = f64::NAN;
+    assert!(ConditionalAffineConfig::regression(&bad, 2, &c[..200], 2).is_err());
+}
+
+#[test]
 fn elementwise_out_of_domain_is_minus_infinity() {
     let d = device();
     let b = ElementwiseConfig::new(1, ElementwiseKind::Exp).init(&d).unwrap();

@@ -377,4 +377,6 @@ registry! {
     leaky_relu => LeakyRelu(LeakyReluConfig),
     /// Squeeze: 2×2 pixel blocks into channels (image events).
     squeeze => Squeeze(SqueezeConfig),
+    /// A fixed affine map with a shift linear in the context (a standardization given x).
+    conditional_affine => ConditionalAffine(ConditionalAffineConfig),
 }

@@ -346,7 +346,7 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
     }
     let (flow, report) = result?;
     let summary = TrainingSummary::after(&prior, &report, train_rows, val_rows);
-    Ok(FitOutcome { model: Model { flow, meta, summary: Some(summary), vi: None, posterior: None }, report, train_rows, val_rows, curve })
+    Ok(FitOutcome { model: Model { flow, members: Vec::new(), meta, summary: Some(summary), vi: None, posterior: None }, report, train_rows, val_rows, curve })
 }
 
 /// Per-row log-likelihoods of a data source under a model (its columns and preprocessing, the
@@ -499,5 +499,5 @@ pub fn vi(req: &ViRequest, observer: &mut dyn FnMut(&ReverseKlProgress)) -> Resu
         ..TrainingSummary::default()
     };
     let vi = ViRecord { target: req.target.clone(), diagnostics };
-    Ok(ViOutcome { model: Model { flow, meta, summary: Some(summary), vi: Some(vi), posterior: None }, report })
+    Ok(ViOutcome { model: Model { flow, members: Vec::new(), meta, summary: Some(summary), vi: Some(vi), posterior: None }, report })
 }

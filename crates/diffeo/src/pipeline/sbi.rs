@@ -18,10 +18,11 @@ use crate::data::prepare::InputSpec;
 use crate::data::{self, Split, Table};
 use crate::error::{FlowError, Result};
 use crate::fit::{FitEvent, FitReport};
+use crate::flow::Flow;
 use crate::model::{Model, ModelMeta, TrainingSummary};
 use crate::sbi::{
-    calibration, posterior_architecture, sequential_npe, train_posterior, Calibration, CalibrationConfig, NpeConfig, Posterior, PosteriorRecord, Prior,
-    ProgramSimulator, RoundEvent, SamplingLimits, SequentialConfig, Simulated, SimulationLog, Simulations,
+    calibration, sequential_npe, train_ensemble, Calibration, CalibrationConfig, NpeConfig, Posterior, PosteriorRecord, Prior, ProgramSimulator,
+    RoundEvent, SamplingLimits, SequentialConfig, Simulated, SimulationLog, Simulations, TrainedFlow,
 };
 
 /// The simulator of a request.
@@ -153,12 +154,18 @@ pub fn npe(req: &NpeRequest, notice: &mut dyn FnMut(Notice), events: &mut dyn Fn
             let (theta, x) = split_pairs(&table, &spec);
             let sims = Simulations::new(&prior, &theta, &x, spec.context_dim())?;
             drop_notices(&prior, &sims, table.rows(), notice);
-            let config = posterior_architecture(&req.npe, &prior, &sims.data)?;
-            let flow = config.init(&crate::cpu())?;
-            let (flow, report) = train_posterior(flow, &sims, &req.npe, &mut |e: &FitEvent| events(RoundEvent::Fit(e)))?;
+            let trained = train_ensemble(Vec::new(), &prior, &sims, &req.npe, &mut |_, e: &FitEvent| events(RoundEvent::Fit(e)))?;
+            let (flow, members, report) = ensemble_parts(trained)?;
             let record = PosteriorRecord::new(prior, req.npe.support, &sims);
             let meta = ModelMeta { family: format!("{} (npe)", req.npe.family.family), data_source: table.source.clone(), inputs: spec };
-            let model = Model { flow, meta, summary: Some(TrainingSummary::after(&TrainingSummary::default(), &report, sims.data.len(), 0)), vi: None, posterior: Some(record) };
+            let model = Model {
+                flow,
+                members,
+                meta,
+                summary: Some(TrainingSummary::after(&TrainingSummary::default(), &report, sims.data.len(), 0)),
+                vi: None,
+                posterior: Some(record),
+            };
             Ok(NpeOutcome { model, report, truncation_acceptance: Vec::new(), simulations_file: None })
         }
         (None, Some(sim)) => {
@@ -190,8 +197,9 @@ pub fn npe(req: &NpeRequest, notice: &mut dyn FnMut(Notice), events: &mut dyn Fn
                 .with_x_dim(observation.as_ref().map(Vec::len).or((log.x_dim > 0).then_some(log.x_dim)));
             let mut file = SimulationFile { path: path.clone(), theta_dim: d };
             let mut keep = |round: usize, theta: &[f64], x: &Simulated| file.append(round, theta, x);
-            let (flow, record, report, acceptance) =
+            let (trained, record, acceptance) =
                 sequential_npe(&prior, &program, observation.as_deref(), &req.npe, &sim.rounds, &mut log, &mut keep, events)?;
+            let (flow, members, report) = ensemble_parts(trained)?;
             let total = record.simulations + record.dropped_nonfinite + record.dropped_outside;
             if record.dropped_nonfinite > 0 {
                 notice(Notice::Note(format!("dropped {} of {total} simulation(s) with non-finite x", record.dropped_nonfinite)));
@@ -208,10 +216,37 @@ pub fn npe(req: &NpeRequest, notice: &mut dyn FnMut(Notice), events: &mut dyn Fn
                 standardized: true,
             };
             let meta = ModelMeta { family: format!("{} (npe)", req.npe.family.family), data_source: path.display().to_string(), inputs };
-            let model = Model { flow, meta, summary: Some(TrainingSummary::after(&TrainingSummary::default(), &report, record.simulations, 0)), vi: None, posterior: Some(record) };
+            let model = Model {
+                flow,
+                members,
+                meta,
+                summary: Some(TrainingSummary::after(&TrainingSummary::default(), &report, record.simulations, 0)),
+                vi: None,
+                posterior: Some(record),
+            };
             Ok(NpeOutcome { model, report, truncation_acceptance: acceptance, simulations_file: Some(path) })
         }
     }
+}
+
+/// The first flow, the other members, and one report for all: steps and seconds summed, the
+/// mean of the members' best validation scores (each on its own split), the first member's
+/// history.
+fn ensemble_parts(trained: Vec<TrainedFlow>) -> Result<(Flow, Vec<Flow>, FitReport)> {
+    let k = trained.len() as f64;
+    let mut it = trained.into_iter();
+    let (flow, mut report) = it.next().ok_or_else(|| FlowError::InvalidConfig("no posterior was trained".into()))?;
+    let mut best_sum = report.best_val_log_likelihood;
+    let mut members = Vec::new();
+    for (f, r) in it {
+        report.steps += r.steps;
+        report.seconds += r.seconds;
+        report.stopped_early &= r.stopped_early;
+        best_sum = best_sum.zip(r.best_val_log_likelihood).map(|(a, b)| a + b);
+        members.push(f);
+    }
+    report.best_val_log_likelihood = best_sum.map(|v| v / k);
+    Ok((flow, members, report))
 }
 
 /// The names of a simulations file's θ and x columns: `theta1…thetaD, x1…xK`.
@@ -305,7 +340,7 @@ pub fn posterior_samples(
     notice: &mut dyn FnMut(Notice),
 ) -> Result<(Table, f64)> {
     let record = posterior_record(model)?;
-    let s = Posterior { flow: &model.flow, record }.sample(observation, n, seed, limits)?;
+    let s = Posterior { flow: &model.flow, members: &model.members, record }.sample(observation, n, seed, limits)?;
     if s.acceptance < 0.01 {
         notice(Notice::Warning(format!(
             "only {:.3}% of the flow's samples fell inside the prior's support (leakage); sampling is slow and the flow is poor there",
@@ -342,7 +377,7 @@ pub fn posterior_log_density(model: &Model, data: &str, observation: Option<&str
     if theta.iter().any(|v| v.is_nan()) {
         return Err(FlowError::Data(format!("{}: θ holds NaN", table.source)));
     }
-    let posterior = Posterior { flow: &model.flow, record };
+    let posterior = Posterior { flow: &model.flow, members: &model.members, record };
     match (observation, x) {
         (Some(_), _) | (None, None) => {
             let o = observation_for(model, observation)?;
@@ -353,7 +388,7 @@ pub fn posterior_log_density(model: &Model, data: &str, observation: Option<&str
                 return Err(FlowError::Data(format!("{}: x holds a non-finite value", table.source)));
             }
             if record.support == crate::sbi::SupportHandling::Transform {
-                crate::sbi::posterior_log_prob(&model.flow, &record.prior, &theta, &x, 1.0)
+                crate::sbi::mixture_log_prob(&posterior.flows(), &record.prior, &theta, &x, 1.0)
             } else {
                 // The acceptance differs per observation.
                 let (d, k) = (model.flow.dim(), model.flow.context_dim());
@@ -412,5 +447,5 @@ pub fn sbc(model: &Model, req: &SbcRequest) -> Result<Calibration> {
     let n = sims.data.len().min(req.pairs.max(1));
     let (d, k) = (spec.dim(), spec.context_dim());
     let ctx = sims.data.context.as_ref().map_or(&[][..], |c| &c.values[..]);
-    calibration(&Posterior { flow: &model.flow, record }, &sims.data.x.values[..n * d], &ctx[..n * k], &req.config)
+    calibration(&Posterior { flow: &model.flow, members: &model.members, record }, &sims.data.x.values[..n * d], &ctx[..n * k], &req.config)
 }

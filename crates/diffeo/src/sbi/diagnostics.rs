@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::npe::{posterior_log_prob, Posterior, SamplingLimits};
+use super::npe::{Posterior, SamplingLimits};
 use crate::error::{FlowError, Result};
 
 /// Settings of [`calibration`].
@@ -85,7 +85,7 @@ pub fn calibration(posterior: &Posterior, theta: &[f64], x: &[f64], config: &Cal
         rows.extend_from_slice(t);
         // The acceptance rate that scales a rejection posterior's density is one constant at this
         // observation, so comparing densities needs none.
-        let lp = posterior_log_prob(posterior.flow, &posterior.record.prior, &rows, xo, 1.0)?;
+        let lp = posterior.unnormalized_log_prob(&rows, xo)?;
         let (lp_samples, lp_true) = (&lp[..l], lp[l]);
         // Level at which θ* enters the HPD region: the mass of samples denser than it.
         let level = lp_samples.iter().filter(|&&v| v > lp_true).count() as f64 / l as f64;

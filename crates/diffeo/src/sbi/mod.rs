@@ -11,8 +11,9 @@ pub mod simulator;
 
 pub use diagnostics::{calibration, Calibration, CalibrationConfig};
 pub use npe::{
-    posterior_architecture, posterior_log_prob, sample_posterior, train_posterior, NpeConfig, Posterior, PosteriorRecord, PosteriorSamples,
-    SamplingLimits, Simulations, SupportHandling, XEmbedding,
+    acceptance_rate, member_config, mixture_log_prob, posterior_architecture, posterior_log_prob, sample_mixture, sample_posterior,
+    train_ensemble, train_posterior, NpeConfig, Posterior, PosteriorRecord, PosteriorSamples, SamplingLimits, Simulations, SupportHandling,
+    TrainedFlow, XEmbedding,
 };
 pub use prior::{Prior, PriorComponent};
 pub use sequential::{sequential_npe, RoundEvent, SequentialConfig, SimulationLog};

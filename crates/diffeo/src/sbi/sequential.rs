@@ -9,11 +9,11 @@
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use super::npe::{posterior_architecture, posterior_log_prob, sample_posterior, train_posterior, NpeConfig, PosteriorRecord, SamplingLimits, Simulations};
+use super::npe::{mixture_log_prob, sample_mixture, train_ensemble, NpeConfig, PosteriorRecord, SamplingLimits, Simulations, TrainedFlow};
 use super::prior::Prior;
 use super::simulator::{simulate, KeepBatch, Simulated, Simulator};
 use crate::error::{FlowError, Result};
-use crate::fit::{FitEvent, FitReport};
+use crate::fit::FitEvent;
 use crate::flow::Flow;
 
 /// Settings of sequential rounds.
@@ -99,8 +99,8 @@ pub enum RoundEvent<'a> {
 
 /// Runs sequential rounds at `observation`, reusing the rows of `log` (a resumed run) and
 /// simulating the rest; every new batch goes to `keep(round, θ, x)` before the next starts.
-/// Returns the flow of the last round, its record, the report of its training, and the
-/// acceptance rate of each truncated round.
+/// Returns the flows of the last round (an ensemble's members, each with the report of its
+/// training), its record, and the acceptance rate of each truncated round.
 #[allow(clippy::too_many_arguments)]
 pub fn sequential_npe(
     prior: &Prior,
@@ -111,7 +111,7 @@ pub fn sequential_npe(
     log: &mut SimulationLog,
     keep: &mut KeepBatch,
     events: &mut dyn FnMut(RoundEvent),
-) -> Result<(Flow, PosteriorRecord, FitReport, Vec<f64>)> {
+) -> Result<(Vec<TrainedFlow>, PosteriorRecord, Vec<f64>)> {
     let d = prior.dim();
     if config.rounds == 0 || config.simulations < config.rounds * 2 {
         return Err(FlowError::InvalidConfig(format!(
@@ -130,8 +130,7 @@ pub fn sequential_npe(
             return Err(FlowError::Data(format!("the observation holds a non-finite value ({v})")));
         }
     }
-    let mut flow: Option<Flow> = None;
-    let mut report = None;
+    let mut members: Vec<TrainedFlow> = Vec::new();
     let mut acceptances = Vec::new();
     let mut record = None;
     for r in 0..config.rounds {
@@ -139,9 +138,10 @@ pub fn sequential_npe(
         let reused = log.round.iter().filter(|&&k| k == r).count();
         let need = want.saturating_sub(reused);
         let mut rng = StdRng::seed_from_u64(config.seed ^ (0x7_5EED + r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let (theta, acceptance) = match (&flow, observation) {
-            (Some(f), Some(o)) if need > 0 => {
-                let (t, a) = truncated_prior_sample(f, prior, o, need, config, &mut rng)?;
+        let (theta, acceptance) = match observation {
+            Some(o) if need > 0 && !members.is_empty() => {
+                let flows: Vec<&Flow> = members.iter().map(|(f, _)| f).collect();
+                let (t, a) = truncated_prior_sample(&flows, prior, o, need, config, &mut rng)?;
                 (t, Some(a))
             }
             _ => (prior.sample(need, &mut rng), None),
@@ -178,34 +178,29 @@ pub fn sequential_npe(
         let x_rows: Vec<f64> = rows.iter().flat_map(|&i| log.x[i * log.x_dim..(i + 1) * log.x_dim].iter().copied()).collect();
         let sims = Simulations::new(prior, &theta_rows, &x_rows, log.x_dim)?;
         events(RoundEvent::Training { round: r, rows: sims.data.len() });
-        let start = match flow.take() {
-            Some(f) => f,
-            None => posterior_architecture(npe, prior, &sims.data)?.init(&crate::cpu())?,
-        };
-        let (f, rep) = train_posterior(start, &sims, npe, &mut |e| events(RoundEvent::Fit(e)))?;
-        flow = Some(f);
-        report = Some(rep);
+        let start = std::mem::take(&mut members).into_iter().map(|(f, _)| f).collect();
+        members = train_ensemble(start, prior, &sims, npe, &mut |_, e| events(RoundEvent::Fit(e)))?;
         record = Some(PosteriorRecord {
             observation: observation.filter(|_| config.rounds > 1).map(<[f64]>::to_vec),
             rounds: r + 1,
             ..PosteriorRecord::new(prior.clone(), npe.support, &sims)
         });
     }
-    match (flow, record, report) {
-        (Some(f), Some(rec), Some(rep)) => Ok((f, rec, rep, acceptances)),
+    match record {
+        Some(rec) if !members.is_empty() => Ok((members, rec, acceptances)),
         _ => Err(FlowError::InvalidConfig("no rounds ran".into())),
     }
 }
 
-/// `n` draws of the prior truncated to `{θ : log q(θ | x_o) ≥ τ}`: the region's bounding box
-/// from posterior samples, then rejection on the threshold. Returns the draws and the fraction
-/// of box proposals accepted.
-pub fn truncated_prior_sample(flow: &Flow, prior: &Prior, observation: &[f64], n: usize, config: &SequentialConfig, rng: &mut StdRng) -> Result<(Vec<f64>, f64)> {
+/// `n` draws of the prior truncated to `{θ : log q(θ | x_o) ≥ τ}` (q: the equal-weight mixture
+/// of `flows`): the region's bounding box from posterior samples, then rejection on the
+/// threshold. Returns the draws and the fraction of box proposals accepted.
+pub fn truncated_prior_sample(flows: &[&Flow], prior: &Prior, observation: &[f64], n: usize, config: &SequentialConfig, rng: &mut StdRng) -> Result<(Vec<f64>, f64)> {
     let d = prior.dim();
     let m = config.region_samples.max(100);
-    let samples = sample_posterior(flow, prior, observation, m, rand::Rng::random(rng), SamplingLimits::default())?;
+    let samples = sample_mixture(flows, prior, observation, m, rand::Rng::random(rng), SamplingLimits::default())?;
     // Densities up to the acceptance rate, a constant at one observation: −∞ outside the prior.
-    let log_q = |rows: &[f64]| posterior_log_prob(flow, prior, rows, observation, 1.0);
+    let log_q = |rows: &[f64]| mixture_log_prob(flows, prior, rows, observation, 1.0);
     let mut lq = log_q(&samples.theta)?;
     lq.sort_by(f64::total_cmp);
     let tau = lq[((config.epsilon * m as f64).floor() as usize).min(m - 1)];
