@@ -603,6 +603,7 @@ fn posterior_estimation_from_a_simulations_file() {
     assert_eq!(info["posterior"]["prior"], "uniform:-1:1x2");
     assert_eq!(info["posterior"]["dropped_outside"], 1);
     assert_eq!(info["posterior"]["ensemble"], 5);
+    assert_eq!((info["training"]["train_rows"].as_u64(), info["training"]["val_rows"].as_u64()), (Some(540), Some(60)));
     let described = ok(&["info", "--model", &model]);
     assert!(described.contains("prior uniform:-1:1x2") && described.contains("the mixture of 5 flows"), "{described}");
     // Rejection (the default) instead of the transform: same interface, acceptance reported.

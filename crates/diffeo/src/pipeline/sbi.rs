@@ -162,7 +162,7 @@ pub fn npe(req: &NpeRequest, notice: &mut dyn FnMut(Notice), events: &mut dyn Fn
                 flow,
                 members,
                 meta,
-                summary: Some(TrainingSummary::after(&TrainingSummary::default(), &report, sims.data.len(), 0)),
+                summary: Some(summary_of(&report, &req.npe, sims.data.len())),
                 vi: None,
                 posterior: Some(record),
             };
@@ -220,7 +220,7 @@ pub fn npe(req: &NpeRequest, notice: &mut dyn FnMut(Notice), events: &mut dyn Fn
                 flow,
                 members,
                 meta,
-                summary: Some(TrainingSummary::after(&TrainingSummary::default(), &report, record.simulations, 0)),
+                summary: Some(summary_of(&report, &req.npe, record.simulations)),
                 vi: None,
                 posterior: Some(record),
             };
@@ -247,6 +247,13 @@ fn ensemble_parts(trained: Vec<TrainedFlow>) -> Result<(Flow, Vec<Flow>, FitRepo
     }
     report.best_val_log_likelihood = best_sum.map(|v| v / k);
     Ok((flow, members, report))
+}
+
+/// The training summary of a posterior trained on `n` simulations (each member held out its own
+/// validation rows).
+fn summary_of(report: &FitReport, npe: &NpeConfig, n: usize) -> TrainingSummary {
+    let val = crate::sbi::npe::validation_rows(npe, n);
+    TrainingSummary::after(&TrainingSummary::default(), report, n - val, val)
 }
 
 /// The names of a simulations file's θ and x columns: `theta1…thetaD, x1…xK`.

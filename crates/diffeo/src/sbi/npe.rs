@@ -267,7 +267,7 @@ pub fn train_posterior(
     observer: &mut dyn FnMut(&FitEvent),
 ) -> Result<(Flow, FitReport)> {
     let mut rng = StdRng::seed_from_u64(config.train.seed ^ 0x5B1_5EED);
-    let (train_set, val_set) = if sims.data.len() >= 20 {
+    let (train_set, val_set) = if validation_rows(config, sims.data.len()) > 0 {
         let (t, v) = hold_out(&sims.data, config.validation_parts.max(2), &mut rng);
         (t, Some(v))
     } else {
@@ -286,6 +286,15 @@ pub fn train_posterior(
             Ok((flow, report))
         }
         _ => Ok((trained, report)),
+    }
+}
+
+/// Rows of `n` simulations that [`train_posterior`] holds out for validation (none below 20).
+pub fn validation_rows(config: &NpeConfig, n: usize) -> usize {
+    if n >= 20 {
+        n / config.validation_parts.max(2)
+    } else {
+        0
     }
 }
 
