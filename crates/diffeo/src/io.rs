@@ -284,7 +284,12 @@ pub fn to_bytes_with_members(flow: &Flow, members: &[Flow], extra: &BTreeMap<Str
 
 /// Saves a flow to `path` atomically, with optional extra metadata.
 pub fn save(flow: &Flow, path: impl AsRef<Path>, extra: &BTreeMap<String, String>) -> Result<()> {
-    let bytes = to_bytes(flow, extra)?;
+    save_with_members(flow, &[], path, extra)
+}
+
+/// [`save`] of a flow and an ensemble's further members ([`to_bytes_with_members`]).
+pub fn save_with_members(flow: &Flow, members: &[Flow], path: impl AsRef<Path>, extra: &BTreeMap<String, String>) -> Result<()> {
+    let bytes = to_bytes_with_members(flow, members, extra)?;
     write_atomic(path.as_ref(), &bytes)
 }
 

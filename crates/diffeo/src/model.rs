@@ -144,7 +144,7 @@ pub fn save(path: &Path, model: &Model) -> Result<()> {
     if let Some(p) = &model.posterior {
         extra.insert(POSTERIOR_KEY.to_string(), json(p)?);
     }
-    crate::io::to_bytes_with_members(&model.flow, &model.members, &extra).and_then(|bytes| crate::io::write_atomic(path, &bytes)).map_err(|e| match e {
+    crate::io::save_with_members(&model.flow, &model.members, path, &extra).map_err(|e| match e {
         FlowError::Io { .. } | FlowError::NonFinite { .. } => e,
         other => FlowError::Data(format!("cannot save {}: {other}", path.display())),
     })

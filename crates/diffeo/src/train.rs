@@ -502,8 +502,8 @@ pub fn train(
     let mut history = Vec::new();
     let mut best: Option<(f64, usize, Flow)> = None;
     let mut since_best = 0;
-    // Reductions of the rate on plateaus so far, and the factor they make.
-    let (mut decays, mut decay_scale) = (0usize, 1.0);
+    // Reductions of the rate on plateaus so far.
+    let mut decays = 0usize;
     let (mut interval_loss, mut interval_count) = (0.0, 0usize);
     let mut interval_metrics: Vec<(&'static str, f64)> = Vec::new();
     let mut last_interval_loss = f64::NAN;
@@ -524,7 +524,7 @@ pub fn train(
         if let Some(max_norm) = config.grad_clip_norm {
             clip_global_norm(&mut grads, &ids.0, max_norm)?;
         }
-        let lr = decay_scale * config.lr_at(step - 1, total, start.elapsed().as_secs_f64() - paused);
+        let lr = config.lr_decay_factor.powi(decays as i32) * config.lr_at(step - 1, total, start.elapsed().as_secs_f64() - paused);
         model = optim.step(lr, model, grads);
         steps_done = step;
         interval_loss += loss_value;
@@ -566,7 +566,6 @@ pub fn train(
                 if config.patience.is_some_and(|p| since_best >= p) {
                     if decays < config.lr_decays {
                         decays += 1;
-                        decay_scale *= config.lr_decay_factor;
                         since_best = 0;
                     } else {
                         stopped_early = true;

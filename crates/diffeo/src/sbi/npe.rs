@@ -380,6 +380,11 @@ pub fn sample_posterior(flow: &Flow, prior: &Prior, observation: &[f64], n: usiz
     sample_mixture(&[flow], prior, observation, n, seed, limits)
 }
 
+/// The first flow of a mixture (its shapes are every member's); an error for none.
+fn first_flow<'a>(flows: &[&'a Flow]) -> Result<&'a Flow> {
+    flows.first().copied().ok_or_else(|| FlowError::InvalidConfig("a posterior needs at least one flow".into()))
+}
+
 /// `n` draws of the equal-weight mixture of `flows` at context `c` (`[1, K]`), rows in random
 /// order: each draw picks its flow uniformly.
 fn mixture_draws(flows: &[&Flow], n: usize, c: &burn::tensor::Tensor<2>, rng: &mut StdRng) -> Result<Vec<f64>> {
@@ -407,11 +412,9 @@ fn mixture_draws(flows: &[&Flow], n: usize, c: &burn::tensor::Tensor<2>, rng: &m
 /// `n` samples of the equal-weight mixture of `flows` at `x_o`, restricted to the prior's
 /// support by rejection, within `limits` (see [`sample_posterior`]).
 pub fn sample_mixture(flows: &[&Flow], prior: &Prior, observation: &[f64], n: usize, seed: u64, limits: SamplingLimits) -> Result<PosteriorSamples> {
-    if flows.is_empty() {
-        return Err(FlowError::InvalidConfig("a posterior needs at least one flow".into()));
-    }
-    let c = observation_tensor(flows[0], observation)?;
-    let d = flows[0].dim();
+    let first = first_flow(flows)?;
+    let c = observation_tensor(first, observation)?;
+    let d = first.dim();
     let mut rng = StdRng::seed_from_u64(seed);
     let start = Instant::now();
     let mut theta = Vec::with_capacity(n * d);
@@ -448,13 +451,11 @@ pub fn sample_mixture(flows: &[&Flow], prior: &Prior, observation: &[f64], n: us
 /// The fraction of `q(θ | x_o)` (the equal-weight mixture of `flows`) inside the prior's
 /// support, from `draws` samples (1 for [`SupportHandling::Transform`] up to rounding).
 pub fn acceptance_rate(flows: &[&Flow], prior: &Prior, observation: &[f64], draws: usize, seed: u64) -> Result<f64> {
-    if flows.is_empty() {
-        return Err(FlowError::InvalidConfig("a posterior needs at least one flow".into()));
-    }
-    let c = observation_tensor(flows[0], observation)?;
+    let first = first_flow(flows)?;
+    let c = observation_tensor(first, observation)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let x = mixture_draws(flows, draws, &c, &mut rng)?;
-    let inside = x.chunks_exact(flows[0].dim()).filter(|r| prior.contains(r)).count();
+    let inside = x.chunks_exact(first.dim()).filter(|r| prior.contains(r)).count();
     Ok(inside as f64 / draws as f64)
 }
 
@@ -468,9 +469,7 @@ pub fn posterior_log_prob(flow: &Flow, prior: &Prior, theta: &[f64], x: &[f64], 
 /// [`posterior_log_prob`] of the equal-weight mixture of `flows`:
 /// `log((1/K) Σ_k q_k(θ | x)) − log(acceptance)` inside the support, −∞ outside.
 pub fn mixture_log_prob(flows: &[&Flow], prior: &Prior, theta: &[f64], x: &[f64], acceptance: f64) -> Result<Vec<f64>> {
-    let Some(flow) = flows.first() else {
-        return Err(FlowError::InvalidConfig("a posterior needs at least one flow".into()));
-    };
+    let flow = first_flow(flows)?;
     let (d, k) = (flow.dim(), flow.context_dim());
     let n = theta.len() / d.max(1);
     if theta.len() != n * d || n == 0 {
@@ -551,10 +550,11 @@ impl Posterior<'_> {
     /// See [`mixture_log_prob`]; the acceptance rate is estimated from 10,000 draws per
     /// observation for [`SupportHandling::Rejection`].
     pub fn log_prob(&self, theta: &[f64], observation: &[f64], seed: u64) -> Result<Vec<f64>> {
+        let flows = self.flows();
         let acceptance = match self.record.support {
             SupportHandling::Transform => 1.0,
-            SupportHandling::Rejection => acceptance_rate(&self.flows(), &self.record.prior, observation, 10_000, seed)?,
+            SupportHandling::Rejection => acceptance_rate(&flows, &self.record.prior, observation, 10_000, seed)?,
         };
-        mixture_log_prob(&self.flows(), &self.record.prior, theta, observation, acceptance)
+        mixture_log_prob(&flows, &self.record.prior, theta, observation, acceptance)
     }
 }
