@@ -13,6 +13,8 @@
 //! and the [`Tolerance`] of iterative solvers (fixed points, bisection, ODE solves).
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor};
 use rand::rngs::StdRng;
@@ -159,6 +161,7 @@ pub struct Call {
     /// Stopping rule of iterative solvers.
     pub tolerance: Tolerance,
     rng: RefCell<StdRng>,
+    evaluations: Arc<AtomicUsize>,
 }
 
 impl Default for Call {
@@ -168,16 +171,29 @@ impl Default for Call {
 }
 
 impl Clone for Call {
-    /// A copy with the same context, mode, tolerance and random state.
+    /// A copy with the same context, mode, tolerance and random state, counting evaluations
+    /// into the same counter.
     fn clone(&self) -> Self {
-        Self { context: self.context.clone(), mode: self.mode, tolerance: self.tolerance, rng: RefCell::new(self.rng.borrow().clone()) }
+        Self {
+            context: self.context.clone(),
+            mode: self.mode,
+            tolerance: self.tolerance,
+            rng: RefCell::new(self.rng.borrow().clone()),
+            evaluations: self.evaluations.clone(),
+        }
     }
 }
 
 impl Call {
     /// No context, evaluation mode, default tolerance, random source seeded with 0.
     pub fn new() -> Self {
-        Self { context: None, mode: Mode::Evaluation, tolerance: Tolerance::default(), rng: RefCell::new(StdRng::seed_from_u64(0)) }
+        Self {
+            context: None,
+            mode: Mode::Evaluation,
+            tolerance: Tolerance::default(),
+            rng: RefCell::new(StdRng::seed_from_u64(0)),
+            evaluations: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// A training call (see [`Mode::Training`]).
@@ -224,6 +240,17 @@ impl Call {
     /// Draws from the random source.
     pub fn with_rng<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
         f(&mut self.rng.borrow_mut())
+    }
+
+    /// Adds `n` evaluations of a vector field (ODE solves) to the call's count, which the
+    /// call's copies share.
+    pub fn count_evaluations(&self, n: usize) {
+        self.evaluations.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Vector-field evaluations (NFE) counted by the passes made with this call and its copies.
+    pub fn evaluations(&self) -> usize {
+        self.evaluations.load(Ordering::Relaxed)
     }
 
     /// `[n, d]` standard-normal draws from the random source (e.g. Hutchinson probes).

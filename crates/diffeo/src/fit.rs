@@ -61,12 +61,15 @@ impl Objective for MaximumLikelihood<'_> {
         Batch::Rows(rows)
     }
 
-    fn loss(&self, model: &Flow, part: &Batch, whole: usize, _step: usize, _rng: &mut StdRng) -> Result<StepLoss> {
+    fn loss(&self, model: &Flow, part: &Batch, whole: usize, step: usize, _rng: &mut StdRng) -> Result<StepLoss> {
         let Batch::Rows(rows) = part else {
             return Err(FlowError::InvalidConfig("maximum likelihood trains on data rows".into()));
         };
         let (x, c) = self.train.batch(rows, &model.device());
-        let log_p = model.log_prob_with(x, Call::training().with_optional_context(c))?;
+        // Stochastic log-dets (Hutchinson probes) draw new numbers at every step and part.
+        let seed = (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ rows.first().map_or(0, |&r| r as u64);
+        let call = Call::training().with_optional_context(c).with_seed(seed);
+        let log_p = model.log_prob_with(x, call)?;
         let loss = if rows.len() == whole { log_p.mean().neg() } else { log_p.sum().neg().div_scalar(whole as f64) };
         let value = scalar(loss.clone())?;
         Ok(StepLoss { loss, value, metrics: Vec::new() })

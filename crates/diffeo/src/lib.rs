@@ -46,6 +46,7 @@ pub mod flow;
 pub mod io;
 pub mod model;
 pub mod nn;
+pub mod ode;
 pub mod pipeline;
 pub mod sbi;
 pub mod spline;

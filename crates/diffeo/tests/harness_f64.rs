@@ -581,3 +581,164 @@ fn made_sweep_matches_full_passes() {
         }
     }
 }
+
+mod ode_and_cnf {
+    use super::*;
+    use diffeo::nn::Activation;
+    use diffeo::ode::{solve, OdeSettings, Solver, State};
+    use diffeo::tensor::{matrix, to_vec};
+
+    /// `dy/dt = y Aᵀ` with `A = [[−a, −w], [w, −a]]`: `y(t) = e^{−at} R(wt) y₀` per row.
+    fn spiral(t: f64, y0: &[f64]) -> Vec<f64> {
+        let (a, w) = (0.5, 2.0);
+        let (c, s, e) = ((w * t).cos(), (w * t).sin(), (-a * t).exp());
+        y0.chunks(2).flat_map(|r| [e * (c * r[0] - s * r[1]), e * (s * r[0] + c * r[1])]).collect()
+    }
+
+    fn spiral_field(_t: f64, y: &[Tensor<2>]) -> diffeo::Result<State> {
+        let a_t = matrix(vec![-0.5, 2.0, -2.0, -0.5], 2, 2, &y[0].device());
+        Ok(vec![y[0].clone().matmul(a_t)])
+    }
+
+    fn settings(solver: Solver, tol: f64, steps: usize) -> OdeSettings {
+        OdeSettings { solver, atol: tol, rtol: tol, max_steps: 100_000, steps }
+    }
+
+    fn max_error(solver: Solver, tol: f64, steps: usize, t1: f64) -> (f64, usize) {
+        let y0 = vec![1.0, 0.5, -0.3, 2.0];
+        let solved = solve(&mut spiral_field, vec![matrix(y0.clone(), 2, 2, &device())], 0.0, t1, &settings(solver, tol, steps)).unwrap();
+        let got = to_vec(solved.state[0].clone()).unwrap();
+        let want = spiral(t1, &y0);
+        (got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max), solved.evaluations)
+    }
+
+    #[test]
+    fn dormand_prince_meets_its_tolerance_on_a_linear_ode_both_ways() {
+        for tol in [1e-6, 1e-10] {
+            let (err, nfe) = max_error(Solver::Dopri5, tol, 1, 3.0);
+            assert!(err < 100.0 * tol, "tol {tol}: error {err}");
+            eprintln!("dopri5 tol {tol}: error {err:.2e}, {nfe} evaluations");
+        }
+        // Backwards from the closed-form end point returns to the start.
+        let y0 = vec![1.0, 0.5, -0.3, 2.0];
+        let end = matrix(spiral(2.0, &y0), 2, 2, &device());
+        let back = solve(&mut spiral_field, vec![end], 2.0, 0.0, &settings(Solver::Dopri5, 1e-10, 1)).unwrap();
+        let got = to_vec(back.state[0].clone()).unwrap();
+        assert!(got.iter().zip(&y0).all(|(a, b)| (a - b).abs() < 1e-8), "{got:?}");
+        // Six evaluations per attempted step, two to start (k₁ and the initial-step probe).
+        assert_eq!(back.evaluations, 2 + 6 * (back.accepted + back.rejected));
+    }
+
+    #[test]
+    fn fixed_step_solvers_converge_at_their_order() {
+        let (e1, n1) = max_error(Solver::Rk4, 1.0, 40, 2.0);
+        let (e2, _) = max_error(Solver::Rk4, 1.0, 80, 2.0);
+        assert_eq!(n1, 160);
+        assert!((12.0..20.0).contains(&(e1 / e2)), "rk4 error ratio {}", e1 / e2);
+        let (e1, n1) = max_error(Solver::Euler, 1.0, 400, 2.0);
+        let (e2, _) = max_error(Solver::Euler, 1.0, 800, 2.0);
+        assert_eq!(n1, 400);
+        assert!((1.8..2.2).contains(&(e1 / e2)), "euler error ratio {}", e1 / e2);
+    }
+
+    #[test]
+    fn solver_failures_are_errors() {
+        let y0 = || vec![matrix(vec![1.0], 1, 1, &device())];
+        // dy/dt = y²: y = 1/(1 − t) blows up at t = 1.
+        let mut blow_up = |_t: f64, y: &[Tensor<2>]| -> diffeo::Result<State> { Ok(vec![y[0].clone().square()]) };
+        let err = solve(&mut blow_up, y0(), 0.0, 2.0, &settings(Solver::Dopri5, 1e-8, 1)).unwrap_err();
+        assert!(matches!(err, FlowError::NotConverged { .. } | FlowError::NonFinite { .. }), "{err}");
+        let err = solve(&mut blow_up, y0(), 0.0, 2.0, &settings(Solver::Rk4, 1.0, 4)).unwrap_err();
+        assert!(matches!(err, FlowError::NonFinite { .. }), "{err}");
+        // A step limit.
+        let limited = OdeSettings { max_steps: 3, ..settings(Solver::Dopri5, 1e-12, 1) };
+        let err = solve(&mut spiral_field, vec![matrix(vec![1.0, 0.0], 1, 2, &device())], 0.0, 50.0, &limited).unwrap_err();
+        assert!(matches!(err, FlowError::NotConverged { iterations: 3, .. }), "{err}");
+        assert!(err.to_string().contains("step limit"), "{err}");
+        // Bad settings.
+        for (atol, rtol) in [(0.0, 1e-6), (1e-6, f64::NAN), (-1.0, 1e-6)] {
+            let bad = OdeSettings { atol, rtol, ..OdeSettings::default() };
+            assert!(matches!(solve(&mut spiral_field, y0(), 0.0, 1.0, &bad), Err(FlowError::InvalidConfig(_))));
+        }
+        // The right-hand side's errors come through; a wrong shape is refused.
+        let mut wrong = |_t: f64, y: &[Tensor<2>]| -> diffeo::Result<State> { Ok(vec![y[0].clone(), y[0].clone()]) };
+        assert!(solve(&mut wrong, y0(), 0.0, 1.0, &OdeSettings::default()).is_err());
+    }
+
+    fn cnf(dim: usize, context: usize, trace: Trace, activation: Activation) -> Cnf {
+        let ode = OdeSettings { atol: 1e-7, rtol: 1e-7, max_steps: 10_000, ..OdeSettings::default() };
+        let config = CnfConfig::new(dim)
+            .with_context_dim(context)
+            .with_hidden(vec![8, 8])
+            .with_activation(activation)
+            .with_trace(trace)
+            .with_ode(ode)
+            .with_seed(3);
+        randomize_parameters(config.init(&device()).unwrap(), 11, 0.3)
+    }
+
+    fn cnf_harness() -> HarnessConfig {
+        HarnessConfig { n: 4, jacobian: JacobianReference::Autodiff, roundtrip_tol: 1e-5, logdet_tol: 1e-6, ..HarnessConfig::default() }
+    }
+
+    #[test]
+    fn cnf_exact_trace_passes_the_harness_with_and_without_context() {
+        check(&cnf(3, 0, Trace::Exact, Activation::Elu), &cnf_harness());
+        check(&cnf(2, 2, Trace::Exact, Activation::Tanh), &cnf_harness());
+    }
+
+    #[test]
+    fn cnf_hutchinson_trace_is_unbiased() {
+        let cfg = HarnessConfig { estimator_draws: 30, ..cnf_harness() };
+        let b = cnf(3, 2, Trace::Hutchinson, Activation::Elu);
+        assert_eq!(b.log_det(Mode::Training), LogDet::Estimated);
+        check(&b, &cfg);
+        check(&cnf(2, 0, Trace::Hutchinson, Activation::Tanh).with_probe(Probe::Gaussian), &cfg);
+    }
+
+    #[test]
+    fn a_new_cnf_is_the_identity_and_counts_its_evaluations() {
+        let b = CnfConfig::new(2).init(&device()).unwrap();
+        let x = matrix(vec![0.3, -1.2, 2.0, 0.1], 2, 2, &device());
+        let call = Call::new();
+        let (y, ld) = b.inverse(x.clone(), &call).unwrap();
+        assert_eq!(to_vec(y).unwrap(), to_vec(x).unwrap());
+        assert_eq!(to_vec(ld).unwrap(), vec![0.0, 0.0]);
+        assert!(call.evaluations() > 0);
+        // Settings are checked.
+        assert!(CnfConfig::new(2).with_activation(Activation::Relu).init(&device()).is_err());
+        assert!(CnfConfig::new(2).with_hidden(vec![]).init(&device()).is_err());
+        let bad = OdeSettings { rtol: 0.0, ..OdeSettings::default() };
+        assert!(CnfConfig::new(2).with_ode(bad).init(&device()).is_err());
+    }
+}
+
+#[test]
+#[ignore]
+fn scratch_cnf_timing() {
+    use diffeo::nn::Activation;
+    use diffeo::ode::OdeSettings;
+    let d = device();
+    for tol in [1e-5, 1e-9] {
+        let ode = OdeSettings { atol: tol, rtol: tol, max_steps: 10_000, ..OdeSettings::default() };
+        let b = randomize_parameters(CnfConfig::new(3).with_hidden(vec![8, 8]).with_activation(Activation::Elu).with_ode(ode).with_seed(3).init(&d).unwrap(), 11, 0.3);
+        for n in [4, 512] {
+            let x = diffeo::tensor::matrix(vec![0.5; n * 3], n, 3, &d);
+            let call = Call::new();
+            let s = std::time::Instant::now();
+            let _ = b.inverse(x.clone(), &call).unwrap();
+            let el = s.elapsed().as_secs_f64();
+            eprintln!("tol {tol} n {n}: {} nfe, {:.3} s, {:.1} us/nfe", call.evaluations(), el, el / call.evaluations() as f64 * 1e6);
+            let ad = d.clone().autodiff();
+            let b_ad = b.clone().fork(&ad);
+            let x = diffeo::tensor::matrix(vec![0.5; n * 3], n, 3, &ad).require_grad();
+            let call = Call::new();
+            let s = std::time::Instant::now();
+            let (y, ld) = b_ad.inverse(x, &call).unwrap();
+            let el = s.elapsed().as_secs_f64();
+            let s2 = std::time::Instant::now();
+            let _g = y.sum().add(ld.sum()).backward();
+            eprintln!("  autodiff: {} nfe, fwd {:.3} s, bwd {:.3} s", call.evaluations(), el, s2.elapsed().as_secs_f64());
+        }
+    }
+}

@@ -379,4 +379,6 @@ registry! {
     squeeze => Squeeze(SqueezeConfig),
     /// A fixed affine map with a shift linear in the context (a standardization given x).
     conditional_affine => ConditionalAffine(ConditionalAffineConfig),
+    /// Continuous normalizing flow: an ODE solve with the trace of the field's Jacobian.
+    cnf => Cnf(CnfConfig),
 }
