@@ -118,8 +118,13 @@ impl Progress {
 fn request(a: &FitArgs) -> FitRequest {
     let mut family = FamilySettings::new(&a.flow);
     family.transforms = a.transforms.map(|k| k as usize);
-    family.hidden = a.hidden.0.clone();
-    family.activation = a.activation.into();
+    if let Some(h) = &a.hidden {
+        family.hidden = h.0.clone();
+    }
+    if let Some(act) = a.activation {
+        family.activation = act.into();
+    }
+    a.cnf_settings(&mut family);
     family.batch_norm = a.batch_norm;
     family.lu = a.lu;
     family.residual_blocks = a.residual_blocks as usize;
@@ -157,6 +162,7 @@ fn request(a: &FitArgs) -> FitRequest {
         drop_constant: a.drop_constant,
         family,
         train,
+        objective: a.objective(),
         resume: a.resume.clone(),
         test: a.test.clone(),
         memory_check: !a.no_memory_check,

@@ -85,6 +85,74 @@ pub enum ActivationArg {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectiveArg {
+    Likelihood,
+    FlowMatching,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairingArg {
+    Independent,
+    Ot,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceArg {
+    Exact,
+    Hutchinson,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeArg {
+    Rademacher,
+    Gaussian,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SolverArg {
+    Dopri5,
+    Rk4,
+    Euler,
+}
+
+impl FitArgs {
+    /// The objective of the flags.
+    pub fn objective(&self) -> diffeo::pipeline::FitObjective {
+        use diffeo::flow_matching::Pairing;
+        match self.objective {
+            ObjectiveArg::Likelihood => diffeo::pipeline::FitObjective::Likelihood,
+            ObjectiveArg::FlowMatching => diffeo::pipeline::FitObjective::FlowMatching(match self.pairing {
+                PairingArg::Independent => Pairing::Independent,
+                PairingArg::Ot => Pairing::OptimalTransport,
+            }),
+        }
+    }
+
+    /// The CNF settings of the flags.
+    pub fn cnf_settings(&self, family: &mut diffeo::families::FamilySettings) {
+        use diffeo::bijections::{Probe, Trace};
+        use diffeo::ode::Solver;
+        family.trace = self.trace.map(|t| match t {
+            TraceArg::Exact => Trace::Exact,
+            TraceArg::Hutchinson => Trace::Hutchinson,
+        });
+        family.probe = match self.probe {
+            ProbeArg::Rademacher => Probe::Rademacher,
+            ProbeArg::Gaussian => Probe::Gaussian,
+        };
+        family.ode.solver = match self.solver {
+            SolverArg::Dopri5 => Solver::Dopri5,
+            SolverArg::Rk4 => Solver::Rk4,
+            SolverArg::Euler => Solver::Euler,
+        };
+        family.ode.atol = self.atol;
+        family.ode.rtol = self.rtol;
+        family.ode.max_steps = self.max_ode_steps as usize;
+        family.ode.steps = self.ode_steps as usize;
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScheduleArg {
     Constant,
     Cosine,
@@ -163,12 +231,43 @@ pub struct FitArgs {
     /// planar).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub transforms: Option<u64>,
-    /// Hidden widths of each conditioner network.
-    #[arg(long, value_parser = widths, default_value = "128,128")]
-    pub hidden: Widths,
-    /// Hidden nonlinearity.
-    #[arg(long, value_enum, default_value = "relu")]
-    pub activation: ActivationArg,
+    /// Hidden widths of each conditioner network (default 128,128; cnf: the vector field's,
+    /// 64,64).
+    #[arg(long, value_parser = widths)]
+    pub hidden: Option<Widths>,
+    /// Hidden nonlinearity (default relu; cnf: elu).
+    #[arg(long, value_enum)]
+    pub activation: Option<ActivationArg>,
+    /// cnf: the trace of the vector field's Jacobian (default: exact up to 10 columns,
+    /// hutchinson above).
+    #[arg(long, value_enum)]
+    pub trace: Option<TraceArg>,
+    /// cnf: Hutchinson probe distribution.
+    #[arg(long, value_enum, default_value = "rademacher")]
+    pub probe: ProbeArg,
+    /// cnf: ODE solver (dopri5 adaptive; rk4 and euler take --ode-steps equal steps).
+    #[arg(long, value_enum, default_value = "dopri5")]
+    pub solver: SolverArg,
+    /// cnf: absolute tolerance of the adaptive solver.
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_f64, default_value = "1e-6")]
+    pub atol: f64,
+    /// cnf: relative tolerance of the adaptive solver.
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_f64, default_value = "1e-5")]
+    pub rtol: f64,
+    /// cnf: most steps an adaptive solve may take before it fails.
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "1000")]
+    pub max_ode_steps: u64,
+    /// cnf: steps of the fixed-step solvers (rk4, euler).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "20")]
+    pub ode_steps: u64,
+    /// What training minimizes: the likelihood (every family) or, for cnf, flow matching (no ODE
+    /// solves while training).
+    #[arg(long, value_enum, default_value = "likelihood")]
+    pub objective: ObjectiveArg,
+    /// Flow matching: pair each minibatch's base draws with its rows independently or by
+    /// minibatch optimal transport.
+    #[arg(long, value_enum, default_value = "independent")]
+    pub pairing: PairingArg,
     /// Batch normalisation between layers.
     #[arg(long)]
     pub batch_norm: bool,

@@ -10,13 +10,14 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::bijections::{
-    BatchNormConfig, CouplingConfig, ElementwiseAffineConfig, ElementwiseConfig, ElementwiseKind, LayerConfig, LuLinearConfig,
+    BatchNormConfig, CnfConfig, Probe, Trace, CouplingConfig, ElementwiseAffineConfig, ElementwiseConfig, ElementwiseKind, LayerConfig, LuLinearConfig,
     MaskedAutoregressiveConfig, Permutation, PermutationConfig, PlanarConfig, RadialConfig, SylvesterBasis, SylvesterConfig,
 };
 use crate::distributions::BaseKind;
 use crate::error::{FlowError, Result};
 use crate::flow::{EmbeddingConfig, Flow, FlowConfig};
 use crate::nn::Activation;
+use crate::ode::OdeSettings;
 use crate::transformer::Transformer;
 
 fn lu_layer(dim: usize, rng: &mut StdRng) -> LayerConfig {
@@ -284,7 +285,7 @@ pub struct Family {
 }
 
 /// The maximum-likelihood families, by name.
-pub const FAMILIES: [Family; 7] = [
+pub const FAMILIES: [Family; 8] = [
     Family { name: "maf", about: "masked autoregressive flow (fast density, D-pass sampling)", default_transforms: 5 },
     Family { name: "iaf", about: "inverse autoregressive flow (fast sampling, D-pass density)", default_transforms: 5 },
     Family { name: "realnvp", about: "RealNVP affine coupling (both directions fast)", default_transforms: 6 },
@@ -292,6 +293,7 @@ pub const FAMILIES: [Family; 7] = [
     Family { name: "nsf", about: "neural spline flow, autoregressive: rational-quadratic splines in MADE, LU layers between", default_transforms: 5 },
     Family { name: "nsf-coupling", about: "neural spline flow with spline coupling layers and LU layers between", default_transforms: 6 },
     Family { name: "planar", about: "planar flow (sampling only: no inverse, so no maximum-likelihood fit)", default_transforms: 16 },
+    Family { name: "cnf", about: "continuous normalizing flow (FFJORD): ODE solves both ways, exact or Hutchinson traces", default_transforms: 1 },
 ];
 
 /// The settings of a family's architecture (what the command line's `fit` flags set).
@@ -319,16 +321,25 @@ pub struct FamilySettings {
     pub tail_bound: f64,
     /// Seed of the weights.
     pub seed: u64,
+    /// CNF: the trace of the field's Jacobian (`None`: exact up to 10 features, Hutchinson
+    /// above).
+    pub trace: Option<Trace>,
+    /// CNF: Hutchinson probes.
+    pub probe: Probe,
+    /// CNF: the ODE solver and its tolerances.
+    pub ode: OdeSettings,
 }
 
 impl FamilySettings {
-    /// The defaults of `diffeo fit`: 128×2 ReLU conditioners, 8 bins, tail bound 5.
+    /// The defaults of `diffeo fit`: 128×2 ReLU conditioners, 8 bins, tail bound 5; for `cnf`,
+    /// zuko's vector field (64×2 ELU) and solver (Dormand–Prince, atol 1e−6, rtol 1e−5).
     pub fn new(family: &str) -> Self {
+        let cnf = family == "cnf";
         Self {
             family: family.to_string(),
             transforms: None,
-            hidden: vec![128, 128],
-            activation: Activation::Relu,
+            hidden: if cnf { vec![64, 64] } else { vec![128, 128] },
+            activation: if cnf { Activation::Elu } else { Activation::Relu },
             batch_norm: false,
             lu: false,
             residual_blocks: 0,
@@ -336,6 +347,9 @@ impl FamilySettings {
             bins: crate::spline::DEFAULT_BINS,
             tail_bound: crate::spline::DEFAULT_TAIL_BOUND,
             seed: 0,
+            trace: None,
+            probe: Probe::Rademacher,
+            ode: OdeSettings::default(),
         }
     }
 }
@@ -385,6 +399,21 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
                 )));
             }
             shared!(RealNvpConfig::new(dim)).with_additive(f.name == "nice").with_lu(s.lu || f.name == "nsf-coupling").flow_config()
+        }
+        "cnf" => {
+            if s.batch_norm || s.lu || s.residual_blocks > 0 {
+                return Err(FlowError::InvalidConfig("cnf takes no batch norm, LU layers or residual blocks".into()));
+            }
+            let mut layer = CnfConfig::new(dim)
+                .with_context_dim(context_dim)
+                .with_hidden(s.hidden.clone())
+                .with_activation(s.activation)
+                .with_probe(s.probe)
+                .with_ode(s.ode);
+            if let Some(trace) = s.trace {
+                layer = layer.with_trace(trace);
+            }
+            FlowConfig::new(dim, vec![LayerConfig::Cnf(layer); k]).with_seed(s.seed)
         }
         _ => {
             if context_dim > 0 {

@@ -22,16 +22,48 @@ pub type FitConfig = TrainConfig;
 pub struct MaximumLikelihood<'a> {
     train: &'a Dataset,
     validation: Option<&'a Dataset>,
-    order: Vec<usize>,
-    cursor: usize,
+    rows: Epochs,
 }
 
 impl<'a> MaximumLikelihood<'a> {
     /// On `train`, validated on `validation` when given.
     pub fn new(train: &'a Dataset, validation: Option<&'a Dataset>) -> Self {
-        let n = train.len();
+        Self { train, validation, rows: Epochs::new(train.len()) }
+    }
+}
+
+/// Minibatches of row indices that walk through `n` rows in a fresh random order each epoch
+/// (the batching of every objective with data).
+#[derive(Clone, Debug)]
+pub struct Epochs {
+    order: Vec<usize>,
+    cursor: usize,
+}
+
+impl Epochs {
+    /// Over `n` rows.
+    pub fn new(n: usize) -> Self {
         // The cursor at the end forces a shuffle at the first step.
-        Self { train, validation, order: (0..n).collect(), cursor: n }
+        Self { order: (0..n).collect(), cursor: n }
+    }
+
+    /// Steps in one epoch for `batch_size`.
+    pub fn epoch_steps(&self, batch_size: usize) -> usize {
+        let n = self.order.len();
+        n.div_ceil(batch_size.min(n).max(1))
+    }
+
+    /// The next batch of at most `batch_size` rows (the rest of the epoch at its end).
+    pub fn next_batch(&mut self, batch_size: usize, rng: &mut StdRng) -> Batch {
+        let n = self.order.len();
+        if self.cursor >= n {
+            self.order.shuffle(rng);
+            self.cursor = 0;
+        }
+        let end = (self.cursor + batch_size.min(n)).min(n);
+        let rows = self.order[self.cursor..end].to_vec();
+        self.cursor = end;
+        Batch::Rows(rows)
     }
 }
 
@@ -45,20 +77,11 @@ impl Objective for MaximumLikelihood<'_> {
     }
 
     fn epoch_steps(&self, batch_size: usize) -> Option<usize> {
-        let n = self.train.len();
-        Some(n.div_ceil(batch_size.min(n).max(1)))
+        Some(self.rows.epoch_steps(batch_size))
     }
 
     fn next_batch(&mut self, batch_size: usize, rng: &mut StdRng) -> Batch {
-        let n = self.train.len();
-        if self.cursor >= n {
-            self.order.shuffle(rng);
-            self.cursor = 0;
-        }
-        let end = (self.cursor + batch_size.min(n)).min(n);
-        let rows = self.order[self.cursor..end].to_vec();
-        self.cursor = end;
-        Batch::Rows(rows)
+        self.rows.next_batch(batch_size, rng)
     }
 
     fn loss(&self, model: &Flow, part: &Batch, whole: usize, step: usize, _rng: &mut StdRng) -> Result<StepLoss> {

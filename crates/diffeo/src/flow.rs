@@ -351,6 +351,11 @@ impl Flow {
         }
     }
 
+    /// The context as the layers see it: standardized and embedded.
+    pub fn embedded_context(&self, context: Option<&Tensor<2>>) -> Option<Tensor<2>> {
+        self.embed(context)
+    }
+
     fn embed(&self, context: Option<&Tensor<2>>) -> Option<Tensor<2>> {
         let mut c = context?.clone();
         if let Some(s) = &self.config.context_standardization {

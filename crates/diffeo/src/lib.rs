@@ -43,6 +43,7 @@ pub mod event;
 pub mod families;
 pub mod fit;
 pub mod flow;
+pub mod flow_matching;
 pub mod io;
 pub mod model;
 pub mod nn;

@@ -282,3 +282,98 @@ fn a_time_budget_stops_training() {
     assert!(report.seconds < 5.0, "{}", report.seconds);
     assert!(calls >= 1 && calls == report.history.len());
 }
+
+mod cnf {
+    use super::*;
+    use diffeo::bijections::{CnfConfig, LayerConfig};
+    use diffeo::flow_matching::{assignment, FlowMatching, Pairing};
+    use diffeo::train::train;
+
+    fn correlated(n: usize, seed: u64) -> (Gaussian, Vec<f64>) {
+        let g = Gaussian::new(vec![1.0, -0.5], &[1.0, 0.6, 0.6, 0.5]).unwrap();
+        let x = g.sample(n, &mut StdRng::seed_from_u64(seed));
+        (g, x)
+    }
+
+    fn cnf_flow(context_dim: usize) -> Flow {
+        let layer = CnfConfig::new(2).with_context_dim(context_dim).with_hidden(vec![32, 32]);
+        FlowConfig::new(2, vec![LayerConfig::Cnf(layer)]).with_context_dim(context_dim).init(&diffeo::cpu()).unwrap()
+    }
+
+    #[test]
+    fn flow_matching_reaches_the_likelihood_of_a_gaussian() {
+        let (g, x) = correlated(8_000, 1);
+        let train_set = Dataset::new(x, 2);
+        let (_, test_x) = correlated(2_000, 2);
+        let config = FitConfig::new().with_steps(600).with_batch_size(128).with_learning_rate(3e-3).with_schedule(Schedule::Cosine).with_eval_every(600);
+        for pairing in [Pairing::Independent, Pairing::OptimalTransport] {
+            let mut objective = FlowMatching::new(&train_set, None, pairing);
+            let (flow, report) = train(cnf_flow(0), &mut objective, &config, &mut quiet, &mut |_, _, _| {}).unwrap();
+            let model = log_likelihoods(&flow, &Dataset::new(test_x.clone(), 2)).unwrap();
+            let exact: Vec<f64> = test_x.chunks_exact(2).map(|x| g.log_prob(x)).collect();
+            let (gap, se) = paired_gap(&model, &exact);
+            eprintln!("flow matching ({pairing:?}): paired gap {gap:.4} ± {se:.4} nats, final loss {:.3}", report.final_train_loss);
+            assert!(gap.abs() < 0.05, "{pairing:?}: paired gap {gap}");
+        }
+    }
+
+    #[test]
+    fn likelihood_training_of_a_cnf_improves_it_and_it_survives_a_model_file() {
+        let (_, x) = correlated(2_000, 3);
+        let data = Dataset::new(x, 2);
+        let before = mean_log_likelihood(&cnf_flow(0), &data).unwrap().0;
+        let config = FitConfig::new().with_steps(40).with_batch_size(128).with_learning_rate(1e-2).with_eval_every(40);
+        let (flow, _) = fit(cnf_flow(0), &data, None, &config, &mut quiet).unwrap();
+        let after = mean_log_likelihood(&flow, &data).unwrap().0;
+        eprintln!("cnf by likelihood: {before:.3} → {after:.3}");
+        assert!(after > before + 0.3, "{before} → {after}");
+        let bytes = diffeo::io::to_bytes(&flow, &Default::default()).unwrap();
+        let back = diffeo::io::from_bytes(&bytes, "cnf", &diffeo::cpu()).unwrap().flow;
+        let (a, b) = (log_likelihoods(&flow, &data).unwrap(), log_likelihoods(&back, &data).unwrap());
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn flow_matching_refuses_flows_it_cannot_train() {
+        let (_, x) = correlated(100, 4);
+        let data = Dataset::new(x, 2);
+        let config = FitConfig::new().with_steps(1);
+        for flow in [maf(2, 1, vec![8]).init(&diffeo::cpu()).unwrap(), {
+            let layer = LayerConfig::Cnf(CnfConfig::new(2).with_hidden(vec![8]));
+            FlowConfig::new(2, vec![layer.clone(), layer]).init(&diffeo::cpu()).unwrap()
+        }] {
+            let mut objective = FlowMatching::new(&data, None, Pairing::Independent);
+            let err = train(flow, &mut objective, &config, &mut quiet, &mut |_, _, _| {}).unwrap_err();
+            assert!(err.to_string().contains("flow matching"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_assignment_is_optimal() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for n in [1, 2, 5, 7] {
+            let cost: Vec<f64> = (0..n * n).map(|_| rng.random::<f64>()).collect();
+            let got = assignment(&cost, n);
+            let total = |p: &[usize]| p.iter().enumerate().map(|(i, &j)| cost[i * n + j]).sum::<f64>();
+            // Brute force over all permutations.
+            let mut best = f64::INFINITY;
+            let mut perm: Vec<usize> = (0..n).collect();
+            permutations(&mut perm, 0, &mut |p| best = best.min(total(p)));
+            let mut sorted = got.clone();
+            sorted.sort();
+            assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+            assert!((total(&got) - best).abs() < 1e-12, "n {n}: {} vs {best}", total(&got));
+        }
+    }
+
+    fn permutations(p: &mut Vec<usize>, k: usize, f: &mut dyn FnMut(&[usize])) {
+        if k == p.len() {
+            return f(p);
+        }
+        for i in k..p.len() {
+            p.swap(k, i);
+            permutations(p, k + 1, f);
+            p.swap(k, i);
+        }
+    }
+}

@@ -275,6 +275,32 @@ impl Cnf {
         matrix(v, 1, 2 * f, device)
     }
 
+    /// The vector field `f(z, t; c)` `[N, D]` at a time per row (`t` `[N, 1]`), without the
+    /// trace: what flow matching regresses.
+    pub fn velocity(&self, z: Tensor<2>, t: Tensor<2>, context: Option<&Tensor<2>>) -> Tensor<2> {
+        let (d, f) = (self.dim, self.frequencies);
+        let w = self.layers[0].weight.val();
+        let mut a = z.matmul(w.clone().narrow(0, 0, d)).add(self.layers[0].bias.val().unsqueeze());
+        if f > 0 {
+            let device = t.device();
+            let k: Vec<f64> = (1..=f).map(|k| std::f64::consts::PI * k as f64).collect();
+            let phase = t.matmul(matrix(k, 1, f, &device));
+            let features = Tensor::cat(vec![phase.clone().cos(), phase.sin()], 1);
+            a = a.add(features.matmul(w.clone().narrow(0, d, 2 * f)));
+        }
+        if let (c, Some(ctx)) = (self.context_dim, context) {
+            if c > 0 {
+                a = a.add(ctx.clone().matmul(w.narrow(0, d + 2 * f, c)));
+            }
+        }
+        let mut hidden = self.activation.apply(a);
+        let last = self.layers.len() - 1;
+        for layer in &self.layers[1..last] {
+            hidden = layer.forward_activated(hidden, Some(self.activation));
+        }
+        self.layers[last].forward(hidden)
+    }
+
     /// `f(z, t)` `[N, D]` and `tr(∂f/∂z)` (exact or Hutchinson) `[N, 1]`.
     fn field(&self, z: Tensor<2>, t: f64, parts: &FieldParts) -> (Tensor<2>, Tensor<2>) {
         let (n, d) = dims2(&z);

@@ -16,6 +16,7 @@ use crate::data::prepare::{constant_columns, hold_out, logit_layers, logit_trans
 use crate::data::{self, builtin, Dataset, Split, Table};
 use crate::error::{FlowError, Result};
 use crate::families::{architecture, vi_architecture, FamilySettings};
+use crate::flow_matching::{FlowMatching, Pairing};
 use crate::fit::{fit_monitored, mean_log_likelihood, FitEvent, FitReport, TrainConfig};
 use crate::flow::{Flow, FlowConfig, Standardization};
 use crate::model::{Model, ModelMeta, TrainingSummary, ViRecord};
@@ -72,12 +73,24 @@ pub struct FitRequest {
     pub family: FamilySettings,
     /// The training loop's settings.
     pub train: TrainConfig,
+    /// What training minimizes.
+    pub objective: FitObjective,
     /// Continue training this model (its columns, preprocessing and architecture are kept).
     pub resume: Option<PathBuf>,
     /// Test data evaluated at every validation (the test curve).
     pub test: Option<String>,
     /// Refuse models whose estimated memory exceeds what the machine has available.
     pub memory_check: bool,
+}
+
+/// The objective of `diffeo fit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FitObjective {
+    /// Maximum likelihood (forward KL), every family.
+    #[default]
+    Likelihood,
+    /// Flow matching of a CNF's vector field ([`crate::flow_matching`]).
+    FlowMatching(Pairing),
 }
 
 impl FitRequest {
@@ -96,6 +109,7 @@ impl FitRequest {
             drop_constant: false,
             family: FamilySettings::new(family),
             train: TrainConfig::new().with_steps(2000).with_schedule(crate::train::Schedule::Cosine),
+            objective: FitObjective::Likelihood,
             resume: None,
             test: None,
             memory_check: true,
@@ -340,7 +354,13 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
             }
         }
     };
-    let result = fit_monitored(flow, &train_set, val_set.as_ref(), &req.train, observer, &mut monitor);
+    let result = match req.objective {
+        FitObjective::Likelihood => fit_monitored(flow, &train_set, val_set.as_ref(), &req.train, observer, &mut monitor),
+        FitObjective::FlowMatching(pairing) => {
+            let mut objective = FlowMatching::new(&train_set, val_set.as_ref(), pairing);
+            crate::train::train(flow, &mut objective, &req.train, observer, &mut monitor)
+        }
+    };
     if let Some(e) = monitor_error {
         return Err(FlowError::Data(format!("evaluating the test data: {e}")));
     }
