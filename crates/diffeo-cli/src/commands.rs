@@ -230,7 +230,7 @@ pub fn fit(a: FitArgs) -> Result<()> {
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     let m = lib(pipeline::load_model(&a.model))?;
-    let (ll, dropped) = lib(pipeline::log_likelihoods(&m, &a.data.data, a.data.data_root.as_deref(), a.data.drop_nonfinite, a.seed))?;
+    let (ll, dropped, nfe) = lib(pipeline::log_likelihoods_counted(&m, &a.data.data, a.data.data_root.as_deref(), a.data.drop_nonfinite, a.seed))?;
     let d = m.flow.dim() as f64;
     let n_bad = ll.iter().filter(|v| !v.is_finite()).count();
     let (mean, se) = diffeo::fit::mean_and_stderr(&ll);
@@ -257,11 +257,17 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             o["bits_per_dim"] = json!(b);
             o["bits_per_dim_stderr"] = json!(s);
         }
+        if nfe > 0 {
+            o["nfe"] = json!(nfe);
+        }
         println!("{o}");
     } else {
         println!("log-likelihood: {mean:.4} ± {se:.4} nats (n = {}, dim = {})", ll.len(), m.flow.dim());
         if let Some((b, s)) = bpd {
             println!("bits/dim: {b:.4} ± {s:.4}");
+        }
+        if nfe > 0 {
+            println!("vector-field evaluations (NFE): {nfe}");
         }
     }
     Ok(())
@@ -276,7 +282,11 @@ pub fn log_prob(a: LogProbArgs) -> Result<()> {
         if a.observation.is_some() {
             bail!("--observation goes with posterior models (from diffeo npe); pass a conditional model's context as columns of --data");
         }
-        lib(pipeline::log_likelihoods(&m, &a.data.data, a.data.data_root.as_deref(), a.data.drop_nonfinite, a.seed))?.0
+        let (ll, _, nfe) = lib(pipeline::log_likelihoods_counted(&m, &a.data.data, a.data.data_root.as_deref(), a.data.drop_nonfinite, a.seed))?;
+        if nfe > 0 {
+            eprintln!("vector-field evaluations (NFE): {nfe}");
+        }
+        ll
     };
     let csv = a.out.extension().is_some_and(|e| e == "csv");
     let header = ["log_prob".to_string()];
@@ -287,9 +297,13 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     lib(diffeo::data::check_output(&a.out, &["npy", "csv"]))?;
     let m = lib(pipeline::load_model(&a.model))?;
     let ctx: Option<Table> = lib(pipeline::context_rows(a.context.as_deref(), &m))?;
-    let t = lib(pipeline::sample(&m, a.n as usize, ctx.as_ref(), a.seed))?;
+    let (t, nfe) = lib(pipeline::sample_counted(&m, a.n as usize, ctx.as_ref(), a.seed))?;
     let csv = a.out.extension().is_some_and(|e| e == "csv");
-    lib(diffeo::data::write_table(&a.out, &t.values, t.cols, t.names.as_deref().filter(|_| csv)))
+    lib(diffeo::data::write_table(&a.out, &t.values, t.cols, t.names.as_deref().filter(|_| csv)))?;
+    if nfe > 0 {
+        eprintln!("vector-field evaluations (NFE): {nfe}");
+    }
+    Ok(())
 }
 
 /// Inverse reconstruction and log-determinants of a saved model, in f64.

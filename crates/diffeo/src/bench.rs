@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::data::{self, bail, data_err, Dataset};
 use crate::error::Result;
+use crate::event::Call;
 use crate::fit::{fit, FitConfig, FitEvent};
 use crate::flow::{maf, Flow};
 use crate::tensor::{matrix, to_vec};
@@ -131,8 +132,8 @@ pub fn run(a: &BenchConfig) -> Result<serde_json::Value> {
     let (model, data_name) = a
         .config
         .split_once('-')
-        .filter(|(m, d)| matches!(*m, "maf" | "nsf") && !d.is_empty())
-        .ok_or_else(|| data_err!("--config: expected MODEL-DATA with MODEL maf or nsf (e.g. maf-moons), got {:?}", a.config))?;
+        .filter(|(m, d)| matches!(*m, "maf" | "nsf" | "cnf") && !d.is_empty())
+        .ok_or_else(|| data_err!("--config: expected MODEL-DATA with MODEL maf, nsf or cnf (e.g. maf-moons), got {:?}", a.config))?;
     if a.steps < 2 {
         bail!("a benchmark needs at least 2 steps");
     }
@@ -159,7 +160,10 @@ pub fn run(a: &BenchConfig) -> Result<serde_json::Value> {
         config = config.with_transformer(Transformer::RationalQuadratic { bins, tail_bound: tail });
     }
     let device = crate::device(&a.device)?;
-    let flow: Flow = config.init(&device)?;
+    // cnf: zuko's CNF — a 64×2 ELU field on (z, 3 time frequencies), exact trace, Dormand–Prince
+    // with atol 1e−6 and rtol 1e−5.
+    let cnf = crate::families::FamilySettings { seed: a.seed, ..crate::families::FamilySettings::new("cnf") };
+    let flow: Flow = if model == "cnf" { crate::families::architecture(&cnf, d, 0)?.init(&device)? } else { config.init(&device)? };
     let n_params = flow.num_params();
     let load0 = std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -202,13 +206,17 @@ pub fn run(a: &BenchConfig) -> Result<serde_json::Value> {
             matrix(test.values[s * d..e * d].to_vec(), e - s, d, &device)
         })
         .collect();
+    let evaluations = std::cell::Cell::new(0usize);
     let (logprob_per_s, logprob_reps) = rate(n_test, 3, || {
+        let call = Call::new();
         for c in &chunks {
-            let lp = flow.log_prob_unchecked(c.clone(), None)?;
+            let lp = flow.log_prob_with(c.clone(), call.clone())?;
             to_vec(lp)?;
         }
+        evaluations.set(call.evaluations());
         Ok(())
     })?;
+    let logprob_nfe = evaluations.get();
     let rss_logprob = peak_rss_mib();
     // Sampling inverts each autoregressive layer: D sequential passes.
     let n_sample = a.n_sample;
@@ -238,7 +246,8 @@ pub fn run(a: &BenchConfig) -> Result<serde_json::Value> {
     let mut result = json!({
         "lib": "diffeo", "model": model, "data": data_name, "dim": d,
         "steps": a.steps, "batch": batch, "seed": a.seed, "lr": 1e-3,
-        "transforms": transforms, "hidden": hidden, "layers": layers, "variant": null,
+        "transforms": if model == "cnf" { 1 } else { transforms },
+        "hidden": if model == "cnf" { cnf.hidden[0] } else { hidden }, "layers": layers, "variant": null,
         "bins": if model == "nsf" { json!(bins) } else { json!(null) },
         "tail": if model == "nsf" { json!(tail) } else { json!(null) },
         "versions": { "diffeo": env!("CARGO_PKG_VERSION"), "burn": "0.22.1" },
@@ -258,6 +267,8 @@ pub fn run(a: &BenchConfig) -> Result<serde_json::Value> {
         "sample_n": n_sample, "sample_per_s": round(sample_per_s, 1), "sample_reps": sample_reps,
         "sample_compile_s": null,
         "sample_sequential_passes_per_transform": d,
+        "logprob_nfe": if model == "cnf" { json!(logprob_nfe) } else { json!(null) },
+        "ode": if model == "cnf" { json!({"solver": "dopri5", "atol": cnf.ode.atol, "rtol": cnf.ode.rtol, "trace": "exact", "hidden": cnf.hidden}) } else { json!(null) },
         "logprob_sequential_passes_per_transform": 1,
         "sample_finite_frac": finite_rows as f64 / (samples.len() / d).max(1) as f64,
         "peak_rss_mib": round(peak_rss_mib(), 1),

@@ -162,6 +162,8 @@ pub struct Call {
     pub tolerance: Tolerance,
     rng: RefCell<StdRng>,
     evaluations: Arc<AtomicUsize>,
+    log_det: bool,
+    tolerance_given: bool,
 }
 
 impl Default for Call {
@@ -180,6 +182,8 @@ impl Clone for Call {
             tolerance: self.tolerance,
             rng: RefCell::new(self.rng.borrow().clone()),
             evaluations: self.evaluations.clone(),
+            log_det: self.log_det,
+            tolerance_given: self.tolerance_given,
         }
     }
 }
@@ -193,6 +197,8 @@ impl Call {
             tolerance: Tolerance::default(),
             rng: RefCell::new(StdRng::seed_from_u64(0)),
             evaluations: Arc::new(AtomicUsize::new(0)),
+            log_det: true,
+            tolerance_given: false,
         }
     }
 
@@ -220,10 +226,30 @@ impl Call {
         self
     }
 
-    /// Sets the tolerance of iterative solvers.
+    /// Sets the tolerance of iterative solvers. Layers whose solver settings are part of the
+    /// model (a CNF's ODE tolerances) use it instead of their own only when it is set here
+    /// ([`given_tolerance`](Self::given_tolerance)): checks tighten them to test the map.
     pub fn with_tolerance(mut self, tolerance: Tolerance) -> Self {
         self.tolerance = tolerance;
+        self.tolerance_given = true;
         self
+    }
+
+    /// The tolerance set by [`with_tolerance`](Self::with_tolerance), if any.
+    pub fn given_tolerance(&self) -> Option<Tolerance> {
+        self.tolerance_given.then_some(self.tolerance)
+    }
+
+    /// Says whether the caller uses the log-determinants (sampling does not): a layer whose
+    /// log-det costs extra work (a CNF's trace) may then skip it and return zeros.
+    pub fn with_log_det(mut self, needed: bool) -> Self {
+        self.log_det = needed;
+        self
+    }
+
+    /// Whether the log-determinants are used (see [`with_log_det`](Self::with_log_det)).
+    pub fn needs_log_det(&self) -> bool {
+        self.log_det
     }
 
     /// Seeds the random source.

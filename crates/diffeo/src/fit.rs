@@ -154,6 +154,12 @@ pub fn mean_and_stderr(values: &[f64]) -> (f64, f64) {
 
 /// Per-row log-likelihoods of a data set (validated first), evaluated in chunks.
 pub fn log_likelihoods(flow: &Flow, data: &Dataset) -> Result<Vec<f64>> {
+    log_likelihoods_with(flow, data, &Call::new())
+}
+
+/// [`log_likelihoods`] with the calls of every chunk copied from `call` (its tolerance, random
+/// source and evaluation count: `call.evaluations()` then holds the ODE evaluations).
+pub fn log_likelihoods_with(flow: &Flow, data: &Dataset, call: &Call) -> Result<Vec<f64>> {
     data.validate_for(flow.dim(), flow.context_dim(), "data")?;
     let device = flow.device();
     let n = data.len();
@@ -164,7 +170,7 @@ pub fn log_likelihoods(flow: &Flow, data: &Dataset) -> Result<Vec<f64>> {
         let end = (start + chunk).min(n);
         let idx: Vec<usize> = (start..end).collect();
         let (x, c) = data.batch(&idx, &device);
-        out.extend(to_vec(flow.log_prob_unchecked(x, c.as_ref())?)?);
+        out.extend(to_vec(flow.log_prob_with(x, call.clone().with_optional_context(c))?)?);
         start = end;
     }
     Ok(out)

@@ -451,10 +451,17 @@ impl Flow {
     /// Draws `n` samples per context row (`[n·M, D]` for a context of M rows; `[n, D]` for an
     /// unconditional flow or a single context row).
     pub fn sample(&self, n: usize, context: Option<&Tensor<2>>, rng: &mut StdRng) -> Result<Tensor<2>> {
+        self.sample_with(n, context, rng, Call::new())
+    }
+
+    /// [`sample`](Self::sample) under a given call (mode, tolerance, random source, evaluation
+    /// count); its context is replaced by `context`, and layers are told that no log-det is
+    /// needed.
+    pub fn sample_with(&self, n: usize, context: Option<&Tensor<2>>, rng: &mut StdRng, call: Call) -> Result<Tensor<2>> {
         self.require(Direction::Forward)?;
         let (total, ctx) = self.expand_context(n, context)?;
         let u = self.base.sample(total, rng, &self.device())?;
-        Ok(self.transform.forward_unchecked(u, &self.inner_call(Call::new().with_optional_context(ctx)))?.0)
+        Ok(self.transform.forward_unchecked(u, &self.inner_call(call.with_optional_context(ctx).with_log_det(false)))?.0)
     }
 
     /// Samples and their log-densities in one pass: `log q(x) = log p_u(u) − log|det J_T(u)|`.

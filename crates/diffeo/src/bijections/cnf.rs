@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Bijection, Call, Cost, Directions, LayerSpec, LogDet, Mapped, Mode};
 use crate::error::{FlowError, Result};
-use crate::nn::{Activation, Dense, Init};
+use crate::nn::{affine, Activation, Dense, Init};
 use crate::ode::{self, OdeSettings, Solver};
-use crate::tensor::{dims2, matrix};
+use crate::tensor::{dims2, indices, matrix};
 
 /// How the trace of `∂f/∂z` is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,40 +222,41 @@ pub struct Cnf {
     pub ode: OdeSettings,
 }
 
-/// The derivative of the nonlinearity at pre-activations `a`.
-fn activation_derivative(activation: Activation, a: Tensor<2>) -> Tensor<2> {
+/// The derivative of the nonlinearity from its output `h = act(a)` (no transcendental
+/// function: ELU's is `min(h, 0) + 1`, tanh's `1 − h²`).
+fn slope_from_output(activation: Activation, h: Tensor<2>) -> Tensor<2> {
     match activation {
-        // ELU: 1 for a > 0, eᵃ below: e^min(a, 0).
-        Activation::Elu => a.clamp_max(0.0).exp(),
-        Activation::Tanh => a.tanh().square().neg().add_scalar(1.0),
-        Activation::Relu => a.greater_elem(0.0).float(),
+        Activation::Elu => h.clamp_max(0.0).add_scalar(1.0),
+        Activation::Tanh => h.square().neg().add_scalar(1.0),
+        Activation::Relu => h.greater_elem(0.0).float(),
     }
 }
 
-/// The parts of the vector field that stay fixed through a solve: the first layer split by
-/// input, the context's contribution plus the bias.
+/// The parts of the vector field that stay fixed through a solve.
 struct FieldParts {
-    /// First-layer weights on z, `[D, H]`.
+    /// First-layer weights on z, then on the context: `[D + C, H]`.
+    w_in: Tensor<2>,
+    /// First-layer weights on z alone, `[D, H]` (tangents).
     w_z: Tensor<2>,
     /// First-layer weights on the time features, `[2F, H]`.
     w_t: Tensor<2>,
-    /// Context contribution plus bias, `[N, H]` or `[1, H]`.
-    offset: Tensor<2>,
+    /// The context (embedded), when the layer takes one.
+    context: Option<Tensor<2>>,
     /// Hutchinson probe `[N, D]` (none: exact trace).
     probe: Option<Tensor<2>>,
 }
 
 impl Cnf {
     fn parts(&self, n: usize, call: &Call, device: &Device) -> FieldParts {
-        let (d, f2) = (self.dim, 2 * self.frequencies);
+        let (d, f2, c) = (self.dim, 2 * self.frequencies, self.context_dim);
         let w = self.layers[0].weight.val();
         let w_z = w.clone().narrow(0, 0, d);
-        let w_t = w.clone().narrow(0, d, f2);
-        let bias = self.layers[0].bias.val().unsqueeze::<2>();
-        let offset = match (self.context_dim, call.context()) {
-            (c, Some(ctx)) if c > 0 => ctx.clone().matmul(w.narrow(0, d + f2, c)).add(bias),
-            _ => bias,
+        let context = call.context().filter(|_| c > 0).cloned();
+        let w_in = match &context {
+            Some(_) => Tensor::cat(vec![w_z.clone(), w.clone().narrow(0, d + f2, c)], 0),
+            None => w_z.clone(),
         };
+        let w_t = w.narrow(0, d, f2);
         let probe = match self.trace {
             Trace::Exact => None,
             Trace::Hutchinson => Some(match self.probe {
@@ -263,7 +264,7 @@ impl Cnf {
                 Probe::Gaussian => call.standard_normal(n, d, device),
             }),
         };
-        FieldParts { w_z, w_t, offset, probe }
+        FieldParts { w_in, w_z, w_t, context, probe }
     }
 
     /// `[cos(πk t), sin(πk t)]`, k = 1…F, as a `[1, 2F]` row.
@@ -275,25 +276,46 @@ impl Cnf {
         matrix(v, 1, 2 * f, device)
     }
 
+    /// The first hidden layer's output at one time for every row: `act([z, c] W + b + e(t) W_t)`,
+    /// one fused dense pass (the time enters through the bias).
+    fn first_hidden(&self, z: Tensor<2>, t: f64, parts: &FieldParts) -> Tensor<2> {
+        let device = z.device();
+        let mut bias = self.layers[0].bias.val();
+        if self.frequencies > 0 {
+            let h = bias.dims()[0];
+            bias = bias.add(self.time_features(t, &device).matmul(parts.w_t.clone()).reshape([h]));
+        }
+        let input = match &parts.context {
+            Some(c) => Tensor::cat(vec![z, c.clone()], 1),
+            None => z,
+        };
+        affine(input, parts.w_in.clone(), bias, Some(self.activation))
+    }
+
     /// The vector field `f(z, t; c)` `[N, D]` at a time per row (`t` `[N, 1]`), without the
     /// trace: what flow matching regresses.
     pub fn velocity(&self, z: Tensor<2>, t: Tensor<2>, context: Option<&Tensor<2>>) -> Tensor<2> {
-        let (d, f) = (self.dim, self.frequencies);
-        let w = self.layers[0].weight.val();
-        let mut a = z.matmul(w.clone().narrow(0, 0, d)).add(self.layers[0].bias.val().unsqueeze());
+        let f = self.frequencies;
+        let mut inputs = vec![z];
         if f > 0 {
             let device = t.device();
             let k: Vec<f64> = (1..=f).map(|k| std::f64::consts::PI * k as f64).collect();
             let phase = t.matmul(matrix(k, 1, f, &device));
-            let features = Tensor::cat(vec![phase.clone().cos(), phase.sin()], 1);
-            a = a.add(features.matmul(w.clone().narrow(0, d, 2 * f)));
+            inputs.push(phase.clone().cos());
+            inputs.push(phase.sin());
         }
         if let (c, Some(ctx)) = (self.context_dim, context) {
             if c > 0 {
-                a = a.add(ctx.clone().matmul(w.narrow(0, d + 2 * f, c)));
+                inputs.push(ctx.clone());
             }
         }
-        let mut hidden = self.activation.apply(a);
+        let first = &self.layers[0];
+        let hidden = affine(Tensor::cat(inputs, 1), first.weight.val(), first.bias.val(), Some(self.activation));
+        self.rest(hidden)
+    }
+
+    /// The layers after the first, from its output.
+    fn rest(&self, mut hidden: Tensor<2>) -> Tensor<2> {
         let last = self.layers.len() - 1;
         for layer in &self.layers[1..last] {
             hidden = layer.forward_activated(hidden, Some(self.activation));
@@ -301,64 +323,78 @@ impl Cnf {
         self.layers[last].forward(hidden)
     }
 
-    /// `f(z, t)` `[N, D]` and `tr(∂f/∂z)` (exact or Hutchinson) `[N, 1]`.
+    /// `f(z, t)` `[N, D]` alone, at one time for every row.
+    fn velocity_at(&self, z: Tensor<2>, t: f64, parts: &FieldParts) -> Tensor<2> {
+        self.rest(self.first_hidden(z, t, parts))
+    }
+
+    /// `f(z, t)` `[N, D]` and `tr(∂f/∂z)` (exact or Hutchinson) `[N, 1]`: tangents propagated
+    /// forward through the network, `∂h₁ = act'(a₁) ⊙ (v W_z)`, `∂h_k = act'(a_k) ⊙ (∂h_{k−1} W_k)`,
+    /// `∂f = ∂h_L W_out` — for the D unit vectors at once (exact) or for the probe.
     fn field(&self, z: Tensor<2>, t: f64, parts: &FieldParts) -> (Tensor<2>, Tensor<2>) {
         let (n, d) = dims2(&z);
-        let device = z.device();
-        let mut a = z.matmul(parts.w_z.clone()).add(parts.offset.clone());
-        if self.frequencies > 0 {
-            a = a.add(self.time_features(t, &device).matmul(parts.w_t.clone()));
-        }
-        // Tangents: exact, one per input direction ([N·D, H], row n·D + i for direction eᵢ);
-        // Hutchinson, the probe's ([N, H]).
+        let mut hidden = self.first_hidden(z, t, parts);
+        let slope = slope_from_output(self.activation, hidden.clone());
+        let h = dims2(&hidden).1;
+        // Exact: one tangent per input direction, rows n·D + i for eᵢ ([N·D, H]); Hutchinson: the
+        // probe's ([N, H]).
         let mut tangent = match &parts.probe {
-            None => {
-                let h = dims2(&a).1;
-                let slope = activation_derivative(self.activation, a.clone()).unsqueeze_dim::<3>(1);
-                slope.mul(parts.w_z.clone().unsqueeze_dim::<3>(0)).reshape([n * d, h])
-            }
-            Some(eps) => eps.clone().matmul(parts.w_z.clone()).mul(activation_derivative(self.activation, a.clone())),
+            None => slope.unsqueeze_dim::<3>(1).mul(parts.w_z.clone().unsqueeze_dim::<3>(0)).reshape([n * d, h]),
+            Some(eps) => eps.clone().matmul(parts.w_z.clone()).mul(slope),
         };
-        let mut hidden = self.activation.apply(a);
         let last = self.layers.len() - 1;
         for layer in &self.layers[1..last] {
-            let a = layer.forward(hidden);
-            let slope = activation_derivative(self.activation, a.clone());
+            hidden = layer.forward_activated(hidden, Some(self.activation));
+            let slope = slope_from_output(self.activation, hidden.clone());
+            let h = dims2(&hidden).1;
             tangent = tangent.matmul(layer.weight.val());
             tangent = match &parts.probe {
-                None => {
-                    let h = dims2(&a).1;
-                    tangent.reshape([n, d, h]).mul(slope.unsqueeze_dim::<3>(1)).reshape([n * d, h])
-                }
+                None => tangent.reshape([n, d, h]).mul(slope.unsqueeze_dim::<3>(1)).reshape([n * d, h]),
                 Some(_) => tangent.mul(slope),
             };
-            hidden = self.activation.apply(a);
         }
         let out = &self.layers[last];
         let dz = out.forward(hidden);
-        let w_out = out.weight.val();
         let trace = match &parts.probe {
             None => {
-                // diag of J: row i of direction i against column i of the last weights.
-                let h = dims2(&w_out).0;
-                tangent.reshape([n, d, h]).mul(w_out.transpose().unsqueeze_dim::<3>(0)).sum_dim(2).sum_dim(1).reshape([n, 1])
+                // Row n·D + i of ∂f is direction i: its entry i is J_ii.
+                let diagonal: Vec<usize> = (0..d).map(|i| i * d + i).collect();
+                tangent.matmul(out.weight.val()).reshape([n, d * d]).select(1, indices(&diagonal, &dz.device())).sum_dim(1)
             }
-            Some(eps) => tangent.matmul(w_out).mul(eps.clone()).sum_dim(1),
+            Some(eps) => tangent.matmul(out.weight.val()).mul(eps.clone()).sum_dim(1),
         };
         (dz, trace)
     }
 
     /// Solves from `t0` to `t1`: the end point and `∫ tr dt` along the way.
+    /// The solver settings of a call: the layer's own, or the call's tolerance when it sets
+    /// one (a check testing the map).
+    fn settings(&self, call: &Call) -> OdeSettings {
+        match call.given_tolerance() {
+            Some(t) => OdeSettings { atol: t.absolute, rtol: t.relative, max_steps: t.max_iterations, ..self.ode },
+            None => self.ode,
+        }
+    }
+
     fn solve(&self, z: Tensor<2>, t0: f64, t1: f64, call: &Call) -> Result<Mapped> {
         let (n, _) = dims2(&z);
         let device = z.device();
+        let settings = self.settings(call);
         let parts = self.parts(n, call, &device);
+        if !call.needs_log_det() {
+            // Samples only: the state is z alone, no trace.
+            let mut rhs = |t: f64, y: &[Tensor<2>]| -> Result<ode::State> { Ok(vec![self.velocity_at(y[0].clone(), t, &parts)]) };
+            let solved = ode::solve(&mut rhs, vec![z], t0, t1, &settings)?;
+            call.count_evaluations(solved.evaluations);
+            let z = solved.state.into_iter().next().ok_or_else(|| FlowError::Backend("the ODE solve lost its state".into()))?;
+            return Ok((z, Tensor::zeros([n], &device)));
+        }
         let log_det = Tensor::<2>::zeros([n, 1], &device);
         let mut rhs = |t: f64, y: &[Tensor<2>]| -> Result<ode::State> {
             let (dz, tr) = self.field(y[0].clone(), t, &parts);
             Ok(vec![dz, tr])
         };
-        let solved = ode::solve(&mut rhs, vec![z, log_det], t0, t1, &self.ode)?;
+        let solved = ode::solve(&mut rhs, vec![z, log_det], t0, t1, &settings)?;
         call.count_evaluations(solved.evaluations);
         let mut state = solved.state.into_iter();
         match (state.next(), state.next()) {

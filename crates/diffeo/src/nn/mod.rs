@@ -118,7 +118,7 @@ fn layer_stack<L>(
 }
 
 /// `act(x W + b)`, fused on the CPU, composed elsewhere.
-fn affine(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>, activation: Option<Activation>) -> Tensor<2> {
+pub fn affine(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>, activation: Option<Activation>) -> Tensor<2> {
     if fused::supported(&x) {
         return fused::dense(x, w, b, activation);
     }

@@ -15,6 +15,7 @@ use crate::bijections::Cost;
 use crate::data::prepare::{constant_columns, hold_out, logit_layers, logit_transform, minimum_rows, InputSpec};
 use crate::data::{self, builtin, Dataset, Split, Table};
 use crate::error::{FlowError, Result};
+use crate::event::Call;
 use crate::families::{architecture, vi_architecture, FamilySettings};
 use crate::flow_matching::{FlowMatching, Pairing};
 use crate::fit::{fit_monitored, mean_log_likelihood, FitEvent, FitReport, TrainConfig};
@@ -372,6 +373,12 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
 /// Per-row log-likelihoods of a data source under a model (its columns and preprocessing, the
 /// dequantization noise seeded by `seed`), and the number of rows dropped as non-finite.
 pub fn log_likelihoods(model: &Model, data: &str, root: Option<&Path>, drop_nonfinite: bool, seed: u64) -> Result<(Vec<f64>, usize)> {
+    log_likelihoods_counted(model, data, root, drop_nonfinite, seed).map(|(ll, dropped, _)| (ll, dropped))
+}
+
+/// [`log_likelihoods`], and the vector-field evaluations (NFE) its ODE solves took (0 for a
+/// model without continuous-time layers).
+pub fn log_likelihoods_counted(model: &Model, data: &str, root: Option<&Path>, drop_nonfinite: bool, seed: u64) -> Result<(Vec<f64>, usize, usize)> {
     let (set, dropped) = model_inputs(model, data, root, drop_nonfinite, seed)?;
     if model.flow.directions().inverse == Cost::Unavailable {
         return Err(FlowError::InvalidConfig(format!(
@@ -379,7 +386,9 @@ pub fn log_likelihoods(model: &Model, data: &str, root: Option<&Path>, drop_nonf
             model.meta.family
         )));
     }
-    Ok((crate::fit::log_likelihoods(&model.flow, &set)?, dropped))
+    let call = Call::new();
+    let ll = crate::fit::log_likelihoods_with(&model.flow, &set, &call)?;
+    Ok((ll, dropped, call.evaluations()))
 }
 
 /// The inputs of a data source (its test split by default) as a model sees them — its columns
@@ -443,6 +452,11 @@ pub const MAX_SAMPLES: usize = 50_000_000;
 
 /// `n` samples of a model per context row (in row order), with its column names.
 pub fn sample(model: &Model, n: usize, context: Option<&Table>, seed: u64) -> Result<Table> {
+    sample_counted(model, n, context, seed).map(|(t, _)| t)
+}
+
+/// [`sample`], and the vector-field evaluations (NFE) its ODE solves took.
+pub fn sample_counted(model: &Model, n: usize, context: Option<&Table>, seed: u64) -> Result<(Table, usize)> {
     if model.flow.directions().forward == Cost::Unavailable {
         return Err(FlowError::InvalidConfig("this model cannot be sampled (its forward direction is unavailable)".into()));
     }
@@ -453,10 +467,11 @@ pub fn sample(model: &Model, n: usize, context: Option<&Table>, seed: u64) -> Re
     let device = model.flow.device();
     let ct = context.map(|c| matrix(c.values.clone(), c.rows(), c.cols, &device));
     let mut rng = StdRng::seed_from_u64(seed);
-    let x = model.flow.sample(n, ct.as_ref(), &mut rng)?;
+    let call = Call::new();
+    let x = model.flow.sample_with(n, ct.as_ref(), &mut rng, call.clone())?;
     let mut t = Table::new(to_vec(x)?, model.flow.dim(), "samples");
     t.names = model.meta.inputs.column_names.clone();
-    Ok(t)
+    Ok((t, call.evaluations()))
 }
 
 /// Log-densities of a model at points `[N, D]` (row-major), with one context row for all.
