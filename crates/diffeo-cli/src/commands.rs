@@ -19,7 +19,9 @@ use crate::{CheckArgs, DatasetsArgs, EvalArgs, Failed, FitArgs, InfoArgs, LogPro
 pub(crate) fn lib<T>(r: diffeo::Result<T>) -> Result<T> {
     r.map_err(|e| match e {
         e @ diffeo::FlowError::NonFiniteLoss { .. } => Failed(format!("training failed, no model written: {e}")).into(),
-        e @ (diffeo::FlowError::Simulation(_) | diffeo::FlowError::SamplingLimit(_)) => Failed(e.to_string()).into(),
+        e @ (diffeo::FlowError::Simulation(_) | diffeo::FlowError::SamplingLimit(_) | diffeo::FlowError::NotConverged { .. }) => {
+            Failed(e.to_string()).into()
+        }
         e => anyhow!("{e}"),
     })
 }

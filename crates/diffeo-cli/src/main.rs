@@ -149,6 +149,7 @@ impl FitArgs {
         family.ode.rtol = self.rtol;
         family.ode.max_steps = self.max_ode_steps as usize;
         family.ode.steps = self.ode_steps as usize;
+        family.regularization = self.regularize.unwrap_or((0.0, 0.0));
     }
 }
 
@@ -205,6 +206,21 @@ fn logit_alpha(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `kinetic=λ,jacobian=λ` (either or both).
+pub(crate) fn regularization(s: &str) -> Result<(f64, f64), String> {
+    let mut out = (0.0, 0.0);
+    for part in s.split(',') {
+        let (name, value) = part.split_once('=').ok_or_else(|| format!("{part:?}: expected kinetic=λ or jacobian=λ"))?;
+        let v = nonnegative_f64(value.trim())?;
+        match name.trim() {
+            "kinetic" => out.0 = v,
+            "jacobian" => out.1 = v,
+            other => return Err(format!("{other:?}: expected kinetic or jacobian")),
+        }
+    }
+    Ok(out)
+}
+
 /// Hidden-layer widths, `128,128`.
 #[derive(Clone, Debug)]
 pub struct Widths(pub Vec<usize>);
@@ -257,6 +273,11 @@ pub struct FitArgs {
     /// cnf: most steps an adaptive solve may take before it fails.
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "1000")]
     pub max_ode_steps: u64,
+    /// cnf: RNODE regularization of the training loss, `kinetic=λ` and/or `jacobian=λ`
+    /// (comma-separated): the kinetic energy ∫‖f‖² and the Jacobian norm ∫‖∂f/∂z‖²_F, which keep
+    /// the dynamics cheap to solve.
+    #[arg(long, value_parser = regularization, value_name = "kinetic=λ,jacobian=λ")]
+    pub regularize: Option<(f64, f64)>,
     /// cnf: steps of the fixed-step solvers (rk4, euler).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "20")]
     pub ode_steps: u64,

@@ -693,3 +693,31 @@ fn sequential_rounds_run_any_simulator_program_and_lose_nothing() {
     );
     bad(&["npe", "--simulator", "cat", "--prior", "uniform:-1:1x2", "--rounds", "3", "--out", &p(d, "h.dfo")], "--observation");
 }
+
+#[test]
+fn cnf_fits_by_likelihood_and_flow_matching_reports_nfe_and_refuses_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = small_model(dir.path());
+    let ml = p(dir.path(), "cnf.dfo");
+    ok(&["fit", "--data", &data, "--flow", "cnf", "--hidden", "16,16", "--steps", "5", "--regularize", "kinetic=0.01,jacobian=0.01", "--out", &ml, "-q"]);
+    let fm = p(dir.path(), "cnf-fm.dfo");
+    ok(&["fit", "--data", &data, "--flow", "cnf", "--hidden", "16,16", "--trace", "hutchinson", "--objective", "flow-matching", "--pairing", "ot", "--steps", "30", "--out", &fm, "-q"]);
+    let e = json(&ok(&["eval", "--model", &ml, "--data", &data, "--json"]));
+    assert!(e["nfe"].as_u64().unwrap() > 0, "{e}");
+    assert_eq!(json(&ok(&["eval", "--model", &fm, "--data", &data, "--json"]))["log_det"], "estimated");
+    let c = json(&ok(&["check", "--model", &ml, "--n", "100", "--json"]));
+    assert_eq!(c["pass"], true, "{c}");
+    let s = diffeo(&["sample", "--model", &ml, "-n", "10", "--out", &p(dir.path(), "s.csv")]);
+    assert!(s.status.success() && text(&s.stderr).contains("NFE"), "{}", text(&s.stderr));
+    // Bad settings: exit 2; a solve that hits its step limit: exit 1, no model.
+    let out = p(dir.path(), "bad.dfo");
+    bad(&["fit", "--data", &data, "--flow", "cnf", "--atol", "0", "--out", &out], "--atol");
+    bad(&["fit", "--data", &data, "--flow", "cnf", "--rtol", "nan", "--out", &out], "--rtol");
+    bad(&["fit", "--data", &data, "--flow", "cnf", "--regularize", "speed=1", "--out", &out], "kinetic");
+    bad(&["fit", "--data", &data, "--flow", "maf", "--regularize", "kinetic=1", "--out", &out], "cnf");
+    bad(&["fit", "--data", &data, "--flow", "maf", "--objective", "flow-matching", "--out", &out], "flow matching");
+    let r = diffeo(&["fit", "--data", &data, "--flow", "cnf", "--max-ode-steps", "2", "--steps", "2", "--out", &out, "-q"]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r.stderr));
+    assert!(text(&r.stderr).contains("step limit"));
+    assert!(!Path::new(&out).exists());
+}

@@ -14,7 +14,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::{Device, Tensor};
 use rand::rngs::StdRng;
@@ -164,6 +164,7 @@ pub struct Call {
     evaluations: Arc<AtomicUsize>,
     log_det: bool,
     tolerance_given: bool,
+    penalty: Arc<Mutex<Option<Tensor<1>>>>,
 }
 
 impl Default for Call {
@@ -184,6 +185,7 @@ impl Clone for Call {
             evaluations: self.evaluations.clone(),
             log_det: self.log_det,
             tolerance_given: self.tolerance_given,
+            penalty: self.penalty.clone(),
         }
     }
 }
@@ -199,6 +201,7 @@ impl Call {
             evaluations: Arc::new(AtomicUsize::new(0)),
             log_det: true,
             tolerance_given: false,
+            penalty: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -277,6 +280,22 @@ impl Call {
     /// Vector-field evaluations (NFE) counted by the passes made with this call and its copies.
     pub fn evaluations(&self) -> usize {
         self.evaluations.load(Ordering::Relaxed)
+    }
+
+    /// Adds a per-row training penalty `[N]` (a CNF's kinetic-energy and Jacobian-norm
+    /// regularization) that the objective adds to its loss; shared by the call's copies.
+    pub fn add_penalty(&self, penalty: Tensor<1>) {
+        if let Ok(mut slot) = self.penalty.lock() {
+            *slot = Some(match slot.take() {
+                Some(p) => p.add(penalty),
+                None => penalty,
+            });
+        }
+    }
+
+    /// The penalties added by the passes made with this call and its copies (taken out).
+    pub fn take_penalty(&self) -> Option<Tensor<1>> {
+        self.penalty.lock().ok().and_then(|mut slot| slot.take())
     }
 
     /// `[n, d]` standard-normal draws from the random source (e.g. Hutchinson probes).

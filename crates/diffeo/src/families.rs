@@ -328,6 +328,8 @@ pub struct FamilySettings {
     pub probe: Probe,
     /// CNF: the ODE solver and its tolerances.
     pub ode: OdeSettings,
+    /// CNF: RNODE weights of the kinetic energy and of the Jacobian norm (training only).
+    pub regularization: (f64, f64),
 }
 
 impl FamilySettings {
@@ -350,6 +352,7 @@ impl FamilySettings {
             trace: None,
             probe: Probe::Rademacher,
             ode: OdeSettings::default(),
+            regularization: (0.0, 0.0),
         }
     }
 }
@@ -368,6 +371,9 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
     let f = family(&s.family)?;
     if s.dropout > 0.0 && s.residual_blocks == 0 {
         return Err(FlowError::InvalidConfig("dropout acts inside residual blocks: add residual blocks".into()));
+    }
+    if f.name != "cnf" && (s.trace.is_some() || s.regularization != (0.0, 0.0)) {
+        return Err(FlowError::InvalidConfig("traces and RNODE regularization are settings of the cnf family".into()));
     }
     let k = s.transforms.unwrap_or(f.default_transforms);
     let transformer = match f.name {
@@ -409,7 +415,8 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
                 .with_hidden(s.hidden.clone())
                 .with_activation(s.activation)
                 .with_probe(s.probe)
-                .with_ode(s.ode);
+                .with_ode(s.ode)
+                .with_regularization(s.regularization.0, s.regularization.1);
             if let Some(trace) = s.trace {
                 layer = layer.with_trace(trace);
             }

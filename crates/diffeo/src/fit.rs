@@ -92,7 +92,13 @@ impl Objective for MaximumLikelihood<'_> {
         // Stochastic log-dets (Hutchinson probes) draw new numbers at every step and part.
         let seed = (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ rows.first().map_or(0, |&r| r as u64);
         let call = Call::training().with_optional_context(c).with_seed(seed);
+        let penalties = call.clone();
         let log_p = model.log_prob_with(x, call)?;
+        // Regularized layers (a CNF's RNODE terms) add a per-row penalty to −log p.
+        let log_p = match penalties.take_penalty() {
+            Some(p) => log_p.sub(p),
+            None => log_p,
+        };
         let loss = if rows.len() == whole { log_p.mean().neg() } else { log_p.sum().neg().div_scalar(whole as f64) };
         let value = scalar(loss.clone())?;
         Ok(StepLoss { loss, value, metrics: Vec::new() })

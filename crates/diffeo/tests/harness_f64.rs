@@ -713,3 +713,45 @@ mod ode_and_cnf {
         assert!(CnfConfig::new(2).with_ode(bad).init(&device()).is_err());
     }
 }
+
+#[test]
+fn cnf_rnode_penalties_are_the_kinetic_energy_and_the_jacobian_norm() {
+    use burn::module::Param;
+    use diffeo::ode::OdeSettings;
+    use diffeo::tensor::{matrix, to_vec, vector};
+    let d = device();
+    let ode = OdeSettings { atol: 1e-9, rtol: 1e-9, ..OdeSettings::default() };
+    // A constant field f = v: kinetic energy ‖v‖² over unit time, Jacobian 0.
+    let mut b = CnfConfig::new(2).with_hidden(vec![4]).with_ode(ode).with_regularization(2.0, 5.0).init(&d).unwrap();
+    b.layers[1].bias = Param::from_tensor(vector(vec![0.3, -0.4], &d));
+    let x = matrix(vec![0.1, 0.2, -1.0, 0.5], 2, 2, &d);
+    let call = Call::training();
+    let (u, _) = b.inverse(x.clone(), &call).unwrap();
+    let penalty = to_vec(call.take_penalty().expect("a training pass adds its penalty")).unwrap();
+    assert!(penalty.iter().all(|p| (p - 2.0 * 0.25).abs() < 1e-9), "{penalty:?}");
+    let (u, x) = (to_vec(u).unwrap(), to_vec(x).unwrap());
+    assert!((u[0] - (x[0] - 0.3)).abs() < 1e-9 && (u[1] - (x[1] + 0.4)).abs() < 1e-9);
+    // Evaluation adds none; a random field's penalties are positive, the exact Jacobian norm
+    // is the mean of Hutchinson's.
+    let eval = Call::new();
+    b.inverse(matrix(vec![0.1, 0.2], 1, 2, &d), &eval).unwrap();
+    assert!(eval.take_penalty().is_none());
+    let random = |trace| {
+        let c = CnfConfig::new(2).with_hidden(vec![8]).with_trace(trace).with_regularization(0.0, 1.0).with_seed(2);
+        randomize_parameters(c.init(&d).unwrap(), 4, 0.5)
+    };
+    let p = matrix(vec![0.3, -0.7], 1, 2, &d);
+    let exact_call = Call::training();
+    random(Trace::Exact).inverse(p.clone(), &exact_call).unwrap();
+    let exact = to_vec(exact_call.take_penalty().unwrap()).unwrap()[0];
+    let draws: Vec<f64> = (0..150)
+        .map(|k| {
+            let call = Call::training().with_seed(k);
+            random(Trace::Hutchinson).with_probe(Probe::Gaussian).inverse(p.clone(), &call).unwrap();
+            to_vec(call.take_penalty().unwrap()).unwrap()[0]
+        })
+        .collect();
+    let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+    let se = (draws.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (draws.len() as f64 - 1.0) / draws.len() as f64).sqrt();
+    assert!(exact > 0.0 && (mean - exact).abs() < 4.0 * se, "exact {exact}, Hutchinson {mean} ± {se}");
+}

@@ -69,6 +69,14 @@ pub struct CnfConfig {
     pub probe: Probe,
     /// The ODE solver, tolerances and limits.
     pub ode: OdeSettings,
+    /// RNODE (Finlay et al. 2020): weight λ_K of the kinetic energy `∫ ‖f‖² dt` added to the
+    /// training loss per row (0: none).
+    #[serde(default)]
+    pub kinetic: f64,
+    /// RNODE: weight λ_J of the Jacobian's Frobenius norm `∫ ‖∂f/∂z‖²_F dt` (exact with the exact
+    /// trace, `‖(∂f/∂z) ε‖²` with Hutchinson probes).
+    #[serde(default)]
+    pub jacobian: f64,
     /// Seed of the initial weights (set by the chain; not stored).
     #[serde(skip)]
     pub seed: u64,
@@ -88,8 +96,17 @@ impl CnfConfig {
             trace,
             probe: Probe::Rademacher,
             ode: OdeSettings::default(),
+            kinetic: 0.0,
+            jacobian: 0.0,
             seed: 0,
         }
+    }
+
+    /// Sets the RNODE weights of the kinetic energy and the Jacobian norm (training only).
+    pub fn with_regularization(mut self, kinetic: f64, jacobian: f64) -> Self {
+        self.kinetic = kinetic;
+        self.jacobian = jacobian;
+        self
     }
 
     /// Conditions on a context of width `context_dim`.
@@ -161,6 +178,8 @@ impl CnfConfig {
             trace: self.trace,
             probe: self.probe,
             ode: self.ode,
+            kinetic: self.kinetic,
+            jacobian: self.jacobian,
         })
     }
 }
@@ -174,6 +193,11 @@ impl LayerSpec for CnfConfig {
         super::require_features(self.dim, "a continuous normalizing flow")?;
         if self.hidden.is_empty() || self.hidden.contains(&0) {
             return Err(FlowError::InvalidConfig("a CNF vector field needs at least one hidden layer, every width ≥ 1".into()));
+        }
+        for (name, w) in [("kinetic", self.kinetic), ("jacobian", self.jacobian)] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(FlowError::InvalidConfig(format!("the CNF's {name} regularization weight must be ≥ 0, got {w}")));
+            }
         }
         if self.activation == Activation::Relu {
             return Err(FlowError::InvalidConfig("a CNF vector field needs a smooth nonlinearity (elu or tanh), not relu".into()));
@@ -220,6 +244,12 @@ pub struct Cnf {
     /// Solver settings.
     #[module(skip)]
     pub ode: OdeSettings,
+    /// RNODE weight of the kinetic energy.
+    #[module(skip)]
+    pub kinetic: f64,
+    /// RNODE weight of the Jacobian norm.
+    #[module(skip)]
+    pub jacobian: f64,
 }
 
 /// The derivative of the nonlinearity from its output `h = act(a)` (no transcendental
@@ -332,6 +362,13 @@ impl Cnf {
     /// forward through the network, `∂h₁ = act'(a₁) ⊙ (v W_z)`, `∂h_k = act'(a_k) ⊙ (∂h_{k−1} W_k)`,
     /// `∂f = ∂h_L W_out` — for the D unit vectors at once (exact) or for the probe.
     fn field(&self, z: Tensor<2>, t: f64, parts: &FieldParts) -> (Tensor<2>, Tensor<2>) {
+        let (dz, trace, _) = self.field_with_norm(z, t, parts, false);
+        (dz, trace)
+    }
+
+    /// [`field`](Self::field), and with `norm` the squared Frobenius norm of `∂f/∂z` `[N, 1]`
+    /// (exact from the D tangents, or `‖(∂f/∂z) ε‖²` for a probe).
+    fn field_with_norm(&self, z: Tensor<2>, t: f64, parts: &FieldParts, norm: bool) -> (Tensor<2>, Tensor<2>, Option<Tensor<2>>) {
         let (n, d) = dims2(&z);
         let mut hidden = self.first_hidden(z, t, parts);
         let slope = slope_from_output(self.activation, hidden.clone());
@@ -355,15 +392,20 @@ impl Cnf {
         }
         let out = &self.layers[last];
         let dz = out.forward(hidden);
+        let products = tangent.matmul(out.weight.val());
+        let frobenius = norm.then(|| match &parts.probe {
+            None => products.clone().square().reshape([n, d * d]).sum_dim(1),
+            Some(_) => products.clone().square().sum_dim(1),
+        });
         let trace = match &parts.probe {
             None => {
                 // Row n·D + i of ∂f is direction i: its entry i is J_ii.
                 let diagonal: Vec<usize> = (0..d).map(|i| i * d + i).collect();
-                tangent.matmul(out.weight.val()).reshape([n, d * d]).select(1, indices(&diagonal, &dz.device())).sum_dim(1)
+                products.reshape([n, d * d]).select(1, indices(&diagonal, &dz.device())).sum_dim(1)
             }
-            Some(eps) => tangent.matmul(out.weight.val()).mul(eps.clone()).sum_dim(1),
+            Some(eps) => products.mul(eps.clone()).sum_dim(1),
         };
-        (dz, trace)
+        (dz, trace, frobenius)
     }
 
     /// Solves from `t0` to `t1`: the end point and `∫ tr dt` along the way.
@@ -389,18 +431,33 @@ impl Cnf {
             let z = solved.state.into_iter().next().ok_or_else(|| FlowError::Backend("the ODE solve lost its state".into()))?;
             return Ok((z, Tensor::zeros([n], &device)));
         }
-        let log_det = Tensor::<2>::zeros([n, 1], &device);
+        let regularize = call.mode == Mode::Training && (self.kinetic > 0.0 || self.jacobian > 0.0);
+        let zero = || Tensor::<2>::zeros([n, 1], &device);
+        // Integrals accumulate forward in time whichever way the solve runs.
+        let sign = (t1 - t0).signum();
         let mut rhs = |t: f64, y: &[Tensor<2>]| -> Result<ode::State> {
-            let (dz, tr) = self.field(y[0].clone(), t, &parts);
-            Ok(vec![dz, tr])
+            if !regularize {
+                let (dz, tr) = self.field(y[0].clone(), t, &parts);
+                return Ok(vec![dz, tr]);
+            }
+            let (dz, tr, frobenius) = self.field_with_norm(y[0].clone(), t, &parts, self.jacobian > 0.0);
+            let kinetic = dz.clone().square().sum_dim(1).mul_scalar(sign);
+            let frobenius = frobenius.map_or_else(zero, |f| f.mul_scalar(sign));
+            Ok(vec![dz, tr, kinetic, frobenius])
         };
-        let solved = ode::solve(&mut rhs, vec![z, log_det], t0, t1, &settings)?;
+        let start = if regularize { vec![z, zero(), zero(), zero()] } else { vec![z, zero()] };
+        let solved = ode::solve(&mut rhs, start, t0, t1, &settings)?;
         call.count_evaluations(solved.evaluations);
         let mut state = solved.state.into_iter();
-        match (state.next(), state.next()) {
-            (Some(z), Some(ld)) => Ok((z, ld.reshape([n]))),
-            _ => Err(FlowError::Backend("the ODE solve lost its state".into())),
+        let (z, ld) = match (state.next(), state.next()) {
+            (Some(z), Some(ld)) => (z, ld.reshape([n])),
+            _ => return Err(FlowError::Backend("the ODE solve lost its state".into())),
+        };
+        if let (Some(kinetic), Some(frobenius)) = (state.next(), state.next()) {
+            let penalty = kinetic.mul_scalar(self.kinetic).add(frobenius.mul_scalar(self.jacobian));
+            call.add_penalty(penalty.reshape([n]));
         }
+        Ok((z, ld))
     }
 }
 
