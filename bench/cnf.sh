@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# CNF speed and quality beside zuko's CNF, one interleaved run: `diffeo bench --config cnf-DATA`
+# and bench/cnf/zuko_cnf.py on the peers' data folder (same 64×2 ELU field, 3 time frequencies,
+# exact trace, Dormand–Prince atol 1e-6 / rtol 1e-5, Adam 1e-3, batch, steps, seed).
+#   bench/cnf.sh [--data DIR] [--steps N] [--repeats R] [--configs "moons"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data="${PEERS_DATA:-$HOME/.cache/diffeo/peers-data}"; steps=300; repeats=1; configs="moons"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data) data="$2"; shift 2 ;;
+    --steps) steps="$2"; shift 2 ;;
+    --repeats) repeats="$2"; shift 2 ;;
+    --configs) configs="$2"; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+py="${PEERS_PY:-$HOME/.venv-peers/bin/python}"
+cargo build -q --release -p diffeo-cli
+raw="bench/results/cnf-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
+for r in $(seq "$repeats"); do
+  for c in $configs; do
+    target/release/diffeo bench --config "cnf-$c" --data-dir "$data" --steps "$steps" --threads 2 | tail -1 >> "$raw"
+    "$py" bench/cnf/zuko_cnf.py --data "$data/$c" --steps "$steps" --threads 2 >> "$raw"
+  done
+done
+"$py" - "$raw" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for c in sorted({r["data"] for r in rows}):
+    d = [r for r in rows if r["data"] == c and r["lib"] == "diffeo"]
+    z = [r for r in rows if r["data"] == c and r["lib"] == "zuko"]
+    for a, b in zip(d, z):
+        print(f"| cnf | {c} | {a['steps_per_s']} | {a['steps_per_s'] / b['steps_per_s']:.2f}× | {a['logprob_per_s']:,.0f} | "
+              f"{a['logprob_per_s'] / b['logprob_per_s']:.2f}× | {a['sample_per_s']:,.0f} | {a['sample_per_s'] / b['sample_per_s']:.2f}× | "
+              f"{a['logprob_nfe']} / {b['logprob_nfe']} | {a['test_ll']:.3f} / {b['test_ll']:.3f} |")
+PY
+echo "raw lines: $raw"
