@@ -539,7 +539,7 @@ fn bench_prints_the_peer_harness_keys() {
         assert_eq!(v["true_test_ll"], -2.5);
     }
     assert_eq!(std::fs::read_to_string(&results).unwrap().lines().count(), 2);
-    bad(&["bench", "--config", "glow-toy", "--data-dir", &root], "maf or nsf");
+    bad(&["bench", "--config", "glow-toy", "--data-dir", &root], "maf, nsf or cnf");
     bad(&["bench", "--config", "maf-nothing", "--data-dir", &root], "no such data folder");
 }
 
