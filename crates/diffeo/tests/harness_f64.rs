@@ -709,6 +709,8 @@ mod ode_and_cnf {
         // Settings are checked.
         assert!(CnfConfig::new(2).with_activation(Activation::Relu).init(&device()).is_err());
         assert!(CnfConfig::new(2).with_hidden(vec![]).init(&device()).is_err());
+        assert!(CnfConfig::new(2).with_frequencies(0).init(&device()).is_err());
+        assert!(CnfConfig::new(2).with_regularization(-1.0, 0.0).init(&device()).is_err());
         let bad = OdeSettings { rtol: 0.0, ..OdeSettings::default() };
         assert!(CnfConfig::new(2).with_ode(bad).init(&device()).is_err());
     }

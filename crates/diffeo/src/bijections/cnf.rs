@@ -191,6 +191,9 @@ impl LayerSpec for CnfConfig {
 
     fn validate(&self) -> Result<()> {
         super::require_features(self.dim, "a continuous normalizing flow")?;
+        if self.frequencies == 0 {
+            return Err(FlowError::InvalidConfig("a CNF vector field needs at least one time frequency".into()));
+        }
         if self.hidden.is_empty() || self.hidden.contains(&0) {
             return Err(FlowError::InvalidConfig("a CNF vector field needs at least one hidden layer, every width ≥ 1".into()));
         }
