@@ -24,15 +24,5 @@ for r in $(seq "$repeats"); do
     "$py" bench/cnf/zuko_cnf.py --data "$data/$c" --steps "$steps" --threads 2 >> "$raw"
   done
 done
-"$py" - "$raw" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-for c in sorted({r["data"] for r in rows}):
-    d = [r for r in rows if r["data"] == c and r["lib"] == "diffeo"]
-    z = [r for r in rows if r["data"] == c and r["lib"] == "zuko"]
-    for a, b in zip(d, z):
-        print(f"| cnf | {c} | {a['steps_per_s']} | {a['steps_per_s'] / b['steps_per_s']:.2f}× | {a['logprob_per_s']:,.0f} | "
-              f"{a['logprob_per_s'] / b['logprob_per_s']:.2f}× | {a['sample_per_s']:,.0f} | {a['sample_per_s'] / b['sample_per_s']:.2f}× | "
-              f"{a['logprob_nfe']} / {b['logprob_nfe']} | {a['test_ll']:.3f} / {b['test_ll']:.3f} |")
-PY
+"$py" bench/cnf/summary.py "$raw" --section
 echo "raw lines: $raw"
