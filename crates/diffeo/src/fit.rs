@@ -20,31 +20,46 @@ pub type FitConfig = TrainConfig;
 /// training mode), batches walk through the data in a fresh random order each epoch, and the
 /// validation score is the mean log-likelihood of the validation set.
 pub struct MaximumLikelihood<'a> {
-    train: &'a Dataset,
-    validation: Option<&'a Dataset>,
-    rows: Epochs,
+    data: DataRows<'a>,
 }
 
 impl<'a> MaximumLikelihood<'a> {
     /// On `train`, validated on `validation` when given.
     pub fn new(train: &'a Dataset, validation: Option<&'a Dataset>) -> Self {
-        Self { train, validation, rows: Epochs::new(train.len()) }
+        Self { data: DataRows::new(train, validation) }
     }
 }
 
-/// Minibatches of row indices that walk through `n` rows in a fresh random order each epoch
-/// (the batching of every objective with data).
+/// What every objective with data shares: the training rows, walked in minibatches in a fresh
+/// random order each epoch, and the validation rows, scored by their mean log-likelihood.
 #[derive(Clone, Debug)]
-pub struct Epochs {
+pub struct DataRows<'a> {
+    train: &'a Dataset,
+    validation: Option<&'a Dataset>,
     order: Vec<usize>,
     cursor: usize,
 }
 
-impl Epochs {
-    /// Over `n` rows.
-    pub fn new(n: usize) -> Self {
+impl<'a> DataRows<'a> {
+    /// Over `train`, validated on `validation` when given.
+    pub fn new(train: &'a Dataset, validation: Option<&'a Dataset>) -> Self {
+        let n = train.len();
         // The cursor at the end forces a shuffle at the first step.
-        Self { order: (0..n).collect(), cursor: n }
+        Self { train, validation, order: (0..n).collect(), cursor: n }
+    }
+
+    /// The training rows.
+    pub fn train(&self) -> &'a Dataset {
+        self.train
+    }
+
+    /// Checks both sets against the flow's width and context.
+    pub fn check(&self, flow: &Flow) -> Result<()> {
+        self.train.validate_for(flow.dim(), flow.context_dim(), "training data")?;
+        if let Some(v) = self.validation {
+            v.validate_for(flow.dim(), flow.context_dim(), "validation data")?;
+        }
+        Ok(())
     }
 
     /// Steps in one epoch for `batch_size`.
@@ -65,30 +80,31 @@ impl Epochs {
         self.cursor = end;
         Batch::Rows(rows)
     }
+
+    /// The mean log-likelihood of the validation rows, if there are any.
+    pub fn validate(&self, model: &Flow) -> Result<Option<f64>> {
+        self.validation.map(|v| mean_log_likelihood(model, v).map(|(ll, _)| ll)).transpose()
+    }
 }
 
 impl Objective for MaximumLikelihood<'_> {
     fn check(&self, flow: &Flow) -> Result<()> {
-        self.train.validate_for(flow.dim(), flow.context_dim(), "training data")?;
-        if let Some(v) = self.validation {
-            v.validate_for(flow.dim(), flow.context_dim(), "validation data")?;
-        }
-        Ok(())
+        self.data.check(flow)
     }
 
     fn epoch_steps(&self, batch_size: usize) -> Option<usize> {
-        Some(self.rows.epoch_steps(batch_size))
+        Some(self.data.epoch_steps(batch_size))
     }
 
     fn next_batch(&mut self, batch_size: usize, rng: &mut StdRng) -> Batch {
-        self.rows.next_batch(batch_size, rng)
+        self.data.next_batch(batch_size, rng)
     }
 
     fn loss(&self, model: &Flow, part: &Batch, whole: usize, step: usize, _rng: &mut StdRng) -> Result<StepLoss> {
         let Batch::Rows(rows) = part else {
             return Err(FlowError::InvalidConfig("maximum likelihood trains on data rows".into()));
         };
-        let (x, c) = self.train.batch(rows, &model.device());
+        let (x, c) = self.data.train().batch(rows, &model.device());
         // Stochastic log-dets (Hutchinson probes) draw new numbers at every step and part.
         let seed = (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ rows.first().map_or(0, |&r| r as u64);
         let call = Call::training().with_optional_context(c).with_seed(seed);
@@ -109,7 +125,7 @@ impl Objective for MaximumLikelihood<'_> {
     }
 
     fn validate(&self, model: &Flow) -> Result<Option<f64>> {
-        self.validation.map(|v| mean_log_likelihood(model, v).map(|(ll, _)| ll)).transpose()
+        self.data.validate(model)
     }
 }
 

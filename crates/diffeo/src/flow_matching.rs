@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::bijections::{Bijection, Call, Layer};
 use crate::data::Dataset;
 use crate::error::{FlowError, Result};
-use crate::fit::{mean_log_likelihood, Epochs};
+use crate::fit::DataRows;
 use crate::flow::Flow;
 use crate::tensor::{dims2, indices, matrix, scalar, to_vec};
 use crate::train::{Batch, Objective, StepLoss};
@@ -40,16 +40,14 @@ pub enum Pairing {
 
 /// The flow-matching objective on a data set.
 pub struct FlowMatching<'a> {
-    train: &'a Dataset,
-    validation: Option<&'a Dataset>,
-    rows: Epochs,
+    data: DataRows<'a>,
     pairing: Pairing,
 }
 
 impl<'a> FlowMatching<'a> {
     /// On `train`, validated (mean log-likelihood) on `validation` when given.
     pub fn new(train: &'a Dataset, validation: Option<&'a Dataset>, pairing: Pairing) -> Self {
-        Self { train, validation, rows: Epochs::new(train.len()), pairing }
+        Self { data: DataRows::new(train, validation), pairing }
     }
 }
 
@@ -141,19 +139,15 @@ pub fn assignment(cost: &[f64], n: usize) -> Vec<usize> {
 impl Objective for FlowMatching<'_> {
     fn check(&self, flow: &Flow) -> Result<()> {
         check_flow(flow)?;
-        self.train.validate_for(flow.dim(), flow.context_dim(), "training data")?;
-        if let Some(v) = self.validation {
-            v.validate_for(flow.dim(), flow.context_dim(), "validation data")?;
-        }
-        Ok(())
+        self.data.check(flow)
     }
 
     fn epoch_steps(&self, batch_size: usize) -> Option<usize> {
-        Some(self.rows.epoch_steps(batch_size))
+        Some(self.data.epoch_steps(batch_size))
     }
 
     fn next_batch(&mut self, batch_size: usize, rng: &mut StdRng) -> Batch {
-        self.rows.next_batch(batch_size, rng)
+        self.data.next_batch(batch_size, rng)
     }
 
     fn loss(&self, model: &Flow, part: &Batch, whole: usize, _step: usize, rng: &mut StdRng) -> Result<StepLoss> {
@@ -164,7 +158,7 @@ impl Objective for FlowMatching<'_> {
             return Err(FlowError::InvalidConfig("flow matching needs a CNF as the first layer".into()));
         };
         let device = model.device();
-        let (x, c) = self.train.batch(rows, &device);
+        let (x, c) = self.data.train().batch(rows, &device);
         let n = rows.len();
         // The data in the CNF's coordinates: through the fixed layers after it, backwards.
         let call = Call::new();
@@ -202,6 +196,6 @@ impl Objective for FlowMatching<'_> {
     }
 
     fn validate(&self, model: &Flow) -> Result<Option<f64>> {
-        self.validation.map(|v| mean_log_likelihood(model, v).map(|(ll, _)| ll)).transpose()
+        self.data.validate(model)
     }
 }

@@ -19,7 +19,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FlowError, Result};
-use crate::tensor::{dims2, scalar, to_vec};
+use crate::tensor::{check_finite, dims2, scalar};
 
 /// The state of a system: one or more `[N, K]` tensors integrated together.
 pub type State = Vec<Tensor<2>>;
@@ -160,17 +160,19 @@ fn eval(f: &mut Field<'_>, t: f64, y: &[Tensor<2>], count: &mut usize) -> Result
     checked(f(t, y)?, y)
 }
 
-/// The error of a non-finite state, naming the first non-finite element.
+/// Errors on the first non-finite element of the state, naming it.
+fn check_state(y: &[Tensor<2>], t: f64) -> Result<()> {
+    let what = format!("the ODE state at t = {t:.6}");
+    y.iter().try_for_each(|part| check_finite(&part.clone().detach(), &what))
+}
+
+/// The error of a solve whose error estimate is not finite: the state's first non-finite
+/// element, or the estimate itself.
 fn non_finite(y: &[Tensor<2>], t: f64) -> FlowError {
-    for part in y {
-        let cols = dims2(part).1.max(1);
-        if let Ok(values) = to_vec(part.clone().detach()) {
-            if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return FlowError::NonFinite { what: format!("the ODE state at t = {t:.6}"), row: i / cols, col: i % cols, value: *v };
-            }
-        }
+    match check_state(y, t) {
+        Err(e) => e,
+        Ok(()) => FlowError::NonFinite { what: format!("the ODE error estimate at t = {t:.6}"), row: 0, col: 0, value: f64::NAN },
     }
-    FlowError::NonFinite { what: format!("the ODE error estimate at t = {t:.6}"), row: 0, col: 0, value: f64::NAN }
 }
 
 /// `‖v / scale‖_RMS` over every element of the state, from detached values.

@@ -60,7 +60,7 @@ pub struct CnfConfig {
     pub hidden: Vec<usize>,
     /// Nonlinearity of the vector field (smooth: ELU or tanh).
     pub activation: Activation,
-    /// Time-embedding frequencies F (features `cos(πk t), sin(πk t)`, k = 1…F).
+    /// Time-embedding frequencies F ≥ 1 (features `cos(πk t), sin(πk t)`, k = 1…F).
     pub frequencies: usize,
     /// The trace of `∂f/∂z`.
     pub trace: Trace,
@@ -312,12 +312,9 @@ impl Cnf {
     /// The first hidden layer's output at one time for every row: `act([z, c] W + b + e(t) W_t)`,
     /// one fused dense pass (the time enters through the bias).
     fn first_hidden(&self, z: Tensor<2>, t: f64, parts: &FieldParts) -> Tensor<2> {
-        let device = z.device();
-        let mut bias = self.layers[0].bias.val();
-        if self.frequencies > 0 {
-            let h = bias.dims()[0];
-            bias = bias.add(self.time_features(t, &device).matmul(parts.w_t.clone()).reshape([h]));
-        }
+        let bias = self.layers[0].bias.val();
+        let h = bias.dims()[0];
+        let bias = bias.add(self.time_features(t, &z.device()).matmul(parts.w_t.clone()).reshape([h]));
         let input = match &parts.context {
             Some(c) => Tensor::cat(vec![z, c.clone()], 1),
             None => z,
@@ -329,18 +326,11 @@ impl Cnf {
     /// trace: what flow matching regresses.
     pub fn velocity(&self, z: Tensor<2>, t: Tensor<2>, context: Option<&Tensor<2>>) -> Tensor<2> {
         let f = self.frequencies;
-        let mut inputs = vec![z];
-        if f > 0 {
-            let device = t.device();
-            let k: Vec<f64> = (1..=f).map(|k| std::f64::consts::PI * k as f64).collect();
-            let phase = t.matmul(matrix(k, 1, f, &device));
-            inputs.push(phase.clone().cos());
-            inputs.push(phase.sin());
-        }
-        if let (c, Some(ctx)) = (self.context_dim, context) {
-            if c > 0 {
-                inputs.push(ctx.clone());
-            }
+        let k: Vec<f64> = (1..=f).map(|k| std::f64::consts::PI * k as f64).collect();
+        let phase = t.clone().matmul(matrix(k, 1, f, &t.device()));
+        let mut inputs = vec![z, phase.clone().cos(), phase.sin()];
+        if let Some(ctx) = context.filter(|_| self.context_dim > 0) {
+            inputs.push(ctx.clone());
         }
         let first = &self.layers[0];
         let hidden = affine(Tensor::cat(inputs, 1), first.weight.val(), first.bias.val(), Some(self.activation));
