@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{FlowError, Result};
 use crate::tensor::{check_finite, dims2, scalar};
 
+pub mod adjoint;
+
 /// The state of a system: one or more `[N, K]` tensors integrated together.
 pub type State = Vec<Tensor<2>>;
 
@@ -118,7 +120,18 @@ pub struct Solved {
 
 /// Integrates `dy/dt = f(t, y)` from `(t0, y0)` to `t1`.
 pub fn solve(f: &mut Field<'_>, y0: State, t0: f64, t1: f64, settings: &OdeSettings) -> Result<Solved> {
+    let parts = y0.len();
+    solve_controlled(f, y0, t0, t1, settings, parts)
+}
+
+/// [`solve`] with the adaptive step controlled by the first `controlled` parts of the state
+/// alone (a seminorm: the adjoint method's parameter gradients are integrals that never feed
+/// back into the dynamics, so their error need not shorten the steps; Kidger et al. 2021).
+pub fn solve_controlled(f: &mut Field<'_>, y0: State, t0: f64, t1: f64, settings: &OdeSettings, controlled: usize) -> Result<Solved> {
     settings.validate()?;
+    if controlled == 0 || controlled > y0.len() {
+        return Err(FlowError::InvalidConfig(format!("an ODE error norm over {controlled} of {} state parts", y0.len())));
+    }
     if !(t0.is_finite() && t1.is_finite()) {
         return Err(FlowError::InvalidConfig(format!("ODE times must be finite, got {t0} and {t1}")));
     }
@@ -128,10 +141,16 @@ pub fn solve(f: &mut Field<'_>, y0: State, t0: f64, t1: f64, settings: &OdeSetti
     if t0 == t1 {
         return Ok(Solved { state: y0, evaluations: 0, accepted: 0, rejected: 0 });
     }
-    match settings.solver {
-        Solver::Dopri5 => dopri5(f, y0, t0, t1, settings),
-        Solver::Rk4 | Solver::Euler => fixed(f, y0, t0, t1, settings),
+    let parts = y0.len();
+    let solved = match settings.solver {
+        Solver::Dopri5 => dopri5(f, y0, t0, t1, settings, controlled)?,
+        Solver::Rk4 | Solver::Euler => fixed(f, y0, t0, t1, settings)?,
+    };
+    if controlled < parts {
+        // Parts outside the error norm are checked once, at the end.
+        check_state(&solved.state, t1)?;
     }
+    Ok(solved)
 }
 
 /// `y + Σ cᵢ·kᵢ`, componentwise (terms with a zero coefficient skipped).
@@ -203,15 +222,25 @@ fn tolerance_scale(a: &[Tensor<2>], b: Option<&[Tensor<2>]>, settings: &OdeSetti
 }
 
 /// Hairer, Nørsett & Wanner (1993), II.4: a first step for a method of order 5 from `f0`.
-fn initial_step(f: &mut Field<'_>, y0: &[Tensor<2>], f0: &State, t0: f64, span: f64, settings: &OdeSettings, count: &mut usize) -> Result<f64> {
-    let scale = tolerance_scale(y0, None, settings);
-    let d0 = rms(y0, &scale)?;
-    let d1 = rms(f0, &scale)?;
+#[allow(clippy::too_many_arguments)]
+fn initial_step(
+    f: &mut Field<'_>,
+    y0: &[Tensor<2>],
+    f0: &State,
+    t0: f64,
+    span: f64,
+    settings: &OdeSettings,
+    controlled: usize,
+    count: &mut usize,
+) -> Result<f64> {
+    let scale = tolerance_scale(&y0[..controlled], None, settings);
+    let d0 = rms(&y0[..controlled], &scale)?;
+    let d1 = rms(&f0[..controlled], &scale)?;
     let h0 = if d0 < 1e-5 || d1 < 1e-5 { 1e-6 } else { 0.01 * d0 / d1 };
     let h0 = h0.min(span.abs());
     let y1: State = combine(&y0.iter().map(|y| y.clone().detach()).collect::<Vec<_>>(), &[(h0 * span.signum(), f0)]);
     let f1 = eval(f, t0 + h0 * span.signum(), &y1, count)?;
-    let diff: State = f1.iter().zip(f0).map(|(a, b)| a.clone().detach().sub(b.clone().detach())).collect();
+    let diff: State = f1.iter().zip(f0).take(controlled).map(|(a, b)| a.clone().detach().sub(b.clone().detach())).collect();
     let d2 = rms(&diff, &scale)? / h0;
     let h1 = if d1.max(d2) <= 1e-15 { (h0 * 1e-3).max(1e-6) } else { (0.01 / d1.max(d2)).powf(0.2) };
     let h = (100.0 * h0).min(h1).min(span.abs());
@@ -244,13 +273,13 @@ const E: [f64; 7] = [
     -1.0 / 40.0,
 ];
 
-fn dopri5(f: &mut Field<'_>, y0: State, t0: f64, t1: f64, settings: &OdeSettings) -> Result<Solved> {
+fn dopri5(f: &mut Field<'_>, y0: State, t0: f64, t1: f64, settings: &OdeSettings, controlled: usize) -> Result<Solved> {
     let span = t1 - t0;
     let direction = span.signum();
     let mut count = 0usize;
     let mut y = y0;
     let mut k1 = eval(f, t0, &y, &mut count)?;
-    let mut h = initial_step(f, &y, &k1, t0, span, settings, &mut count)?;
+    let mut h = initial_step(f, &y, &k1, t0, span, settings, controlled, &mut count)?;
     let mut t = t0;
     let (mut accepted, mut rejected) = (0usize, 0usize);
     let describe = || format!("the Dormand–Prince solve from t = {t0} to {t1}");
@@ -280,16 +309,16 @@ fn dopri5(f: &mut Field<'_>, y0: State, t0: f64, t1: f64, settings: &OdeSettings
         let t_next = if last { t1 } else { t + s };
         let k7 = eval(f, t_next, &y_next, &mut count)?;
         ks.push(k7);
-        let zero: State = y.iter().map(|v| v.clone().detach().zeros_like()).collect();
+        let zero: State = y[..controlled].iter().map(|v| v.clone().detach().zeros_like()).collect();
         let error_terms: Vec<(f64, State)> = E
             .iter()
             .zip(&ks)
             .filter(|(e, _)| **e != 0.0)
-            .map(|(e, k)| (s * e, k.iter().map(|v| v.clone().detach()).collect::<State>()))
+            .map(|(e, k)| (s * e, k[..controlled].iter().map(|v| v.clone().detach()).collect::<State>()))
             .collect();
         let error_refs: Vec<(f64, &State)> = error_terms.iter().map(|(c, k)| (*c, k)).collect();
         let error = combine(&zero, &error_refs);
-        let scale = tolerance_scale(&y, Some(&y_next), settings);
+        let scale = tolerance_scale(&y[..controlled], Some(&y_next[..controlled]), settings);
         let norm = rms(&error, &scale)?;
         if !norm.is_finite() {
             return Err(non_finite(&y_next, t_next));

@@ -697,6 +697,73 @@ mod ode_and_cnf {
         check(&cnf(2, 0, Trace::Hutchinson, Activation::Tanh).with_probe(Probe::Gaussian), &cfg);
     }
 
+    /// Gradients of `Σ wᵢ·xᵢ + Σ log|det| (+ penalties)` for the parameters, the input and the
+    /// context, through the CNF's inverse.
+    fn cnf_gradients(b: &Cnf, x: &[f64], ctx: Option<&[f64]>, gradient: GradientMethod) -> Vec<f64> {
+        use burn::module::{ModuleVisitor, Param};
+        struct Collect<'a>(&'a burn::tensor::Gradients, Vec<f64>);
+        impl ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let g = param.val().grad(self.0).expect("every parameter gets a gradient");
+                self.1.extend(g.try_into_vec_as::<f64>().unwrap());
+            }
+        }
+        let ad = device().autodiff();
+        let mut b = b.clone().train();
+        b.gradient = gradient;
+        let (n, d) = (x.len() / b.dim, b.dim);
+        let xt = matrix(x.to_vec(), n, d, &ad).require_grad();
+        let ct = ctx.map(|c| matrix(c.to_vec(), n, c.len() / n, &ad).require_grad());
+        let call = ct.as_ref().map_or_else(Call::training, |c| Call::training().with_context(c.clone())).with_seed(5);
+        let (u, ld) = b.inverse(xt.clone(), &call).unwrap();
+        let weights = matrix((0..n * d).map(|i| 0.3 + 0.1 * i as f64).collect(), n, d, &ad);
+        let mut loss = u.mul(weights).sum().add(ld.sum());
+        if let Some(p) = call.take_penalty() {
+            loss = loss.add(p.sum());
+        }
+        let grads = loss.backward();
+        diffeo::ode::adjoint::take_backward_failure().unwrap();
+        let mut collect = Collect(&grads, Vec::new());
+        b.visit(&mut collect);
+        let mut all = collect.1;
+        all.extend(xt.grad(&grads).unwrap().try_into_vec_as::<f64>().unwrap());
+        if let Some(c) = ct {
+            all.extend(c.grad(&grads).unwrap().try_into_vec_as::<f64>().unwrap());
+        }
+        all
+    }
+
+    /// Adaptive solves at a tight tolerance with tanh fields (smooth: the gradients converge with
+    /// the tolerance), and ELU with fixed RK4 steps (ELU's second derivative jumps at 0, and the
+    /// gradient of the trace contains it, so with adaptive steps both methods' gradients converge
+    /// only like √tol: 3e−4 at tol 1e−10, docs/cnf.md).
+    #[test]
+    fn adjoint_gradients_agree_with_backpropagation_through_the_solver() {
+        let x = [0.3, -1.1, 0.8, 0.4, -0.2, 1.5];
+        let ctx = [0.5, -0.5, 1.0, 0.2, -0.7, 0.1];
+        let tight = OdeSettings { atol: 1e-10, rtol: 1e-10, max_steps: 100_000, ..OdeSettings::default() };
+        let rk4 = OdeSettings { solver: Solver::Rk4, steps: 200, ..tight };
+        let with = |mut b: Cnf, ode: OdeSettings, kinetic: f64, jacobian: f64| {
+            (b.ode, b.kinetic, b.jacobian) = (ode, kinetic, jacobian);
+            b
+        };
+        let cases = [
+            (with(cnf(2, 0, Trace::Exact, Activation::Tanh), tight, 0.0, 0.0), None),
+            (with(cnf(2, 2, Trace::Exact, Activation::Tanh), tight, 0.0, 0.0), Some(&ctx[..])),
+            (with(cnf(2, 2, Trace::Hutchinson, Activation::Tanh), tight, 0.5, 0.2), Some(&ctx[..])),
+            (with(cnf(2, 2, Trace::Exact, Activation::Elu), rk4, 0.5, 0.2), Some(&ctx[..])),
+        ];
+        for (b, c) in cases {
+            let direct = cnf_gradients(&b, &x, c, GradientMethod::Backprop);
+            let adjoint = cnf_gradients(&b, &x, c, GradientMethod::Adjoint);
+            assert_eq!(direct.len(), adjoint.len());
+            let scale = direct.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let worst = direct.iter().zip(&adjoint).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            eprintln!("{}: {} gradients, largest {scale:.3}, largest difference {worst:.2e}", b.name(), direct.len());
+            assert!(scale > 0.1 && worst < 1e-8 * scale, "{}: adjoint and backpropagation differ by {worst}", b.name());
+        }
+    }
+
     #[test]
     fn a_new_cnf_is_the_identity_and_counts_its_evaluations() {
         let b = CnfConfig::new(2).init(&device()).unwrap();

@@ -12,6 +12,8 @@
 //! zero, so a new CNF is exactly the identity. Gradients flow by backpropagation through the
 //! solver's steps.
 
+use std::sync::Arc;
+
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rand::rngs::StdRng;
@@ -21,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use super::{Bijection, Call, Cost, Directions, LayerSpec, LogDet, Mapped, Mode};
 use crate::error::{FlowError, Result};
 use crate::nn::{affine, Activation, Dense, Init};
-use crate::ode::{self, OdeSettings, Solver};
+use crate::ode::adjoint::{self, AdjointSystem, Dynamics};
+use crate::ode::{self, OdeSettings, Solver, State};
 use crate::tensor::{dims2, indices, matrix};
 
 /// How the trace of `∂f/∂z` is computed.
@@ -43,6 +46,30 @@ pub enum Probe {
     Rademacher,
     /// Standard normal.
     Gaussian,
+}
+
+/// How training gradients pass through a solve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GradientMethod {
+    /// Backpropagation through the solver's steps: exact gradients of the computed solution,
+    /// memory growing with the number of steps.
+    #[default]
+    Backprop,
+    /// The adjoint method ([`crate::ode::adjoint`]): a second solve backwards in time, memory
+    /// independent of the number of steps, gradients accurate to the solver's tolerance.
+    Adjoint,
+}
+
+impl GradientMethod {
+    /// Parses `backprop` or `adjoint`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "backprop" => Ok(Self::Backprop),
+            "adjoint" => Ok(Self::Adjoint),
+            other => Err(FlowError::InvalidConfig(format!("unknown CNF gradient method {other:?}: expected backprop or adjoint"))),
+        }
+    }
 }
 
 /// Features up to which [`CnfConfig::new`] chooses the exact trace.
@@ -77,6 +104,9 @@ pub struct CnfConfig {
     /// trace, `‖(∂f/∂z) ε‖²` with Hutchinson probes).
     #[serde(default)]
     pub jacobian: f64,
+    /// How training gradients pass through the solves.
+    #[serde(default)]
+    pub gradient: GradientMethod,
     /// Seed of the initial weights (set by the chain; not stored).
     #[serde(skip)]
     pub seed: u64,
@@ -98,8 +128,15 @@ impl CnfConfig {
             ode: OdeSettings::default(),
             kinetic: 0.0,
             jacobian: 0.0,
+            gradient: GradientMethod::Backprop,
             seed: 0,
         }
+    }
+
+    /// Sets how training gradients pass through the solves.
+    pub fn with_gradient(mut self, gradient: GradientMethod) -> Self {
+        self.gradient = gradient;
+        self
     }
 
     /// Sets the RNODE weights of the kinetic energy and the Jacobian norm (training only).
@@ -180,6 +217,7 @@ impl CnfConfig {
             ode: self.ode,
             kinetic: self.kinetic,
             jacobian: self.jacobian,
+            gradient: self.gradient,
         })
     }
 }
@@ -253,6 +291,9 @@ pub struct Cnf {
     /// RNODE weight of the Jacobian norm.
     #[module(skip)]
     pub jacobian: f64,
+    /// How training gradients pass through the solves.
+    #[module(skip)]
+    pub gradient: GradientMethod,
 }
 
 /// The derivative of the nonlinearity from its output `h = act(a)` (no transcendental
@@ -265,8 +306,21 @@ fn slope_from_output(activation: Activation, h: Tensor<2>) -> Tensor<2> {
     }
 }
 
-/// The parts of the vector field that stay fixed through a solve.
-struct FieldParts {
+/// What a vector field is, apart from its weights.
+#[derive(Clone, Copy, Debug)]
+struct FieldShape {
+    dim: usize,
+    context_dim: usize,
+    frequencies: usize,
+    activation: Activation,
+}
+
+/// The vector field as one solve sees it: weights, context and probe fixed.
+#[derive(Clone, Debug)]
+struct Field {
+    shape: FieldShape,
+    /// `(W, b)` per affine layer, `W` `[in, out]`.
+    layers: Vec<(Tensor<2>, Tensor<1>)>,
     /// First-layer weights on z, then on the context: `[D + C, H]`.
     w_in: Tensor<2>,
     /// First-layer weights on z alone, `[D, H]` (tangents).
@@ -279,30 +333,34 @@ struct FieldParts {
     probe: Option<Tensor<2>>,
 }
 
-impl Cnf {
-    fn parts(&self, n: usize, call: &Call, device: &Device) -> FieldParts {
-        let (d, f2, c) = (self.dim, 2 * self.frequencies, self.context_dim);
-        let w = self.layers[0].weight.val();
+/// The regularization integrals a solve carries (RNODE, training only).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Integrals {
+    /// Also `∫ ‖f‖² dt` and `∫ ‖∂f/∂z‖²_F dt` (weights applied by the caller).
+    regularize: bool,
+    /// Whether the Frobenius norm is wanted (else that integral stays zero).
+    jacobian: bool,
+    /// `sign(t₁ − t₀)`: integrals accumulate forward in time whichever way the solve runs.
+    sign: f64,
+}
+
+impl Field {
+    fn new(shape: FieldShape, layers: Vec<(Tensor<2>, Tensor<1>)>, context: Option<Tensor<2>>, probe: Option<Tensor<2>>) -> Self {
+        let (d, f2, c) = (shape.dim, 2 * shape.frequencies, shape.context_dim);
+        let w = layers[0].0.clone();
         let w_z = w.clone().narrow(0, 0, d);
-        let context = call.context().filter(|_| c > 0).cloned();
+        let context = context.filter(|_| c > 0);
         let w_in = match &context {
             Some(_) => Tensor::cat(vec![w_z.clone(), w.clone().narrow(0, d + f2, c)], 0),
             None => w_z.clone(),
         };
         let w_t = w.narrow(0, d, f2);
-        let probe = match self.trace {
-            Trace::Exact => None,
-            Trace::Hutchinson => Some(match self.probe {
-                Probe::Rademacher => call.rademacher(n, d, device),
-                Probe::Gaussian => call.standard_normal(n, d, device),
-            }),
-        };
-        FieldParts { w_in, w_z, w_t, context, probe }
+        Self { shape, layers, w_in, w_z, w_t, context, probe }
     }
 
     /// `[cos(πk t), sin(πk t)]`, k = 1…F, as a `[1, 2F]` row.
     fn time_features(&self, t: f64, device: &Device) -> Tensor<2> {
-        let f = self.frequencies;
+        let f = self.shape.frequencies;
         let mut v = Vec::with_capacity(2 * f);
         v.extend((1..=f).map(|k| (std::f64::consts::PI * k as f64 * t).cos()));
         v.extend((1..=f).map(|k| (std::f64::consts::PI * k as f64 * t).sin()));
@@ -311,15 +369,145 @@ impl Cnf {
 
     /// The first hidden layer's output at one time for every row: `act([z, c] W + b + e(t) W_t)`,
     /// one fused dense pass (the time enters through the bias).
-    fn first_hidden(&self, z: Tensor<2>, t: f64, parts: &FieldParts) -> Tensor<2> {
-        let bias = self.layers[0].bias.val();
+    fn first_hidden(&self, z: Tensor<2>, t: f64) -> Tensor<2> {
+        let bias = self.layers[0].1.clone();
         let h = bias.dims()[0];
-        let bias = bias.add(self.time_features(t, &z.device()).matmul(parts.w_t.clone()).reshape([h]));
-        let input = match &parts.context {
+        let bias = bias.add(self.time_features(t, &z.device()).matmul(self.w_t.clone()).reshape([h]));
+        let input = match &self.context {
             Some(c) => Tensor::cat(vec![z, c.clone()], 1),
             None => z,
         };
-        affine(input, parts.w_in.clone(), bias, Some(self.activation))
+        affine(input, self.w_in.clone(), bias, Some(self.shape.activation))
+    }
+
+    /// The layers after the first, from its output.
+    fn rest(&self, mut hidden: Tensor<2>) -> Tensor<2> {
+        let last = self.layers.len() - 1;
+        for (w, b) in &self.layers[1..last] {
+            hidden = affine(hidden, w.clone(), b.clone(), Some(self.shape.activation));
+        }
+        let (w, b) = &self.layers[last];
+        affine(hidden, w.clone(), b.clone(), None)
+    }
+
+    /// `f(z, t)` `[N, D]` alone, at one time for every row.
+    fn velocity_at(&self, z: Tensor<2>, t: f64) -> Tensor<2> {
+        self.rest(self.first_hidden(z, t))
+    }
+
+    /// `f(z, t)` `[N, D]`, `tr(∂f/∂z)` (exact or Hutchinson) `[N, 1]` and with `norm` the squared
+    /// Frobenius norm of `∂f/∂z` `[N, 1]` (exact from the D tangents, or `‖(∂f/∂z) ε‖²` for a
+    /// probe): tangents propagated forward through the network, `∂h₁ = act'(a₁) ⊙ (v W_z)`,
+    /// `∂h_k = act'(a_k) ⊙ (∂h_{k−1} W_k)`, `∂f = ∂h_L W_out` — for the D unit vectors at once
+    /// (exact) or for the probe.
+    fn with_trace(&self, z: Tensor<2>, t: f64, norm: bool) -> (Tensor<2>, Tensor<2>, Option<Tensor<2>>) {
+        let (n, d) = dims2(&z);
+        let activation = self.shape.activation;
+        let mut hidden = self.first_hidden(z, t);
+        let slope = slope_from_output(activation, hidden.clone());
+        let h = dims2(&hidden).1;
+        // Exact: one tangent per input direction, rows n·D + i for eᵢ ([N·D, H]); Hutchinson: the
+        // probe's ([N, H]).
+        let mut tangent = match &self.probe {
+            None => slope.unsqueeze_dim::<3>(1).mul(self.w_z.clone().unsqueeze_dim::<3>(0)).reshape([n * d, h]),
+            Some(eps) => eps.clone().matmul(self.w_z.clone()).mul(slope),
+        };
+        let last = self.layers.len() - 1;
+        for (w, b) in &self.layers[1..last] {
+            hidden = affine(hidden, w.clone(), b.clone(), Some(activation));
+            let slope = slope_from_output(activation, hidden.clone());
+            let h = dims2(&hidden).1;
+            tangent = tangent.matmul(w.clone());
+            tangent = match &self.probe {
+                None => tangent.reshape([n, d, h]).mul(slope.unsqueeze_dim::<3>(1)).reshape([n * d, h]),
+                Some(_) => tangent.mul(slope),
+            };
+        }
+        let (w_out, b_out) = &self.layers[last];
+        let dz = affine(hidden, w_out.clone(), b_out.clone(), None);
+        let products = tangent.matmul(w_out.clone());
+        let frobenius = norm.then(|| match &self.probe {
+            None => products.clone().square().reshape([n, d * d]).sum_dim(1),
+            Some(_) => products.clone().square().sum_dim(1),
+        });
+        let trace = match &self.probe {
+            None => {
+                // Row n·D + i of ∂f is direction i: its entry i is J_ii.
+                let diagonal: Vec<usize> = (0..d).map(|i| i * d + i).collect();
+                products.reshape([n, d * d]).select(1, indices(&diagonal, &dz.device())).sum_dim(1)
+            }
+            Some(eps) => products.mul(eps.clone()).sum_dim(1),
+        };
+        (dz, trace, frobenius)
+    }
+
+    /// The derivatives of the solve's state `[z, ℓ]` (and with regularization the kinetic
+    /// energy and Frobenius norm integrals).
+    fn derivatives(&self, z: Tensor<2>, t: f64, integrals: Integrals) -> State {
+        if !integrals.regularize {
+            let (dz, tr, _) = self.with_trace(z, t, false);
+            return vec![dz, tr];
+        }
+        let (dz, tr, frobenius) = self.with_trace(z, t, integrals.jacobian);
+        let kinetic = dz.clone().square().sum_dim(1).mul_scalar(integrals.sign);
+        let frobenius = frobenius.map_or_else(|| kinetic.clone().zeros_like(), |f| f.mul_scalar(integrals.sign));
+        vec![dz, tr, kinetic, frobenius]
+    }
+}
+
+/// A CNF's solve as a system for the adjoint method: the weights arrive as one row.
+#[derive(Debug)]
+struct CnfSystem {
+    shape: FieldShape,
+    /// `(in, out)` per affine layer, in the order of the flat parameter row.
+    widths: Vec<(usize, usize)>,
+    probe: Option<Tensor<2>>,
+    integrals: Integrals,
+}
+
+impl AdjointSystem for CnfSystem {
+    fn integral_widths(&self) -> Vec<usize> {
+        if self.integrals.regularize { vec![1, 1, 1] } else { vec![1] }
+    }
+
+    fn dynamics<'a>(&'a self, params: &Tensor<2>, context: Option<&Tensor<2>>) -> Result<Box<Dynamics<'a>>> {
+        let mut layers = Vec::with_capacity(self.widths.len());
+        let mut offset = 0;
+        for &(i, o) in &self.widths {
+            let w = params.clone().narrow(1, offset, i * o).reshape([i, o]);
+            let b = params.clone().narrow(1, offset + i * o, o).reshape([o]);
+            layers.push((w, b));
+            offset += (i + 1) * o;
+        }
+        let field = Field::new(self.shape, layers, context.cloned(), self.probe.clone());
+        let integrals = self.integrals;
+        Ok(Box::new(move |t, z| {
+            let state = field.derivatives(z.clone(), t, integrals);
+            Ok(state)
+        }))
+    }
+}
+
+impl Cnf {
+    fn shape(&self) -> FieldShape {
+        FieldShape { dim: self.dim, context_dim: self.context_dim, frequencies: self.frequencies, activation: self.activation }
+    }
+
+    /// The Hutchinson probe of a solve (none with the exact trace).
+    fn probe(&self, n: usize, call: &Call, device: &Device) -> Option<Tensor<2>> {
+        match self.trace {
+            Trace::Exact => None,
+            Trace::Hutchinson => Some(match self.probe {
+                Probe::Rademacher => call.rademacher(n, self.dim, device),
+                Probe::Gaussian => call.standard_normal(n, self.dim, device),
+            }),
+        }
+    }
+
+    /// The field with this layer's weights.
+    fn field_for(&self, n: usize, call: &Call, device: &Device) -> Field {
+        let layers = self.layers.iter().map(|l| (l.weight.val(), l.bias.val())).collect();
+        Field::new(self.shape(), layers, call.context().cloned(), self.probe(n, call, device))
     }
 
     /// The vector field `f(z, t; c)` `[N, D]` at a time per row (`t` `[N, 1]`), without the
@@ -334,74 +522,11 @@ impl Cnf {
         }
         let first = &self.layers[0];
         let hidden = affine(Tensor::cat(inputs, 1), first.weight.val(), first.bias.val(), Some(self.activation));
-        self.rest(hidden)
-    }
-
-    /// The layers after the first, from its output.
-    fn rest(&self, mut hidden: Tensor<2>) -> Tensor<2> {
         let last = self.layers.len() - 1;
-        for layer in &self.layers[1..last] {
-            hidden = layer.forward_activated(hidden, Some(self.activation));
-        }
+        let hidden = self.layers[1..last].iter().fold(hidden, |h, layer| layer.forward_activated(h, Some(self.activation)));
         self.layers[last].forward(hidden)
     }
 
-    /// `f(z, t)` `[N, D]` alone, at one time for every row.
-    fn velocity_at(&self, z: Tensor<2>, t: f64, parts: &FieldParts) -> Tensor<2> {
-        self.rest(self.first_hidden(z, t, parts))
-    }
-
-    /// `f(z, t)` `[N, D]` and `tr(∂f/∂z)` (exact or Hutchinson) `[N, 1]`: tangents propagated
-    /// forward through the network, `∂h₁ = act'(a₁) ⊙ (v W_z)`, `∂h_k = act'(a_k) ⊙ (∂h_{k−1} W_k)`,
-    /// `∂f = ∂h_L W_out` — for the D unit vectors at once (exact) or for the probe.
-    fn field(&self, z: Tensor<2>, t: f64, parts: &FieldParts) -> (Tensor<2>, Tensor<2>) {
-        let (dz, trace, _) = self.field_with_norm(z, t, parts, false);
-        (dz, trace)
-    }
-
-    /// [`field`](Self::field), and with `norm` the squared Frobenius norm of `∂f/∂z` `[N, 1]`
-    /// (exact from the D tangents, or `‖(∂f/∂z) ε‖²` for a probe).
-    fn field_with_norm(&self, z: Tensor<2>, t: f64, parts: &FieldParts, norm: bool) -> (Tensor<2>, Tensor<2>, Option<Tensor<2>>) {
-        let (n, d) = dims2(&z);
-        let mut hidden = self.first_hidden(z, t, parts);
-        let slope = slope_from_output(self.activation, hidden.clone());
-        let h = dims2(&hidden).1;
-        // Exact: one tangent per input direction, rows n·D + i for eᵢ ([N·D, H]); Hutchinson: the
-        // probe's ([N, H]).
-        let mut tangent = match &parts.probe {
-            None => slope.unsqueeze_dim::<3>(1).mul(parts.w_z.clone().unsqueeze_dim::<3>(0)).reshape([n * d, h]),
-            Some(eps) => eps.clone().matmul(parts.w_z.clone()).mul(slope),
-        };
-        let last = self.layers.len() - 1;
-        for layer in &self.layers[1..last] {
-            hidden = layer.forward_activated(hidden, Some(self.activation));
-            let slope = slope_from_output(self.activation, hidden.clone());
-            let h = dims2(&hidden).1;
-            tangent = tangent.matmul(layer.weight.val());
-            tangent = match &parts.probe {
-                None => tangent.reshape([n, d, h]).mul(slope.unsqueeze_dim::<3>(1)).reshape([n * d, h]),
-                Some(_) => tangent.mul(slope),
-            };
-        }
-        let out = &self.layers[last];
-        let dz = out.forward(hidden);
-        let products = tangent.matmul(out.weight.val());
-        let frobenius = norm.then(|| match &parts.probe {
-            None => products.clone().square().reshape([n, d * d]).sum_dim(1),
-            Some(_) => products.clone().square().sum_dim(1),
-        });
-        let trace = match &parts.probe {
-            None => {
-                // Row n·D + i of ∂f is direction i: its entry i is J_ii.
-                let diagonal: Vec<usize> = (0..d).map(|i| i * d + i).collect();
-                products.reshape([n, d * d]).select(1, indices(&diagonal, &dz.device())).sum_dim(1)
-            }
-            Some(eps) => products.mul(eps.clone()).sum_dim(1),
-        };
-        (dz, trace, frobenius)
-    }
-
-    /// Solves from `t0` to `t1`: the end point and `∫ tr dt` along the way.
     /// The solver settings of a call: the layer's own, or the call's tolerance when it sets
     /// one (a check testing the map).
     fn settings(&self, call: &Call) -> OdeSettings {
@@ -411,37 +536,52 @@ impl Cnf {
         }
     }
 
+    /// The weights as one `[1, P]` row (each layer's `W` row-major, then `b`) and their widths.
+    fn flat_parameters(&self) -> (Tensor<2>, Vec<(usize, usize)>) {
+        let mut parts = Vec::with_capacity(2 * self.layers.len());
+        let mut widths = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let [i, o] = layer.weight.val().dims();
+            parts.push(layer.weight.val().reshape([1, i * o]));
+            parts.push(layer.bias.val().reshape([1, o]));
+            widths.push((i, o));
+        }
+        (Tensor::cat(parts, 1), widths)
+    }
+
+    /// Solves from `t0` to `t1`: the end point and `∫ tr dt` along the way.
     fn solve(&self, z: Tensor<2>, t0: f64, t1: f64, call: &Call) -> Result<Mapped> {
         let (n, _) = dims2(&z);
         let device = z.device();
         let settings = self.settings(call);
-        let parts = self.parts(n, call, &device);
         if !call.needs_log_det() {
             // Samples only: the state is z alone, no trace.
-            let mut rhs = |t: f64, y: &[Tensor<2>]| -> Result<ode::State> { Ok(vec![self.velocity_at(y[0].clone(), t, &parts)]) };
+            let field = self.field_for(n, call, &device);
+            let mut rhs = |t: f64, y: &[Tensor<2>]| -> Result<ode::State> { Ok(vec![field.velocity_at(y[0].clone(), t)]) };
             let solved = ode::solve(&mut rhs, vec![z], t0, t1, &settings)?;
             call.count_evaluations(solved.evaluations);
             let z = solved.state.into_iter().next().ok_or_else(|| FlowError::Backend("the ODE solve lost its state".into()))?;
             return Ok((z, Tensor::zeros([n], &device)));
         }
         let regularize = call.mode == Mode::Training && (self.kinetic > 0.0 || self.jacobian > 0.0);
-        let zero = || Tensor::<2>::zeros([n, 1], &device);
-        // Integrals accumulate forward in time whichever way the solve runs.
-        let sign = (t1 - t0).signum();
-        let mut rhs = |t: f64, y: &[Tensor<2>]| -> Result<ode::State> {
-            if !regularize {
-                let (dz, tr) = self.field(y[0].clone(), t, &parts);
-                return Ok(vec![dz, tr]);
-            }
-            let (dz, tr, frobenius) = self.field_with_norm(y[0].clone(), t, &parts, self.jacobian > 0.0);
-            let kinetic = dz.clone().square().sum_dim(1).mul_scalar(sign);
-            let frobenius = frobenius.map_or_else(zero, |f| f.mul_scalar(sign));
-            Ok(vec![dz, tr, kinetic, frobenius])
+        let integrals = Integrals { regularize, jacobian: self.jacobian > 0.0, sign: (t1 - t0).signum() };
+        let (state, evaluations) = if self.gradient == GradientMethod::Adjoint && z.is_autodiff() {
+            let (params, widths) = self.flat_parameters();
+            let system = CnfSystem { shape: self.shape(), widths, probe: self.probe(n, call, &device), integrals };
+            let context = call.context().filter(|_| self.context_dim > 0).cloned();
+            let solved = adjoint::solve(Arc::new(system), z, params, context, t0, t1, &settings)?;
+            (solved.state, solved.evaluations)
+        } else {
+            let field = self.field_for(n, call, &device);
+            let mut rhs = |t: f64, y: &[Tensor<2>]| -> Result<ode::State> { Ok(field.derivatives(y[0].clone(), t, integrals)) };
+            let mut start = vec![z];
+            let parts = if regularize { 3 } else { 1 };
+            start.extend((0..parts).map(|_| Tensor::<2>::zeros([n, 1], &device)));
+            let solved = ode::solve(&mut rhs, start, t0, t1, &settings)?;
+            (solved.state, solved.evaluations)
         };
-        let start = if regularize { vec![z, zero(), zero(), zero()] } else { vec![z, zero()] };
-        let solved = ode::solve(&mut rhs, start, t0, t1, &settings)?;
-        call.count_evaluations(solved.evaluations);
-        let mut state = solved.state.into_iter();
+        call.count_evaluations(evaluations);
+        let mut state = state.into_iter();
         let (z, ld) = match (state.next(), state.next()) {
             (Some(z), Some(ld)) => (z, ld.reshape([n])),
             _ => return Err(FlowError::Backend("the ODE solve lost its state".into())),
