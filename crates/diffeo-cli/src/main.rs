@@ -150,7 +150,17 @@ impl FitArgs {
         family.ode.max_steps = self.max_ode_steps as usize;
         family.ode.steps = self.ode_steps as usize;
         family.regularization = self.regularize.unwrap_or((0.0, 0.0));
+        family.gradient = match self.gradient {
+            GradientArg::Backprop => diffeo::bijections::GradientMethod::Backprop,
+            GradientArg::Adjoint => diffeo::bijections::GradientMethod::Adjoint,
+        };
     }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradientArg {
+    Backprop,
+    Adjoint,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,6 +288,11 @@ pub struct FitArgs {
     /// the dynamics cheap to solve.
     #[arg(long, value_parser = regularization, value_name = "kinetic=λ,jacobian=λ")]
     pub regularize: Option<(f64, f64)>,
+    /// cnf: training gradients by backpropagation through the solver's steps (memory grows with
+    /// the steps) or by the adjoint method (a second solve backwards in time; memory independent
+    /// of the steps).
+    #[arg(long, value_enum, default_value = "backprop")]
+    pub gradient: GradientArg,
     /// cnf: steps of the fixed-step solvers (rk4, euler).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "20")]
     pub ode_steps: u64,

@@ -699,7 +699,7 @@ fn cnf_fits_by_likelihood_and_flow_matching_reports_nfe_and_refuses_bad_settings
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = small_model(dir.path());
     let ml = p(dir.path(), "cnf.dfo");
-    ok(&["fit", "--data", &data, "--flow", "cnf", "--hidden", "16,16", "--steps", "5", "--regularize", "kinetic=0.01,jacobian=0.01", "--out", &ml, "-q"]);
+    ok(&["fit", "--data", &data, "--flow", "cnf", "--hidden", "16,16", "--steps", "5", "--regularize", "kinetic=0.01,jacobian=0.01", "--gradient", "adjoint", "--out", &ml, "-q"]);
     let fm = p(dir.path(), "cnf-fm.dfo");
     ok(&["fit", "--data", &data, "--flow", "cnf", "--hidden", "16,16", "--trace", "hutchinson", "--objective", "flow-matching", "--pairing", "ot", "--steps", "30", "--out", &fm, "-q"]);
     let e = json(&ok(&["eval", "--model", &ml, "--data", &data, "--json"]));
@@ -716,6 +716,7 @@ fn cnf_fits_by_likelihood_and_flow_matching_reports_nfe_and_refuses_bad_settings
     bad(&["fit", "--data", &data, "--flow", "cnf", "--regularize", "speed=1", "--out", &out], "kinetic");
     bad(&["fit", "--data", &data, "--flow", "maf", "--regularize", "kinetic=1", "--out", &out], "cnf");
     bad(&["fit", "--data", &data, "--flow", "maf", "--objective", "flow-matching", "--out", &out], "flow matching");
+    bad(&["fit", "--data", &data, "--flow", "maf", "--gradient", "adjoint", "--out", &out], "cnf");
     let r = diffeo(&["fit", "--data", &data, "--flow", "cnf", "--max-ode-steps", "2", "--steps", "2", "--out", &out, "-q"]);
     assert_eq!(r.status.code(), Some(1), "{}", text(&r.stderr));
     assert!(text(&r.stderr).contains("step limit"));

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::bijections::{
-    BatchNormConfig, CnfConfig, Probe, Trace, CouplingConfig, ElementwiseAffineConfig, ElementwiseConfig, ElementwiseKind, LayerConfig, LuLinearConfig,
+    BatchNormConfig, CnfConfig, GradientMethod, Probe, Trace, CouplingConfig, ElementwiseAffineConfig, ElementwiseConfig, ElementwiseKind, LayerConfig, LuLinearConfig,
     MaskedAutoregressiveConfig, Permutation, PermutationConfig, PlanarConfig, RadialConfig, SylvesterBasis, SylvesterConfig,
 };
 use crate::distributions::BaseKind;
@@ -330,6 +330,8 @@ pub struct FamilySettings {
     pub ode: OdeSettings,
     /// CNF: RNODE weights of the kinetic energy and of the Jacobian norm (training only).
     pub regularization: (f64, f64),
+    /// CNF: gradients through the solves by backpropagation or by the adjoint method.
+    pub gradient: GradientMethod,
 }
 
 impl FamilySettings {
@@ -353,6 +355,7 @@ impl FamilySettings {
             probe: Probe::Rademacher,
             ode: OdeSettings::default(),
             regularization: (0.0, 0.0),
+            gradient: GradientMethod::Backprop,
         }
     }
 }
@@ -372,8 +375,8 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
     if s.dropout > 0.0 && s.residual_blocks == 0 {
         return Err(FlowError::InvalidConfig("dropout acts inside residual blocks: add residual blocks".into()));
     }
-    if f.name != "cnf" && (s.trace.is_some() || s.regularization != (0.0, 0.0)) {
-        return Err(FlowError::InvalidConfig("traces and RNODE regularization are settings of the cnf family".into()));
+    if f.name != "cnf" && (s.trace.is_some() || s.regularization != (0.0, 0.0) || s.gradient != GradientMethod::Backprop) {
+        return Err(FlowError::InvalidConfig("traces, RNODE regularization and the adjoint method are settings of the cnf family".into()));
     }
     let k = s.transforms.unwrap_or(f.default_transforms);
     let transformer = match f.name {
@@ -416,7 +419,8 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
                 .with_activation(s.activation)
                 .with_probe(s.probe)
                 .with_ode(s.ode)
-                .with_regularization(s.regularization.0, s.regularization.1);
+                .with_regularization(s.regularization.0, s.regularization.1)
+                .with_gradient(s.gradient);
             if let Some(trace) = s.trace {
                 layer = layer.with_trace(trace);
             }

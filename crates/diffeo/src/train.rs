@@ -323,6 +323,14 @@ fn shard_count(requested: usize, flow: &Flow, batch: usize, shardable: bool) -> 
     threads.min(batch / 128)
 }
 
+/// The gradients of a loss; an error when a step of the backward pass failed (an adjoint ODE
+/// solve, which cannot return its error through burn's backward pass).
+fn backward(loss: Tensor<1>) -> Result<burn::tensor::Gradients> {
+    let grads = loss.backward();
+    crate::ode::adjoint::take_backward_failure()?;
+    Ok(grads)
+}
+
 /// Loss and gradients of a batch: in one pass, or in `shards` parts in parallel whose gradients
 /// are summed. Each part runs on its own copy of the model with fresh autodiff leaves, so that the
 /// parts' graphs stay separate (burn merges the graphs of tensors that share a leaf); gradients are
@@ -338,7 +346,7 @@ fn batch_gradients(
 ) -> Result<BatchGradients> {
     if shards <= 1 {
         let l = objective.loss(model, batch, batch.len(), step, rng)?;
-        return Ok((l.value, l.metrics, GradientsParams::from_grads(l.loss.backward(), model)));
+        return Ok((l.value, l.metrics, GradientsParams::from_grads(backward(l.loss)?, model)));
     }
     use rayon::prelude::*;
     let _ = rng; // shards draw nothing from the loop's generator, so the data order stays the same
@@ -352,7 +360,7 @@ fn batch_gradients(
         .map(|(i, (copy, part))| {
             let mut part_rng = StdRng::seed_from_u64((step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64);
             let l = objective.loss(&copy, part, whole, step, &mut part_rng)?;
-            let grads = GradientsParams::from_grads(l.loss.backward(), &copy);
+            let grads = GradientsParams::from_grads(backward(l.loss)?, &copy);
             Ok((l.value, l.metrics, grads))
         })
         .collect();

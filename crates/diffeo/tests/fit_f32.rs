@@ -318,6 +318,24 @@ mod cnf {
     }
 
     #[test]
+    fn adjoint_training_follows_backpropagation() {
+        use diffeo::bijections::GradientMethod;
+        let (_, x) = correlated(2_000, 3);
+        let data = Dataset::new(x, 2);
+        let config = FitConfig::new().with_steps(30).with_batch_size(256).with_learning_rate(1e-2).with_eval_every(30);
+        let fitted = |gradient| {
+            let layer = CnfConfig::new(2).with_hidden(vec![32, 32]).with_gradient(gradient);
+            let flow = FlowConfig::new(2, vec![LayerConfig::Cnf(layer)]).init(&diffeo::cpu()).unwrap();
+            let (flow, _) = fit(flow, &data, None, &config, &mut quiet).unwrap();
+            mean_log_likelihood(&flow, &data).unwrap().0
+        };
+        let (direct, adjoint) = (fitted(GradientMethod::Backprop), fitted(GradientMethod::Adjoint));
+        let before = mean_log_likelihood(&cnf_flow(0), &data).unwrap().0;
+        eprintln!("cnf, 30 steps: {before:.3} → backprop {direct:.3}, adjoint {adjoint:.3}");
+        assert!(adjoint > before + 0.3 && (adjoint - direct).abs() < 0.05, "{before} → {direct} / {adjoint}");
+    }
+
+    #[test]
     fn likelihood_training_of_a_cnf_improves_it_and_it_survives_a_model_file() {
         let (_, x) = correlated(2_000, 3);
         let data = Dataset::new(x, 2);

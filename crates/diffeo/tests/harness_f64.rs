@@ -764,6 +764,43 @@ mod ode_and_cnf {
         }
     }
 
+    /// `dy/dt = θ y` on plain tensors; its vector–Jacobian products (autodiff tensors) fail.
+    #[derive(Debug)]
+    struct FailsBackwards;
+
+    impl diffeo::ode::adjoint::AdjointSystem for FailsBackwards {
+        fn integral_widths(&self) -> Vec<usize> {
+            vec![]
+        }
+
+        fn dynamics<'a>(&'a self, params: &Tensor<2>, _: Option<&Tensor<2>>) -> diffeo::Result<Box<diffeo::ode::adjoint::Dynamics<'a>>> {
+            let theta = params.clone();
+            Ok(Box::new(move |_t, y| {
+                if y.is_autodiff() {
+                    return Err(FlowError::NotConverged { what: "a test backward solve".into(), iterations: 1, residual: 1.0 });
+                }
+                Ok(vec![y.clone().mul(theta.clone())])
+            }))
+        }
+    }
+
+    #[test]
+    fn a_failed_adjoint_solve_is_an_error_after_the_backward_pass() {
+        use std::sync::Arc;
+        let ad = device().autodiff();
+        let y0 = matrix(vec![1.0, 2.0], 2, 1, &ad).require_grad();
+        let theta = matrix(vec![0.5], 1, 1, &ad).require_grad();
+        let solved = diffeo::ode::adjoint::solve(Arc::new(FailsBackwards), y0.clone(), theta, None, 0.0, 1.0, &OdeSettings::default()).unwrap();
+        // The forward solve is right: y₀ e^{θ}.
+        let y1 = to_vec(solved.state[0].clone()).unwrap();
+        assert!((y1[1] - 2.0 * 0.5f64.exp()).abs() < 1e-5, "{y1:?}");
+        let grads = solved.state[0].clone().sum().backward();
+        assert!(y0.grad(&grads).is_none(), "a failed backward solve registers no gradient");
+        let err = diffeo::ode::adjoint::take_backward_failure().unwrap_err();
+        assert!(err.to_string().contains("a test backward solve"), "{err}");
+        assert!(diffeo::ode::adjoint::take_backward_failure().is_ok(), "the failure is taken once");
+    }
+
     #[test]
     fn a_new_cnf_is_the_identity_and_counts_its_evaluations() {
         let b = CnfConfig::new(2).init(&device()).unwrap();
