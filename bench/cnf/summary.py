@@ -11,16 +11,22 @@ import sys
 def rows(path):
     lines = [json.loads(l) for l in open(path) if l.strip().startswith("{")]
     out = []
+    gradient = lambda r: (r.get("ode") or {}).get("gradient", "backprop")
     for c in sorted({r["data"] for r in lines}):
-        d = [r for r in lines if r["data"] == c and r["lib"] == "diffeo"]
         z = [r for r in lines if r["data"] == c and r["lib"] == "zuko"]
-        for a, b in zip(d, z):
-            out.append(
-                f"| cnf | {c} | {a['steps']} | {a['steps_per_s']} | {a['steps_per_s'] / b['steps_per_s']:.2f}× | "
-                f"{a['logprob_per_s']:,.0f} | {a['logprob_per_s'] / b['logprob_per_s']:.2f}× | {a['sample_per_s']:,.0f} | "
-                f"{a['sample_per_s'] / b['sample_per_s']:.2f}× | {a['logprob_nfe']} / {b['logprob_nfe']} | "
-                f"{a['test_ll']:.3f} / {b['test_ll']:.3f} |")
+        for g in ("backprop", "adjoint"):
+            d = [r for r in lines if r["data"] == c and r["lib"] == "diffeo" and gradient(r) == g]
+            model = "cnf" if g == "backprop" else "cnf, adjoint"
+            out.extend(row(model, c, a, b) for a, b in zip(d, z))
     return out
+
+
+def row(model, c, a, b):
+    """One table row: diffeo's run `a` beside zuko's `b` (zuko trains by its adjoint)."""
+    return (f"| {model} | {c} | {a['steps']} | {a['steps_per_s']} | {a['steps_per_s'] / b['steps_per_s']:.2f}× | "
+            f"{a['logprob_per_s']:,.0f} | {a['logprob_per_s'] / b['logprob_per_s']:.2f}× | {a['sample_per_s']:,.0f} | "
+            f"{a['sample_per_s'] / b['sample_per_s']:.2f}× | {a['logprob_nfe']} / {b['logprob_nfe']} | "
+            f"{a['test_ll']:.3f} / {b['test_ll']:.3f} |")
 
 
 if __name__ == "__main__":

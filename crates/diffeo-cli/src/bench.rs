@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// Device: `cpu`, or `cuda` / `cuda:N` (needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// cnf: training gradients by backpropagation through the solver or by the adjoint method.
+    #[arg(long, value_enum, default_value = "backprop")]
+    pub gradient: crate::GradientArg,
     /// Also append the JSON line to this file.
     #[arg(long, value_name = "FILE.jsonl")]
     pub out: Option<PathBuf>,
@@ -53,6 +56,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         seed: a.seed,
         n_sample: a.n_sample as usize,
         device: a.device,
+        gradient: match a.gradient {
+            crate::GradientArg::Backprop => diffeo::bijections::GradientMethod::Backprop,
+            crate::GradientArg::Adjoint => diffeo::bijections::GradientMethod::Adjoint,
+        },
     };
     let line = lib(diffeo::bench::run(&config))?.to_string();
     println!("{line}");

@@ -39,6 +39,8 @@ pub struct BenchConfig {
     pub n_sample: usize,
     /// Device: `cpu`, or `cuda` / `cuda:N`.
     pub device: String,
+    /// cnf: how training gradients pass through the solves.
+    pub gradient: crate::bijections::GradientMethod,
 }
 
 /// `(wall seconds, busy jiffies of the machine, own CPU seconds)`, for the contention accounting
@@ -162,7 +164,7 @@ pub fn run(a: &BenchConfig) -> Result<serde_json::Value> {
     let device = crate::device(&a.device)?;
     // cnf: zuko's CNF — a 64×2 ELU field on (z, 3 time frequencies), exact trace, Dormand–Prince
     // with atol 1e−6 and rtol 1e−5.
-    let cnf = crate::families::FamilySettings { seed: a.seed, ..crate::families::FamilySettings::new("cnf") };
+    let cnf = crate::families::FamilySettings { seed: a.seed, gradient: a.gradient, ..crate::families::FamilySettings::new("cnf") };
     let flow: Flow = if model == "cnf" { crate::families::architecture(&cnf, d, 0)?.init(&device)? } else { config.init(&device)? };
     let n_params = flow.num_params();
     let load0 = std::fs::read_to_string("/proc/loadavg")
@@ -268,7 +270,7 @@ pub fn run(a: &BenchConfig) -> Result<serde_json::Value> {
         "sample_compile_s": null,
         "sample_sequential_passes_per_transform": d,
         "logprob_nfe": if model == "cnf" { json!(logprob_nfe) } else { json!(null) },
-        "ode": if model == "cnf" { json!({"solver": "dopri5", "atol": cnf.ode.atol, "rtol": cnf.ode.rtol, "trace": "exact", "hidden": cnf.hidden}) } else { json!(null) },
+        "ode": if model == "cnf" { json!({"solver": "dopri5", "atol": cnf.ode.atol, "rtol": cnf.ode.rtol, "trace": "exact", "hidden": cnf.hidden, "gradient": cnf.gradient}) } else { json!(null) },
         "logprob_sequential_passes_per_transform": 1,
         "sample_finite_frac": finite_rows as f64 / (samples.len() / d).max(1) as f64,
         "peak_rss_mib": round(peak_rss_mib(), 1),
