@@ -861,3 +861,77 @@ fn cnf_rnode_penalties_are_the_kinetic_energy_and_the_jacobian_norm() {
     let se = (draws.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (draws.len() as f64 - 1.0) / draws.len() as f64).sqrt();
     assert!(exact > 0.0 && (mean - exact).abs() < 4.0 * se, "exact {exact}, Hutchinson {mean} ± {se}");
 }
+
+mod residual {
+    use super::*;
+    use diffeo::tensor::{matrix, to_vec};
+
+    /// A random contractive block (spectral norms settled after the random weights).
+    fn block(dim: usize, context: usize, logdet: ResidualLogDet, k: f64, seed: u64) -> Residual {
+        let config = ResidualConfig::new(dim).with_context_dim(context).with_hidden(vec![16, 16]).with_lipschitz(k).with_logdet(logdet, 2).with_seed(seed);
+        let b = randomize_parameters(config.init(&device()).unwrap(), seed + 10, 1.0);
+        b.settle_spectral_norms(100_000, 1e-14).unwrap();
+        b
+    }
+
+    fn harness() -> HarnessConfig {
+        let tolerance = Tolerance { absolute: 1e-13, relative: 1e-13, max_iterations: 100_000 };
+        HarnessConfig { n: 6, roundtrip_tol: 1e-10, logdet_tol: 1e-7, tolerance, ..HarnessConfig::default() }
+    }
+
+    #[test]
+    fn an_exact_block_passes_the_harness_with_and_without_context() {
+        check(&block(3, 0, ResidualLogDet::Exact, 0.97, 1), &harness());
+        check(&block(2, 3, ResidualLogDet::Exact, 0.9, 2), &harness());
+        // Evaluation of a roulette-trained block is exact too (D ≤ 64).
+        check(&block(4, 0, ResidualLogDet::Roulette, 0.97, 3), &harness());
+    }
+
+    #[test]
+    fn a_new_block_is_the_identity_and_settings_are_checked() {
+        let b = ResidualConfig::new(2).init(&device()).unwrap();
+        let x = matrix(vec![0.3, -1.2, 2.0, 0.1], 2, 2, &device());
+        let (z, ld) = b.inverse(x.clone(), &Call::new()).unwrap();
+        assert_eq!(to_vec(z).unwrap(), to_vec(x).unwrap());
+        assert_eq!(to_vec(ld).unwrap(), vec![0.0, 0.0]);
+        for k in [0.0, 1.0, 1.5, -0.2, f64::NAN] {
+            assert!(ResidualConfig::new(2).with_lipschitz(k).init(&device()).is_err(), "k = {k}");
+        }
+        assert!(ResidualConfig::new(2).with_logdet(ResidualLogDet::Series, 0).init(&device()).is_err());
+        assert!(ResidualConfig::new(2).with_hidden(vec![]).init(&device()).is_err());
+    }
+
+    /// The roulette estimate's mean over independent calls is the exact log-det (3 standard
+    /// errors), in D = 2, 5 and 10; the truncated series is biased and its bias shrinks with terms.
+    #[test]
+    fn the_roulette_estimator_is_unbiased_and_the_series_converges() {
+        for (dim, seed) in [(2, 21), (5, 22), (10, 23)] {
+            let b = block(dim, 0, ResidualLogDet::Roulette, 0.8, seed);
+            let x = matrix((0..dim).map(|i| 0.4 - 0.15 * i as f64).collect(), 1, dim, &device());
+            let exact = to_vec(b.inverse(x.clone(), &Call::new()).unwrap().1).unwrap()[0];
+            let rows = 64;
+            let xs = x.repeat_dim(0, rows);
+            let draws: Vec<f64> = (0..300)
+                .map(|s| {
+                    let v = to_vec(b.inverse(xs.clone(), &Call::training().with_seed(s)).unwrap().1).unwrap();
+                    v.iter().sum::<f64>() / rows as f64
+                })
+                .collect();
+            let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+            let se = (draws.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (draws.len() as f64 - 1.0) / draws.len() as f64).sqrt();
+            eprintln!("D = {dim}: exact {exact:.5}, roulette {mean:.5} ± {se:.5}");
+            assert!((mean - exact).abs() < 3.0 * se.max(1e-9), "D = {dim}: exact {exact}, roulette {mean} ± {se}");
+            // The series with n terms, on common probes: its distance to 40 terms shrinks with n.
+            let series = |terms: usize| {
+                let mut s = b.clone();
+                (s.logdet, s.series_terms) = (ResidualLogDet::Series, terms);
+                let v: Vec<f64> = (0..20).flat_map(|k| to_vec(s.inverse(xs.clone(), &Call::training().with_seed(1000 + k)).unwrap().1).unwrap()).collect();
+                v.iter().sum::<f64>() / v.len() as f64
+            };
+            let limit = series(40);
+            let gaps: Vec<f64> = [1, 2, 4, 8].iter().map(|&n| (series(n) - limit).abs()).collect();
+            eprintln!("D = {dim}: series distance to 40 terms at 1, 2, 4, 8 terms: {gaps:?}");
+            assert!(gaps.windows(2).all(|w| w[1] < w[0]) && gaps[3] < 1e-2 * gaps[0], "D = {dim}: {gaps:?}");
+        }
+    }
+}

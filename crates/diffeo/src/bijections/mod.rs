@@ -381,4 +381,6 @@ registry! {
     conditional_affine => ConditionalAffine(ConditionalAffineConfig),
     /// Continuous normalizing flow: an ODE solve with the trace of the field's Jacobian.
     cnf => Cnf(CnfConfig),
+    /// Contractive residual block (i-ResNet, Residual Flows): fixed-point inverse, series log-dets.
+    residual => Residual(ResidualConfig),
 }
