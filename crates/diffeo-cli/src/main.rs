@@ -154,7 +154,28 @@ impl FitArgs {
             GradientArg::Backprop => diffeo::bijections::GradientMethod::Backprop,
             GradientArg::Adjoint => diffeo::bijections::GradientMethod::Adjoint,
         };
+        // Residual flows.
+        if let Some(k) = self.lipschitz {
+            family.lipschitz = k;
+        }
+        if let Some(l) = self.logdet {
+            family.logdet = match l {
+                LogDetArg::Exact => diffeo::bijections::ResidualLogDet::Exact,
+                LogDetArg::Series => diffeo::bijections::ResidualLogDet::Series,
+                LogDetArg::Roulette => diffeo::bijections::ResidualLogDet::Roulette,
+            };
+        }
+        if let Some(n) = self.series_terms {
+            family.series_terms = n as usize;
+        }
     }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogDetArg {
+    Exact,
+    Series,
+    Roulette,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +213,13 @@ pub(crate) fn positive_f64(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!("{s:?} is not a positive number")),
+    }
+}
+
+pub(crate) fn unit_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number in (0, 1)")),
     }
 }
 
@@ -293,6 +321,16 @@ pub struct FitArgs {
     /// of the steps).
     #[arg(long, value_enum, default_value = "backprop")]
     pub gradient: GradientArg,
+    /// residual: the spectral-norm bound k of every weight on x, in (0, 1) (default 0.97).
+    #[arg(long, allow_hyphen_values = true, value_parser = unit_interval)]
+    pub lipschitz: Option<f64>,
+    /// residual: the training log-determinant (default roulette: unbiased; series: truncated,
+    /// biased; exact: the full Jacobian). Evaluation is exact up to 64 columns.
+    #[arg(long, value_enum)]
+    pub logdet: Option<LogDetArg>,
+    /// residual: series terms (series: all of them; roulette: those always computed; default 2).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub series_terms: Option<u64>,
     /// cnf: steps of the fixed-step solvers (rk4, euler).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "20")]
     pub ode_steps: u64,

@@ -722,3 +722,24 @@ fn cnf_fits_by_likelihood_and_flow_matching_reports_nfe_and_refuses_bad_settings
     assert!(text(&r.stderr).contains("step limit"));
     assert!(!Path::new(&out).exists());
 }
+
+#[test]
+fn residual_flows_fit_check_sample_and_refuse_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = small_model(dir.path());
+    let model = p(dir.path(), "res.dfo");
+    ok(&["fit", "--data", &data, "--flow", "residual", "--hidden", "16,16", "--transforms", "2", "--steps", "5", "--out", &model, "-q"]);
+    let c = json(&ok(&["check", "--model", &model, "--n", "100", "--json"]));
+    assert_eq!(c["pass"], true, "{c}");
+    assert_eq!(json(&ok(&["eval", "--model", &model, "--data", &data, "--json"]))["log_det"], "exact");
+    ok(&["sample", "--model", &model, "-n", "10", "--out", &p(dir.path(), "s.csv")]);
+    let series = p(dir.path(), "series.dfo");
+    ok(&["fit", "--data", &data, "--flow", "residual", "--hidden", "8", "--transforms", "1", "--logdet", "series", "--series-terms", "4", "--lipschitz", "0.9", "--steps", "3", "--out", &series, "-q"]);
+    let out = p(dir.path(), "bad.dfo");
+    bad(&["fit", "--data", &data, "--flow", "residual", "--lipschitz", "1.5", "--out", &out], "--lipschitz");
+    bad(&["fit", "--data", &data, "--flow", "residual", "--lipschitz", "0", "--out", &out], "--lipschitz");
+    bad(&["fit", "--data", &data, "--flow", "residual", "--series-terms", "0", "--out", &out], "--series-terms");
+    bad(&["fit", "--data", &data, "--flow", "maf", "--logdet", "series", "--out", &out], "residual");
+    bad(&["fit", "--data", &data, "--flow", "residual", "--activation", "tanh", "--out", &out], "LipSwish");
+    assert!(!Path::new(&out).exists());
+}

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::bijections::{
-    BatchNormConfig, CnfConfig, GradientMethod, Probe, Trace, CouplingConfig, ElementwiseAffineConfig, ElementwiseConfig, ElementwiseKind, LayerConfig, LuLinearConfig,
+    ActNormConfig, BatchNormConfig, CnfConfig, GradientMethod, Probe, ResidualConfig, ResidualLogDet, Trace, CouplingConfig, ElementwiseAffineConfig, ElementwiseConfig, ElementwiseKind, LayerConfig, LuLinearConfig,
     MaskedAutoregressiveConfig, Permutation, PermutationConfig, PlanarConfig, RadialConfig, SylvesterBasis, SylvesterConfig,
 };
 use crate::distributions::BaseKind;
@@ -285,7 +285,7 @@ pub struct Family {
 }
 
 /// The maximum-likelihood families, by name.
-pub const FAMILIES: [Family; 8] = [
+pub const FAMILIES: [Family; 9] = [
     Family { name: "maf", about: "masked autoregressive flow (fast density, D-pass sampling)", default_transforms: 5 },
     Family { name: "iaf", about: "inverse autoregressive flow (fast sampling, D-pass density)", default_transforms: 5 },
     Family { name: "realnvp", about: "RealNVP affine coupling (both directions fast)", default_transforms: 6 },
@@ -294,6 +294,7 @@ pub const FAMILIES: [Family; 8] = [
     Family { name: "nsf-coupling", about: "neural spline flow with spline coupling layers and LU layers between", default_transforms: 6 },
     Family { name: "planar", about: "planar flow (sampling only: no inverse, so no maximum-likelihood fit)", default_transforms: 16 },
     Family { name: "cnf", about: "continuous normalizing flow (FFJORD): ODE solves both ways, exact or Hutchinson traces", default_transforms: 1 },
+    Family { name: "residual", about: "residual flow (i-ResNet / Residual Flows): contractive blocks with ActNorm between, fixed-point sampling", default_transforms: 8 },
 ];
 
 /// The settings of a family's architecture (what the command line's `fit` flags set).
@@ -332,6 +333,12 @@ pub struct FamilySettings {
     pub regularization: (f64, f64),
     /// CNF: gradients through the solves by backpropagation or by the adjoint method.
     pub gradient: GradientMethod,
+    /// Residual: the spectral-norm bound of every weight on x, in (0, 1).
+    pub lipschitz: f64,
+    /// Residual: the training log-determinant.
+    pub logdet: ResidualLogDet,
+    /// Residual: series terms (series: all; roulette: always computed).
+    pub series_terms: usize,
 }
 
 impl FamilySettings {
@@ -356,6 +363,9 @@ impl FamilySettings {
             ode: OdeSettings::default(),
             regularization: (0.0, 0.0),
             gradient: GradientMethod::Backprop,
+            lipschitz: 0.97,
+            logdet: ResidualLogDet::Roulette,
+            series_terms: 2,
         }
     }
 }
@@ -377,6 +387,10 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
     }
     if f.name != "cnf" && (s.trace.is_some() || s.regularization != (0.0, 0.0) || s.gradient != GradientMethod::Backprop) {
         return Err(FlowError::InvalidConfig("traces, RNODE regularization and the adjoint method are settings of the cnf family".into()));
+    }
+    let defaults = FamilySettings::new(f.name);
+    if f.name != "residual" && (s.lipschitz != defaults.lipschitz || s.logdet != defaults.logdet || s.series_terms != defaults.series_terms) {
+        return Err(FlowError::InvalidConfig("--lipschitz, --logdet and --series-terms are settings of the residual family".into()));
     }
     let k = s.transforms.unwrap_or(f.default_transforms);
     let transformer = match f.name {
@@ -408,6 +422,24 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
                 )));
             }
             shared!(RealNvpConfig::new(dim)).with_additive(f.name == "nice").with_lu(s.lu || f.name == "nsf-coupling").flow_config()
+        }
+        "residual" => {
+            if s.batch_norm || s.lu || s.residual_blocks > 0 || s.activation != Activation::Relu {
+                return Err(FlowError::InvalidConfig(
+                    "residual takes no batch norm, LU layers, residual conditioner blocks or activation (its blocks use LipSwish)".into(),
+                ));
+            }
+            let block = ResidualConfig::new(dim)
+                .with_context_dim(context_dim)
+                .with_hidden(s.hidden.clone())
+                .with_lipschitz(s.lipschitz)
+                .with_logdet(s.logdet, s.series_terms);
+            let mut layers = Vec::with_capacity(2 * k);
+            for _ in 0..k {
+                layers.push(LayerConfig::ActNorm(ActNormConfig::new(dim)));
+                layers.push(LayerConfig::Residual(block.clone()));
+            }
+            FlowConfig::new(dim, layers).with_seed(s.seed)
         }
         "cnf" => {
             if s.batch_norm || s.lu || s.residual_blocks > 0 {

@@ -460,9 +460,12 @@ pub(crate) fn clip_global_norm(grads: &mut GradientsParams, ids: &[(ParamId, usi
     Ok(())
 }
 
-/// An inference copy of a model: no autodiff, dropout off.
-pub(crate) fn inference_copy(model: &Flow) -> Flow {
-    model.valid()
+/// An inference copy of a model: no autodiff, dropout off, state kept with the weights settled
+/// ([`Bijection::settle`](crate::bijections::Bijection::settle)).
+pub(crate) fn inference_copy(model: &Flow) -> Result<Flow> {
+    let copy = model.valid();
+    crate::bijections::Bijection::settle(&copy.transform)?;
+    Ok(copy)
 }
 
 /// Trains `flow` on `objective`; returns the trained flow (on the inference device) and a report.
@@ -550,7 +553,7 @@ pub fn train(
             interval_count = 0;
             interval_metrics.clear();
             observer(&FitEvent::Interval { step, total: total_reported, train_loss, metrics: means.clone() });
-            let candidate = inference_copy(&model);
+            let candidate = inference_copy(&model)?;
             let score = objective.validate(&candidate)?;
             let t0 = Instant::now();
             monitor(step, start.elapsed().as_secs_f64() - paused, &candidate);
@@ -590,7 +593,7 @@ pub fn train(
 
     let (flow, best_step, best_ll) = match best {
         Some((ll, s, f)) => (f, s, Some(ll)),
-        None => (inference_copy(&model), steps_done, None),
+        None => (inference_copy(&model)?, steps_done, None),
     };
     let report = FitReport {
         steps: steps_done,

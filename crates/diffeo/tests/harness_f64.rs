@@ -934,4 +934,26 @@ mod residual {
             assert!(gaps.windows(2).all(|w| w[1] < w[0]) && gaps[3] < 1e-2 * gaps[0], "D = {dim}: {gaps:?}");
         }
     }
+
+    #[test]
+    fn act_norm_starts_from_its_first_batch_and_passes_the_harness() {
+        let d = device();
+        let ad = d.clone().autodiff();
+        // One feature constant: its σ is floored, never an infinite scale.
+        let x = matrix(vec![1.0, 5.0, 3.0, 5.0, 8.0, 5.0, -2.0, 5.0], 4, 2, &ad);
+        let layer = ActNormConfig::new(2).init(&ad).unwrap();
+        let (u, ld) = layer.inverse(x.clone(), &Call::training()).unwrap();
+        let u = to_vec(u).unwrap();
+        let first: Vec<f64> = u.iter().step_by(2).copied().collect();
+        let mean = first.iter().sum::<f64>() / 4.0;
+        let var = first.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 4.0;
+        assert!(mean.abs() < 1e-12 && (var - 1.0).abs() < 1e-12, "{mean} {var}");
+        assert!(u.iter().chain(to_vec(ld).unwrap().iter()).all(|v| v.is_finite()));
+        // The statistics stay: a second batch does not reset them.
+        layer.inverse(x.clone().mul_scalar(2.0), &Call::training()).unwrap();
+        assert_eq!(to_vec(layer.mean.value_sync()).unwrap(), vec![2.5, 5.0]);
+        let mut b = randomize_parameters(ActNormConfig::new(3).init(&d).unwrap(), 5, 0.5);
+        b.initialized = burn::module::RunningState::new(Tensor::ones([1], &d));
+        check(&b, &HarnessConfig::default());
+    }
 }

@@ -71,6 +71,9 @@ impl<T: Module + Bijection> Bijection for Oriented<T> {
     fn name(&self) -> String {
         if self.inverted { format!("Invert({})", self.inner.name()) } else { self.inner.name() }
     }
+    fn settle(&self) -> Result<()> {
+        self.inner.settle()
+    }
     fn forward_unchecked(&self, x: Tensor<2>, call: &Call) -> Result<Mapped> {
         if self.inverted { self.inner.inverse_unchecked(x, call) } else { self.inner.forward_unchecked(x, call) }
     }
@@ -252,6 +255,9 @@ impl Bijection for Chain {
     }
     fn name(&self) -> String {
         format!("Chain[{}]", self.layers.iter().map(|l| l.name()).collect::<Vec<_>>().join(", "))
+    }
+    fn settle(&self) -> Result<()> {
+        self.layers.iter().try_for_each(|l| l.settle())
     }
 
     fn forward_unchecked(&self, u: Tensor<2>, call: &Call) -> Result<Mapped> {

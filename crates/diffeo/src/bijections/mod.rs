@@ -144,6 +144,12 @@ pub trait Bijection {
     /// A short human-readable name.
     fn name(&self) -> String;
 
+    /// Brings state kept with the weights up to date with them before evaluation (a residual
+    /// block's power iterations run to convergence). Default: nothing to do.
+    fn settle(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// `T(x)` and `log|det J_T(x)|`, without input validation.
     fn forward_unchecked(&self, x: Tensor<2>, call: &Call) -> Result<Mapped>;
 
@@ -340,6 +346,9 @@ macro_rules! registry {
             fn name(&self) -> String {
                 match self { $( Layer::$variant(l) => l.name(), )* }
             }
+            fn settle(&self) -> Result<()> {
+                match self { $( Layer::$variant(l) => l.settle(), )* }
+            }
             fn forward_unchecked(&self, x: Tensor<2>, call: &Call) -> Result<Mapped> {
                 match self { $( Layer::$variant(l) => l.forward_unchecked(x, call), )* }
             }
@@ -383,4 +392,6 @@ registry! {
     cnf => Cnf(CnfConfig),
     /// Contractive residual block (i-ResNet, Residual Flows): fixed-point inverse, series log-dets.
     residual => Residual(ResidualConfig),
+    /// Activation normalization: per-feature affine initialized from the first training batch.
+    act_norm => ActNorm(ActNormConfig),
 }

@@ -251,6 +251,11 @@ impl LayerSpec for ResidualConfig {
     fn set_seed(&mut self, seed: u64) {
         self.seed = seed;
     }
+    /// Training updates state stored with the weights (first-batch statistics, power-iteration
+    /// vectors), which gradient shards on model copies would lose: one shard per step.
+    fn batch_dependent(&self) -> bool {
+        true
+    }
 }
 
 /// An affine layer whose weights on `x` (the first `in_x` rows) are spectrally normalized.
@@ -507,6 +512,13 @@ impl Bijection for Residual {
 
     fn log_det(&self, mode: Mode) -> LogDet {
         if self.exact_in(mode) { LogDet::Exact } else { LogDet::Estimated }
+    }
+
+    /// Power iterations to convergence (relative change of σ̂ below 1e−7, at most 2000), so that
+    /// evaluation normalizes by the weights' spectral norms, not by the last training step's
+    /// estimate of them.
+    fn settle(&self) -> Result<()> {
+        self.settle_spectral_norms(2000, 1e-7)
     }
 
     fn name(&self) -> String {
