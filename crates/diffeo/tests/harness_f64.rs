@@ -956,4 +956,63 @@ mod residual {
         b.initialized = burn::module::RunningState::new(Tensor::ones([1], &d));
         check(&b, &HarnessConfig::default());
     }
+
+    /// Parameter gradients of the mean log-det over the rows of `x` (training call, `seed`).
+    fn log_det_gradients(b: &Residual, x: &Tensor<2>, seed: u64) -> Vec<f64> {
+        use burn::module::{ModuleVisitor, Param};
+        struct Collect<'a>(&'a burn::tensor::Gradients, Vec<f64>);
+        impl ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let Some(g) = param.val().grad(self.0) {
+                    self.1.extend(g.try_into_vec_as::<f64>().unwrap());
+                }
+            }
+        }
+        let (_, ld) = b.inverse(x.clone(), &Call::training().with_seed(seed)).unwrap();
+        let grads = ld.mean().backward();
+        let mut c = Collect(&grads, Vec::new());
+        b.visit(&mut c);
+        c.1
+    }
+
+    /// The Neumann-series gradient of the roulette estimator (and backpropagation through its
+    /// terms) average to the exact log-det's gradient.
+    #[test]
+    fn series_gradients_are_unbiased() {
+        let ad = device().autodiff();
+        let base = block(3, 0, ResidualLogDet::Exact, 0.8, 31);
+        let exact_block = base.clone().train();
+        exact_block.settle_spectral_norms(100_000, 1e-15).unwrap();
+        let x = matrix(vec![0.3, -0.5, 0.8], 1, 3, &ad).repeat_dim(0, 16);
+        let exact = log_det_gradients(&exact_block, &x, 0);
+        for neumann in [true, false] {
+            let mut b = exact_block.clone();
+            (b.logdet, b.neumann_gradient) = (ResidualLogDet::Roulette, neumann);
+            let draws: Vec<Vec<f64>> = (0..400).map(|s| log_det_gradients(&b, &x, s)).collect();
+            let m = draws.len() as f64;
+            let mut worst: f64 = 0.0;
+            let (mut err2, mut norm2) = (0.0, 0.0);
+            for (i, e) in exact.iter().enumerate() {
+                let mean = draws.iter().map(|d| d[i]).sum::<f64>() / m;
+                let se = (draws.iter().map(|d| (d[i] - mean).powi(2)).sum::<f64>() / (m - 1.0) / m).sqrt();
+                if se > 1e-12 {
+                    worst = worst.max((mean - e).abs() / se);
+                }
+                err2 += (mean - e).powi(2);
+                norm2 += e * e;
+            }
+            eprintln!("neumann {neumann}: {} gradients, largest z {worst:.2}, relative error {:.4}", exact.len(), (err2 / norm2).sqrt());
+            assert!(worst < 5.0 && (err2 / norm2).sqrt() < 0.02, "neumann {neumann}: z {worst}, relative error {}", (err2 / norm2).sqrt());
+        }
+        // They are different estimators: one draw differs, the log-det value does not.
+        let mut a = exact_block.clone();
+        (a.logdet, a.neumann_gradient) = (ResidualLogDet::Roulette, true);
+        let mut b = a.clone();
+        b.neumann_gradient = false;
+        let (ga, gb) = (log_det_gradients(&a, &x, 7), log_det_gradients(&b, &x, 7));
+        assert!(ga.iter().zip(&gb).any(|(p, q)| (p - q).abs() > 1e-9));
+        let value = |b: &Residual| to_vec(b.inverse(x.clone(), &Call::training().with_seed(7)).unwrap().1).unwrap();
+        let (va, vb) = (value(&a), value(&b));
+        assert!(va.iter().zip(&vb).all(|(p, q)| (p - q).abs() < 1e-12));
+    }
 }

@@ -77,6 +77,10 @@ pub struct ResidualConfig {
     pub logdet: ResidualLogDet,
     /// Series terms (series: all; roulette: those always computed).
     pub series_terms: usize,
+    /// Gradients of the series estimators by the Neumann series (one Jacobian–vector product
+    /// in the graph, memory independent of the terms) instead of through every term.
+    #[serde(default = "yes")]
+    pub neumann_gradient: bool,
     /// Features up to which evaluation (and the exact estimator) uses the exact log-det.
     pub exact_max_dim: usize,
     /// Fixed-point inverse: absolute tolerance.
@@ -88,6 +92,10 @@ pub struct ResidualConfig {
     /// Seed of the initial weights (set by the chain; not stored).
     #[serde(skip)]
     pub seed: u64,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The stopping probability of the roulette's geometric number of extra terms.
@@ -108,6 +116,7 @@ impl ResidualConfig {
             power_iterations: 5,
             logdet: ResidualLogDet::Roulette,
             series_terms: 2,
+            neumann_gradient: true,
             exact_max_dim: 64,
             inverse_atol: 1e-5,
             inverse_rtol: 1e-5,
@@ -138,6 +147,12 @@ impl ResidualConfig {
     pub fn with_logdet(mut self, logdet: ResidualLogDet, terms: usize) -> Self {
         self.logdet = logdet;
         self.series_terms = terms;
+        self
+    }
+
+    /// Chooses the Neumann-series gradient (default) or backpropagation through every term.
+    pub fn with_neumann_gradient(mut self, on: bool) -> Self {
+        self.neumann_gradient = on;
         self
     }
 
@@ -200,6 +215,7 @@ impl ResidualConfig {
             power_iterations: self.power_iterations,
             logdet: self.logdet,
             series_terms: self.series_terms,
+            neumann_gradient: self.neumann_gradient,
             exact_max_dim: self.exact_max_dim,
             inverse_atol: self.inverse_atol,
             inverse_rtol: self.inverse_rtol,
@@ -353,6 +369,9 @@ pub struct Residual {
     /// Series terms.
     #[module(skip)]
     pub series_terms: usize,
+    /// Neumann-series gradients for the series estimators.
+    #[module(skip)]
+    pub neumann_gradient: bool,
     /// Exact log-dets up to this many features.
     #[module(skip)]
     pub exact_max_dim: usize,
@@ -378,6 +397,15 @@ struct Pass {
 }
 
 impl Pass {
+    /// The same pass outside the autodiff graph.
+    fn detached(&self) -> Self {
+        Self {
+            out: self.out.clone().detach(),
+            weights: self.weights.iter().map(|w| w.clone().detach()).collect(),
+            slopes: self.slopes.iter().map(|s| s.clone().detach()).collect(),
+        }
+    }
+
     /// `J_g V` for `M` vectors per row, `V` `[N, M, D]` → `[N, M, D]`.
     fn jvp(&self, v: Tensor<3>) -> Tensor<3> {
         let [n, m, d] = v.dims();
@@ -485,15 +513,32 @@ impl Residual {
                 (n0 + extra, w)
             }
         };
-        let mut w = eps.clone().unsqueeze_dim::<3>(1);
-        let mut total: Tensor<1> = Tensor::zeros([n], &device);
-        for (k, c) in (1..=terms).zip(weights) {
-            w = pass.jvp(w);
-            let sign = if k % 2 == 1 { 1.0 } else { -1.0 };
-            let term = w.clone().reshape([n, d]).mul(eps.clone()).sum_dim(1).reshape([n]);
-            total = total.add(term.mul_scalar(sign * c / k as f64));
+        let probe = eps.clone().unsqueeze_dim::<3>(1);
+        let dot = |w: &Tensor<3>| w.clone().reshape([n, d]).mul(eps.clone()).sum_dim(1).reshape([n]);
+        if !self.neumann_gradient {
+            let mut w = probe;
+            let mut total: Tensor<1> = Tensor::zeros([n], &device);
+            for (k, c) in (1..=terms).zip(weights) {
+                w = pass.jvp(w);
+                let sign = if k % 2 == 1 { 1.0 } else { -1.0 };
+                total = total.add(dot(&w).mul_scalar(sign * c / k as f64));
+            }
+            return total;
         }
-        total
+        // The value from a detached series; the gradient from one product in the graph:
+        // ∂/∂θ Σ c_k (−1)^{k+1} tr(J^k)/k = Σ c_k (−1)^{k−1} tr(∂J·J^{k−1}) ≈ εᵀ ∂J (Σ c_k (−J)^{k−1} ε).
+        let frozen = pass.detached();
+        let mut w = probe.clone();
+        let mut combination = probe.clone().mul_scalar(0.0);
+        let mut value: Tensor<1> = Tensor::zeros([n], &device);
+        for (k, c) in (1..=terms).zip(weights) {
+            let sign = if k % 2 == 1 { 1.0 } else { -1.0 };
+            combination = combination.add(w.clone().mul_scalar(sign * c));
+            w = frozen.jvp(w);
+            value = value.add(dot(&w).mul_scalar(sign * c / k as f64));
+        }
+        let surrogate = dot(&pass.jvp(combination));
+        value.add(surrogate.clone().sub(surrogate.detach()))
     }
 }
 
