@@ -35,6 +35,7 @@
 
 pub mod bench;
 pub mod bijections;
+pub mod custom_op;
 pub mod data;
 pub mod datasets;
 pub mod distributions;

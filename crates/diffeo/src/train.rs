@@ -327,7 +327,7 @@ fn shard_count(requested: usize, flow: &Flow, batch: usize, shardable: bool) -> 
 /// solve, which cannot return its error through burn's backward pass).
 fn backward(loss: Tensor<1>) -> Result<burn::tensor::Gradients> {
     let grads = loss.backward();
-    crate::ode::adjoint::take_backward_failure()?;
+    crate::custom_op::take_backward_failure()?;
     Ok(grads)
 }
 

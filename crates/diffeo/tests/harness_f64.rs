@@ -885,6 +885,80 @@ mod residual {
         check(&block(2, 3, ResidualLogDet::Exact, 0.9, 2), &harness());
         // Evaluation of a roulette-trained block is exact too (D ≤ 64).
         check(&block(4, 0, ResidualLogDet::Roulette, 0.97, 3), &harness());
+        // The sampling direction's autodiff Jacobian is (I + J_g)⁻¹ by the implicit step.
+        let by_autodiff = HarnessConfig { jacobian: JacobianReference::Autodiff, ..harness() };
+        check(&block(3, 2, ResidualLogDet::Exact, 0.97, 4), &by_autodiff);
+    }
+
+    /// Gradients through the fixed-point inverse (implicit function theorem) match finite
+    /// differences of the sampled point, for the input, the context and the parameters.
+    #[test]
+    fn implicit_gradients_of_the_fixed_point_match_finite_differences() {
+        use burn::module::{ModuleVisitor, Param};
+        struct Collect<'a>(&'a burn::tensor::Gradients, Vec<f64>);
+        impl ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let Some(g) = param.val().grad(self.0) {
+                    self.1.extend(g.try_into_vec_as::<f64>().unwrap());
+                }
+            }
+        }
+        let ad = device().autodiff();
+        let b = block(3, 2, ResidualLogDet::Exact, 0.9, 5).train();
+        let tol = Tolerance { absolute: 1e-13, relative: 1e-13, max_iterations: 100_000 };
+        let weights = [0.7, -1.3, 0.4];
+        // L(z, c) = Σ w ⊙ x*(z, c): the sampled point alone (no log-det).
+        let value = |b: &Residual, z: &[f64], c: &[f64]| -> f64 {
+            let call = Call::new().with_tolerance(tol).with_context(matrix(c.to_vec(), 1, 2, &ad)).with_log_det(false);
+            let x = to_vec(b.forward(matrix(z.to_vec(), 1, 3, &ad), &call).unwrap().0).unwrap();
+            x.iter().zip(&weights).map(|(a, w)| a * w).sum()
+        };
+        let (z, c) = ([0.5, -0.2, 1.1], [0.3, -0.8]);
+        let zt = matrix(z.to_vec(), 1, 3, &ad).require_grad();
+        let ct = matrix(c.to_vec(), 1, 2, &ad).require_grad();
+        let call = Call::training().with_tolerance(tol).with_context(ct.clone()).with_log_det(false);
+        let (x, _) = b.forward(zt.clone(), &call).unwrap();
+        let grads = x.mul(matrix(weights.to_vec(), 1, 3, &ad)).sum().backward();
+        diffeo::custom_op::take_backward_failure().unwrap();
+        let gz = to_vec(zt.grad(&grads).unwrap()).unwrap();
+        let gc = to_vec(ct.grad(&grads).unwrap()).unwrap();
+        let h = 1e-6;
+        for i in 0..3 {
+            let (mut up, mut down) = (z, z);
+            up[i] += h;
+            down[i] -= h;
+            let fd = (value(&b, &up, &c) - value(&b, &down, &c)) / (2.0 * h);
+            assert!((fd - gz[i]).abs() < 1e-6, "∂/∂z{i}: {} vs {fd}", gz[i]);
+        }
+        for i in 0..2 {
+            let (mut up, mut down) = (c, c);
+            up[i] += h;
+            down[i] -= h;
+            let fd = (value(&b, &z, &up) - value(&b, &z, &down)) / (2.0 * h);
+            assert!((fd - gc[i]).abs() < 1e-6, "∂/∂c{i}: {} vs {fd}", gc[i]);
+        }
+        // A parameter: the first bias of the last layer.
+        let mut collect = Collect(&grads, Vec::new());
+        b.visit(&mut collect);
+        assert!(collect.1.iter().all(|g| g.is_finite()) && collect.1.iter().any(|g| g.abs() > 1e-6));
+        let shifted = |delta: f64| {
+            let mut m = b.clone();
+            let last = m.layers.len() - 1;
+            let bias = m.layers[last].bias.val();
+            let bump = matrix(vec![delta, 0.0, 0.0], 1, 3, &ad).reshape([3]);
+            m.layers[last].bias = Param::from_tensor(bias.add(bump).detach());
+            value(&m, &z, &c)
+        };
+        let fd = (shifted(h) - shifted(-h)) / (2.0 * h);
+        let (mut exact, mut offset) = (f64::NAN, 0);
+        for (i, l) in b.layers.iter().enumerate() {
+            let [r, o] = l.weight.val().dims();
+            if i == b.layers.len() - 1 {
+                exact = collect.1[offset + r * o];
+            }
+            offset += (r + 1) * o;
+        }
+        assert!((fd - exact).abs() < 1e-6, "∂/∂b: {exact} vs {fd}");
     }
 
     #[test]

@@ -17,9 +17,9 @@
 //!   features.
 //! - **Base → data** (iterative): the fixed point `x ← z − g(x)` from `x = z`, converging since
 //!   `g` is a contraction, until `|Δx| ≤ atol + rtol·|z|` elementwise, or an error after the
-//!   iteration limit. The result is attached to the graph by one last differentiable step
-//!   `x = z − g(x*)`, exact in value; its gradients omit the factor `(I + J_g)⁻¹` of implicit
-//!   differentiation (sampling-direction training is approximate).
+//!   iteration limit. Gradients by the implicit function theorem: `x*` enters the graph as one
+//!   step whose backward pass solves `bᵀ(I + J_g) = aᵀ` by the iteration `b ← a − J_gᵀ b` (a
+//!   contraction too) and gives `∂L/∂z = b`, `∂L/∂θ = −bᵀ∂g/∂θ`, `∂L/∂c = −bᵀ∂g/∂c`.
 
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::{Device, Tensor};
@@ -28,7 +28,14 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Flex;
+
 use super::{Bijection, Call, Cost, Directions, LayerSpec, LogDet, Mapped, Mode};
+use crate::custom_op::{autodiff_primitive, flex_of, from_autodiff_primitive, plain, record_backward_failure};
 use crate::error::{FlowError, Result};
 use crate::nn::affine;
 use crate::tensor::{dims2, matrix, scalar, vector};
@@ -314,11 +321,20 @@ impl SpectralDense {
             self.u.update(u.clone().reshape([out]).detach());
             self.v.update(v.clone().reshape([self.in_x]).detach());
         }
-        let sigma = v.detach().matmul(w_x.clone()).matmul(u.detach().transpose()).reshape([1, 1]);
-        let factor = sigma.div_scalar(k).clamp_min(1.0);
-        let w_x = w_x.div(factor);
-        if rows > self.in_x { Tensor::cat(vec![w_x, w.narrow(0, self.in_x, rows - self.in_x)], 0) } else { w_x }
+        let _ = rows;
+        spectrally_normalized(w, self.in_x, &u.detach(), &v.detach(), k)
     }
+}
+
+/// `W` with its first `in_x` rows divided by `max(1, σ̂/k)`, `σ̂ = v W_x uᵀ` (u `[1, out]`, v
+/// `[1, in_x]` fixed; differentiable in W).
+fn spectrally_normalized(w: Tensor<2>, in_x: usize, u: &Tensor<2>, v: &Tensor<2>, k: f64) -> Tensor<2> {
+    let rows = w.dims()[0];
+    let w_x = w.clone().narrow(0, 0, in_x);
+    let sigma = v.clone().matmul(w_x.clone()).matmul(u.clone().transpose()).reshape([1, 1]);
+    let factor = sigma.div_scalar(k).clamp_min(1.0);
+    let w_x = w_x.div(factor);
+    if rows > in_x { Tensor::cat(vec![w_x, w.narrow(0, in_x, rows - in_x)], 0) } else { w_x }
 }
 
 impl SpectralDense {
@@ -384,6 +400,66 @@ pub struct Residual {
     /// Fixed-point iteration limit.
     #[module(skip)]
     pub max_iterations: usize,
+}
+
+/// g's weights as one pass uses them: normalized `W` (all rows), `b` and the rows on x per
+/// layer, and LipSwish's β per hidden layer.
+#[derive(Clone, Debug)]
+struct Weights {
+    layers: Vec<(Tensor<2>, Tensor<1>, usize)>,
+    betas: Vec<Tensor<1>>,
+}
+
+impl Weights {
+    /// `g(x; c)` and its slopes.
+    fn pass(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Pass {
+        let mut hidden = match context {
+            Some(c) => Tensor::cat(vec![x, c.clone()], 1),
+            None => x,
+        };
+        let last = self.layers.len() - 1;
+        let (mut weights, mut slopes) = (Vec::with_capacity(last + 1), Vec::with_capacity(last));
+        for (i, (w, b, in_x)) in self.layers.iter().enumerate() {
+            let a = affine(hidden, w.clone(), b.clone(), None);
+            weights.push(w.clone().narrow(0, 0, *in_x));
+            if i == last {
+                return Pass { out: a, weights, slopes };
+            }
+            let beta = self.betas[i].clone().reshape([1, 1]);
+            let sig = burn::tensor::activation::sigmoid(a.clone().mul(beta.clone()));
+            // h(a) = a·σ(βa)/1.1, h'(a) = (σ + βa·σ(1 − σ))/1.1.
+            let slope = sig.clone().add(a.clone().mul(beta).mul(sig.clone()).mul(sig.clone().neg().add_scalar(1.0))).div_scalar(LIPSWISH_SCALE);
+            slopes.push(slope);
+            hidden = a.mul(sig).div_scalar(LIPSWISH_SCALE);
+        }
+        unreachable!("a residual block has a last layer")
+    }
+}
+
+/// How a flat parameter row maps back to g's weights: `(in, out, in_x, u, v)` per layer (the
+/// power-iteration vectors fixed), and the spectral bound.
+#[derive(Clone, Debug)]
+struct FlatLayout {
+    layers: Vec<(usize, usize, usize, Tensor<2>, Tensor<2>)>,
+    lipschitz: f64,
+}
+
+impl FlatLayout {
+    /// The weights read from `params` `[1, P]` (differentiable in them).
+    fn weights(&self, params: &Tensor<2>) -> Weights {
+        let mut offset = 0;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, o, in_x, u, v) in &self.layers {
+            let w = params.clone().narrow(1, offset, i * o).reshape([*i, *o]);
+            let b = params.clone().narrow(1, offset + i * o, *o).reshape([*o]);
+            offset += (i + 1) * o;
+            layers.push((spectrally_normalized(w, *in_x, u, v, self.lipschitz), b, *in_x));
+        }
+        let betas = (0..self.layers.len() - 1)
+            .map(|k| crate::tensor::softplus(params.clone().narrow(1, offset + k, 1).reshape([1])))
+            .collect();
+        Weights { layers, betas }
+    }
 }
 
 /// `g` at one point, with what the Jacobian–vector products need.
@@ -455,30 +531,40 @@ impl Residual {
         crate::tensor::softplus(self.betas[i].val())
     }
 
+    /// g's weights as a pass uses them; `iterations` power iterations advance the stored
+    /// vectors first (training).
+    fn weights(&self, iterations: usize) -> Weights {
+        Weights {
+            layers: self.layers.iter().map(|l| (l.normalized(self.lipschitz, iterations), l.bias.val(), l.in_x)).collect(),
+            betas: (0..self.betas.len()).map(|i| self.beta(i)).collect(),
+        }
+    }
+
     /// `g(x; c)` and its slopes. Training passes advance the power iterations.
     fn pass(&self, x: Tensor<2>, call: &Call) -> Pass {
         let iterations = if call.mode == Mode::Training && x.is_autodiff() { self.power_iterations } else { 0 };
-        let mut hidden = match call.context().filter(|_| self.context_dim > 0) {
-            Some(c) => Tensor::cat(vec![x, c.clone()], 1),
-            None => x,
-        };
-        let last = self.layers.len() - 1;
-        let (mut weights, mut slopes) = (Vec::with_capacity(last + 1), Vec::with_capacity(last));
-        for (i, layer) in self.layers.iter().enumerate() {
-            let w = layer.normalized(self.lipschitz, iterations);
-            let a = affine(hidden, w.clone(), layer.bias.val(), None);
-            weights.push(w.narrow(0, 0, layer.in_x));
-            if i == last {
-                return Pass { out: a, weights, slopes };
-            }
-            let beta = self.beta(i).reshape([1, 1]);
-            let sig = burn::tensor::activation::sigmoid(a.clone().mul(beta.clone()));
-            // h(a) = a·σ(βa)/1.1, h'(a) = (σ + βa·σ(1 − σ))/1.1.
-            let slope = sig.clone().add(a.clone().mul(beta).mul(sig.clone()).mul(sig.clone().neg().add_scalar(1.0))).div_scalar(LIPSWISH_SCALE);
-            slopes.push(slope);
-            hidden = a.mul(sig).div_scalar(LIPSWISH_SCALE);
+        let context = call.context().filter(|_| self.context_dim > 0);
+        self.weights(iterations).pass(x, context)
+    }
+
+    /// The weights as one row `[1, P]` (per layer `W` row-major then `b`, then every raw β) and
+    /// the layout that reads them back with this block's stored power-iteration vectors.
+    fn flat_parameters(&self) -> (Tensor<2>, FlatLayout) {
+        let mut parts = Vec::new();
+        let mut layers = Vec::new();
+        for l in &self.layers {
+            let w = l.weight.val();
+            let [i, o] = w.dims();
+            parts.push(w.reshape([1, i * o]));
+            parts.push(l.bias.val().reshape([1, o]));
+            let u = l.u.value_sync().reshape([1, o]).detach();
+            let v = l.v.value_sync().reshape([1, l.in_x]).detach();
+            layers.push((i, o, l.in_x, unit_row(u.clone(), u).inner(), unit_row(v.clone(), v).inner()));
         }
-        unreachable!("a residual block has a last layer")
+        for b in &self.betas {
+            parts.push(b.val().reshape([1, 1]));
+        }
+        (Tensor::cat(parts, 1), FlatLayout { layers, lipschitz: self.lipschitz })
     }
 
     /// Whether a call's log-dets are exact: evaluation up to `exact_max_dim` features, or the
@@ -540,6 +626,108 @@ impl Residual {
         let surrogate = dot(&pass.jvp(combination));
         value.add(surrogate.clone().sub(surrogate.detach()))
     }
+}
+
+impl Residual {
+    /// `x*` (computed outside the graph) as one autodiff step on `z`, the weights and the
+    /// context, whose backward pass solves `bᵀ(I + J_g) = aᵀ` by the fixed-point iteration
+    /// `b ← a − J_gᵀ b` and returns `∂L/∂z = b`, `∂L/∂θ = −bᵀ ∂g/∂θ`, `∂L/∂c = −bᵀ ∂g/∂c` (the
+    /// implicit function theorem; CPU only).
+    fn attach_fixed_point(&self, x: Tensor<2>, z: Tensor<2>, context: Option<Tensor<2>>, tol: f64, limit: usize) -> Result<Tensor<2>> {
+        let not_cpu = || FlowError::InvalidConfig("gradients through a residual block's fixed-point inverse need the CPU device".into());
+        let (params, layout) = self.flat_parameters();
+        let device = x.device();
+        let (z_ad, strategy) = autodiff_primitive(z).ok_or_else(not_cpu)?;
+        let (p_ad, _) = autodiff_primitive(params.clone()).ok_or_else(not_cpu)?;
+        let has_context = context.is_some();
+        let c_plain = context.clone().map(Tensor::inner);
+        let (c_ad, _) = autodiff_primitive(context.unwrap_or_else(|| Tensor::zeros([1, 1], &device))).ok_or_else(not_cpu)?;
+        let x_plain = x.inner();
+        let out = flex_of(x_plain.clone()).ok_or_else(not_cpu)?;
+        let saved = FixedPointSaved { x: x_plain, params: params.inner(), context: c_plain.filter(|_| has_context), layout, tol, limit };
+        let guards = [z_ad.node(), p_ad.node(), c_ad.node()];
+        let out = match FixedPointStep.prepare::<NoCheckpointing>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(saved, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Ok(from_autodiff_primitive(out, strategy))
+    }
+}
+
+/// What the implicit backward pass needs (tensors without autodiff).
+#[derive(Clone, Debug)]
+struct FixedPointSaved {
+    x: Tensor<2>,
+    params: Tensor<2>,
+    context: Option<Tensor<2>>,
+    layout: FlatLayout,
+    tol: f64,
+    limit: usize,
+}
+
+#[derive(Debug)]
+struct FixedPointStep;
+
+impl Backward<Flex, 3> for FixedPointStep {
+    type State = FixedPointSaved;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_z, node_p, node_c] = ops.parents;
+        let a = plain(grads.consume::<Flex>(&ops.node));
+        let want_c = node_c.is_some() && ops.state.context.is_some();
+        match implicit_gradients(&ops.state, a, node_p.is_some(), want_c) {
+            Ok((gz, gp, gc)) => {
+                for (node, grad) in [(node_z, Some(gz)), (node_p, gp), (node_c, gc)] {
+                    if let (Some(node), Some(grad)) = (node, grad.and_then(flex_of)) {
+                        grads.register::<Flex>(node.id, grad);
+                    }
+                }
+            }
+            Err(e) => record_backward_failure(e),
+        }
+    }
+}
+
+/// `(∂L/∂z, ∂L/∂θ, ∂L/∂c)` at the fixed point from `a = ∂L/∂x*`.
+fn implicit_gradients(saved: &FixedPointSaved, a: Tensor<2>, want_p: bool, want_c: bool) -> Result<(Tensor<2>, Option<Tensor<2>>, Option<Tensor<2>>)> {
+    let frozen = saved.layout.weights(&saved.params.clone().autodiff());
+    let context = saved.context.clone().map(Tensor::autodiff);
+    let bound = saved.tol * (1.0 + scalar(a.clone().abs().max())?);
+    let mut b = a.clone();
+    let mut converged = false;
+    let mut change = f64::INFINITY;
+    for _ in 0..saved.limit {
+        let x = saved.x.clone().autodiff().require_grad();
+        let grads = frozen.pass(x.clone(), context.as_ref()).out.mul(b.clone()).sum().backward();
+        let jtb = x.grad(&grads).unwrap_or_else(|| b.clone().zeros_like());
+        let next = a.clone().sub(jtb);
+        change = scalar(next.clone().sub(b).abs().max())?;
+        b = next;
+        if !change.is_finite() {
+            break;
+        }
+        if change <= bound {
+            converged = true;
+            break;
+        }
+    }
+    if !converged {
+        return Err(FlowError::NotConverged { what: "the implicit gradient of a residual block's fixed point".into(), iterations: saved.limit, residual: change });
+    }
+    if !(want_p || want_c) {
+        return Ok((b, None, None));
+    }
+    let p = saved.params.clone().autodiff();
+    let p = if want_p { p.require_grad() } else { p };
+    let c = saved.context.clone().map(|c| if want_c { c.autodiff().require_grad() } else { c.autodiff() });
+    let out = saved.layout.weights(&p).pass(saved.x.clone().autodiff(), c.as_ref()).out;
+    let grads = out.mul(b.clone()).sum().backward();
+    let gp = if want_p { p.grad(&grads).map(Tensor::neg) } else { None };
+    let gc = match c.filter(|_| want_c) {
+        Some(c) => c.grad(&grads).map(Tensor::neg),
+        None => None,
+    };
+    Ok((b, gp, gc))
 }
 
 impl Bijection for Residual {
@@ -604,10 +792,11 @@ impl Bijection for Residual {
         if !converged {
             return Err(FlowError::NotConverged { what: format!("{}'s fixed-point inverse", self.name()), iterations: limit, residual: change });
         }
-        // One differentiable step at the fixed point: exact in value.
-        let pass = self.pass(x, call);
-        let x = z.sub(pass.out.clone());
-        let ld = if call.needs_log_det() { self.log_det_of(&pass, n, call).neg() } else { Tensor::zeros([n], &x.device()) };
+        // The fixed point in the graph, with gradients by the implicit function theorem.
+        let context = call.context().filter(|_| self.context_dim > 0).cloned();
+        let tracked = z.is_autodiff() || context.as_ref().is_some_and(Tensor::is_tracked);
+        let x = if tracked { self.attach_fixed_point(x, z, context, atol, limit)? } else { x };
+        let ld = if call.needs_log_det() { self.log_det_of(&self.pass(x.clone(), call), n, call).neg() } else { Tensor::zeros([n], &x.device()) };
         Ok((x, ld))
     }
 

@@ -19,19 +19,17 @@
 //! error, so a failed backward solve registers no gradient and leaves its error for
 //! [`take_backward_failure`], which the training loop calls after every backward pass.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind, Flex};
+use burn::backend::Flex;
 use burn::tensor::Tensor;
 
 use super::{solve_controlled, OdeSettings, State};
+use crate::custom_op::{autodiff_primitive, flex_of, from_autodiff_primitive, plain, record_backward_failure};
 use crate::error::{FlowError, Result};
 use crate::tensor::dims2;
 
@@ -58,18 +56,7 @@ pub struct AdjointSolved {
     pub evaluations: usize,
 }
 
-thread_local! {
-    static FAILURE: RefCell<Option<FlowError>> = const { RefCell::new(None) };
-}
-
-/// The error of a backward solve on this thread since the last call, if one failed (its
-/// gradients were then not registered).
-pub fn take_backward_failure() -> Result<()> {
-    match FAILURE.with(|f| f.borrow_mut().take()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
+pub use crate::custom_op::take_backward_failure;
 
 /// Solves the system from `t0` to `t1` from `y0`, the integrals starting at zero. When `y0`,
 /// `params` or `context` is tracked by autodiff, the result is one graph node whose backward
@@ -123,10 +110,7 @@ pub fn solve(
         }
         OpsKind::UnTracked(prep) => prep.finish(packed),
     };
-    let out = Tensor::<2>::from_dispatch(DispatchTensor {
-        kind: DispatchTensorKind::Autodiff(Box::new(DispatchTensorKind::Flex(BackendTensor::Autodiff(out)))),
-        autodiff: strategy,
-    });
+    let out = from_autodiff_primitive(out, strategy);
     let mut parts = Vec::with_capacity(1 + widths.len());
     let mut offset = 0;
     for w in std::iter::once(dims2(&y_plain).1).chain(widths) {
@@ -134,31 +118,6 @@ pub fn solve(
         offset += w;
     }
     Ok(AdjointSolved { state: parts, evaluations })
-}
-
-/// The autodiff primitive of a CPU tensor (enabling autodiff on a plain one) and its context.
-fn autodiff_primitive(t: Tensor<2>) -> Option<(FloatTensor<Autodiff<Flex>>, DispatchAutodiffContext)> {
-    let d = t.autodiff().into_dispatch();
-    match d.kind {
-        DispatchTensorKind::Autodiff(inner) => match *inner {
-            DispatchTensorKind::Flex(BackendTensor::Autodiff(a)) => Some((a, d.autodiff)),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// The CPU primitive of a tensor without autodiff.
-fn flex_of(t: Tensor<2>) -> Option<FlexTensor> {
-    match t.inner().into_dispatch().kind {
-        DispatchTensorKind::Flex(BackendTensor::Float(f)) => Some(f),
-        _ => None,
-    }
-}
-
-/// A tensor without autodiff from a CPU primitive.
-fn plain(f: FlexTensor) -> Tensor<2> {
-    Tensor::from_dispatch(DispatchTensor { kind: DispatchTensorKind::Flex(BackendTensor::Float(f)), autodiff: DispatchAutodiffContext::Disabled })
 }
 
 /// What the backward pass needs (tensors without autodiff).
@@ -192,9 +151,7 @@ impl Backward<Flex, 3> for AdjointStep {
                     }
                 }
             }
-            Err(e) => FAILURE.with(|f| {
-                f.borrow_mut().get_or_insert(e);
-            }),
+            Err(e) => record_backward_failure(e),
         }
     }
 }
