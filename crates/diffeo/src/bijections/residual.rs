@@ -80,6 +80,11 @@ pub struct ResidualConfig {
     pub lipschitz: f64,
     /// Power iterations per training pass (from the stored vectors).
     pub power_iterations: usize,
+    /// LipSwish's initial β (learnable afterwards). Spectral normalization keeps each unit's
+    /// pre-activation near `‖x‖/√H`, where a β of 1 leaves `g` almost linear — and an almost
+    /// linear `g` has no gradient at the identity on standardized data (docs/residual.md).
+    #[serde(default = "default_beta")]
+    pub beta: f64,
     /// The training log-determinant.
     pub logdet: ResidualLogDet,
     /// Series terms (series: all; roulette: those always computed).
@@ -105,6 +110,13 @@ fn yes() -> bool {
     true
 }
 
+fn default_beta() -> f64 {
+    DEFAULT_LIPSWISH_BETA
+}
+
+/// LipSwish's default initial β (measured: docs/residual.md).
+pub const DEFAULT_LIPSWISH_BETA: f64 = 64.0;
+
 /// The stopping probability of the roulette's geometric number of extra terms.
 const ROULETTE_STOP: f64 = 0.5;
 /// LipSwish's divisor: `sup |d/da a·sigmoid(βa)| ≈ 1.0998` for every β.
@@ -121,6 +133,7 @@ impl ResidualConfig {
             hidden: vec![128, 128],
             lipschitz: 0.97,
             power_iterations: 5,
+            beta: DEFAULT_LIPSWISH_BETA,
             logdet: ResidualLogDet::Roulette,
             series_terms: 2,
             neumann_gradient: true,
@@ -163,6 +176,12 @@ impl ResidualConfig {
         self
     }
 
+    /// Sets LipSwish's initial β (> 0).
+    pub fn with_beta(mut self, beta: f64) -> Self {
+        self.beta = beta;
+        self
+    }
+
     /// Sets the power iterations per training pass.
     pub fn with_power_iterations(mut self, n: usize) -> Self {
         self.power_iterations = n;
@@ -181,7 +200,7 @@ impl ResidualConfig {
         self
     }
 
-    /// Builds the block: uniform hidden weights, a zero last layer (the identity map), β = 1,
+    /// Builds the block: uniform hidden weights, a zero last layer (the identity map), β = β₀ (64),
     /// random unit power-iteration vectors.
     pub fn init(&self, device: &Device) -> Result<Residual> {
         self.validate()?;
@@ -210,8 +229,8 @@ impl ResidualConfig {
                 in_x,
             });
         }
-        // softplus(raw) = 1.
-        let raw_beta = (std::f64::consts::E - 1.0).ln();
+        // softplus(raw) = β₀.
+        let raw_beta = self.beta.exp_m1().ln();
         let betas = self.hidden.iter().map(|_| Param::from_tensor(vector(vec![raw_beta], device))).collect();
         Ok(Residual {
             layers,
@@ -244,6 +263,9 @@ impl LayerSpec for ResidualConfig {
         }
         if self.hidden.is_empty() || self.hidden.contains(&0) {
             return bad("a residual block needs at least one hidden layer, every width ≥ 1".into());
+        }
+        if !(self.beta > 0.0 && self.beta.is_finite()) {
+            return bad(format!("LipSwish's initial β must be positive and finite, got {}", self.beta));
         }
         if self.series_terms == 0 {
             return bad("a residual block's log-det series needs at least 1 term".into());
