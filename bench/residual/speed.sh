@@ -2,7 +2,8 @@
 # Residual flows beside normflows, one interleaved run: `diffeo fit --flow residual` (8 blocks of
 # ActNorm + a 128×2 LipSwish block, k = 0.97, roulette with Neumann gradients) and
 # bench/residual/normflows_residual.py (the same blocks in normflows) on the peers' data folders,
-# the same steps and batch. Prints one line per run: steps/s and test log-likelihood.
+# the same steps and batch. Writes one JSON line per run to bench/results/residual-TIME.jsonl
+# and prints the rows (bench/residual/summary.py).
 #   bench/residual/speed.sh [--data DIR] [--steps N] [--configs "moons"]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,13 +20,16 @@ py="${PEERS_PY:-$HOME/.venv-peers/bin/python}"
 bin="${DIFFEO_BIN:-target/release/diffeo}"
 [ -x "$bin" ] || cargo build -q --release -p diffeo-cli
 out=$(mktemp -d)
+raw="bench/results/residual-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 trap 'rm -rf "$out"' EXIT
 for c in $configs; do
   s=$(date +%s.%N)
   "$bin" fit --data "$data/$c/train.npy" --val "$data/$c/val.npy" --flow residual --steps "$steps" --batch 512 \
-    --eval-every "$steps" --out "$out/m.dfo" -q 2> "$out/fit.log"
-  t=$(grep -o '([0-9]* steps, [0-9.]* s)' "$out/fit.log" | tail -1 | sed 's/.*steps, \([0-9.]*\) s)/\1/')
+    --eval-every "$steps" --out "$out/m.dfo" > "$out/fit.log" 2>&1
+  t=$(tr '\r' '\n' < "$out/fit.log" | grep -o '([0-9]* steps, [0-9.]* s)' | tail -1 | sed 's/.*steps, \([0-9.]*\) s)/\1/')
   ll=$("$bin" eval --model "$out/m.dfo" --data "$data/$c/test.npy" --json)
-  echo "{\"lib\": \"diffeo\", \"data\": \"$c\", \"steps\": $steps, \"steps_per_s\": $(echo "scale=3; $steps / $t" | bc), \"eval\": $ll}"
-  "$py" bench/residual/normflows_residual.py --data "$data/$c" --steps "$steps" --threads 2
+  echo "{\"lib\": \"diffeo\", \"data\": \"$c\", \"steps\": $steps, \"steps_per_s\": $(echo "scale=3; $steps / $t" | bc), \"eval\": $ll}" >> "$raw"
+  "$py" bench/residual/normflows_residual.py --data "$data/$c" --steps "$steps" --threads 2 >> "$raw"
 done
+python3 bench/residual/summary.py "$raw" --section
+echo "raw lines: $raw"
