@@ -330,9 +330,8 @@ impl SpectralDense {
     /// iterations advance the stored vectors first. `σ̂ = v W_x uᵀ` is differentiable in W.
     pub fn normalized(&self, k: f64, iterations: usize) -> Tensor<2> {
         let w = self.weight.val();
-        let [rows, out] = w.dims();
-        let w_x = w.clone().narrow(0, 0, self.in_x);
-        let frozen = w_x.clone().detach();
+        let out = w.dims()[1];
+        let frozen = w.clone().narrow(0, 0, self.in_x).detach();
         let (u0, v0) = (self.u.value_sync().reshape([1, out]), self.v.value_sync().reshape([1, self.in_x]));
         let (mut u, mut v) = (unit_row(u0.clone(), u0), unit_row(v0.clone(), v0));
         if iterations > 0 {
@@ -343,7 +342,6 @@ impl SpectralDense {
             self.u.update(u.clone().reshape([out]).detach());
             self.v.update(v.clone().reshape([self.in_x]).detach());
         }
-        let _ = rows;
         spectrally_normalized(w, self.in_x, &u.detach(), &v.detach(), k)
     }
 }
@@ -439,14 +437,12 @@ impl Weights {
             Some(c) => Tensor::cat(vec![x, c.clone()], 1),
             None => x,
         };
-        let last = self.layers.len() - 1;
-        let (mut weights, mut slopes) = (Vec::with_capacity(last + 1), Vec::with_capacity(last));
-        for (i, (w, b, in_x)) in self.layers.iter().enumerate() {
+        let n = self.layers.len();
+        let (mut weights, mut slopes) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        // Every layer but the last is followed by LipSwish.
+        for (i, (w, b, in_x)) in self.layers.iter().enumerate().take(n.saturating_sub(1)) {
             let a = affine(hidden, w.clone(), b.clone(), None);
             weights.push(w.clone().narrow(0, 0, *in_x));
-            if i == last {
-                return Pass { out: a, weights, slopes };
-            }
             let beta = self.betas[i].clone().reshape([1, 1]);
             let sig = burn::tensor::activation::sigmoid(a.clone().mul(beta.clone()));
             // h(a) = a·σ(βa)/1.1, h'(a) = (σ + βa·σ(1 − σ))/1.1.
@@ -454,7 +450,14 @@ impl Weights {
             slopes.push(slope);
             hidden = a.mul(sig).div_scalar(LIPSWISH_SCALE);
         }
-        unreachable!("a residual block has a last layer")
+        let out = match self.layers.last() {
+            Some((w, b, in_x)) => {
+                weights.push(w.clone().narrow(0, 0, *in_x));
+                affine(hidden, w.clone(), b.clone(), None)
+            }
+            None => hidden,
+        };
+        Pass { out, weights, slopes }
     }
 }
 
