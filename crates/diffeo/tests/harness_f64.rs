@@ -17,6 +17,24 @@ fn check<B: Bijection + Module>(b: &B, cfg: &HarnessConfig) {
     eprintln!("{}: {report:?}", b.name());
 }
 
+/// Every float parameter's gradient in `grads`, flattened in visiting order, and how many float
+/// tensors (stored statistics included) got none.
+fn parameter_gradients<M: Module>(module: &M, grads: &burn::tensor::Gradients) -> (Vec<f64>, usize) {
+    use burn::module::{ModuleVisitor, Param};
+    struct Collect<'a>(&'a burn::tensor::Gradients, Vec<f64>, usize);
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            match param.val().grad(self.0) {
+                Some(g) => self.1.extend(g.try_into_vec_as::<f64>().unwrap()),
+                None => self.2 += 1,
+            }
+        }
+    }
+    let mut c = Collect(grads, Vec::new(), 0);
+    module.visit(&mut c);
+    (c.1, c.2)
+}
+
 fn chain(dim: usize, layers: Vec<LayerConfig>, seed: u64) -> Chain {
     let c = ChainConfig::new(dim, layers).with_seed(seed).init(&device()).expect("valid chain");
     randomize_parameters(c, seed + 100, 0.3)
@@ -700,14 +718,6 @@ mod ode_and_cnf {
     /// Gradients of `Σ wᵢ·xᵢ + Σ log|det| (+ penalties)` for the parameters, the input and the
     /// context, through the CNF's inverse.
     fn cnf_gradients(b: &Cnf, x: &[f64], ctx: Option<&[f64]>, gradient: GradientMethod) -> Vec<f64> {
-        use burn::module::{ModuleVisitor, Param};
-        struct Collect<'a>(&'a burn::tensor::Gradients, Vec<f64>);
-        impl ModuleVisitor for Collect<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let g = param.val().grad(self.0).expect("every parameter gets a gradient");
-                self.1.extend(g.try_into_vec_as::<f64>().unwrap());
-            }
-        }
         let ad = device().autodiff();
         let mut b = b.clone().train();
         b.gradient = gradient;
@@ -723,9 +733,8 @@ mod ode_and_cnf {
         }
         let grads = loss.backward();
         diffeo::ode::adjoint::take_backward_failure().unwrap();
-        let mut collect = Collect(&grads, Vec::new());
-        b.visit(&mut collect);
-        let mut all = collect.1;
+        let (mut all, missing) = parameter_gradients(&b, &grads);
+        assert_eq!(missing, 0, "every parameter gets a gradient");
         all.extend(xt.grad(&grads).unwrap().try_into_vec_as::<f64>().unwrap());
         if let Some(c) = ct {
             all.extend(c.grad(&grads).unwrap().try_into_vec_as::<f64>().unwrap());
@@ -894,15 +903,6 @@ mod residual {
     /// differences of the sampled point, for the input, the context and the parameters.
     #[test]
     fn implicit_gradients_of_the_fixed_point_match_finite_differences() {
-        use burn::module::{ModuleVisitor, Param};
-        struct Collect<'a>(&'a burn::tensor::Gradients, Vec<f64>);
-        impl ModuleVisitor for Collect<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                if let Some(g) = param.val().grad(self.0) {
-                    self.1.extend(g.try_into_vec_as::<f64>().unwrap());
-                }
-            }
-        }
         let ad = device().autodiff();
         let b = block(3, 2, ResidualLogDet::Exact, 0.9, 5).train();
         let tol = Tolerance { absolute: 1e-13, relative: 1e-13, max_iterations: 100_000 };
@@ -938,15 +938,14 @@ mod residual {
             assert!((fd - gc[i]).abs() < 1e-6, "∂/∂c{i}: {} vs {fd}", gc[i]);
         }
         // A parameter: the first bias of the last layer.
-        let mut collect = Collect(&grads, Vec::new());
-        b.visit(&mut collect);
-        assert!(collect.1.iter().all(|g| g.is_finite()) && collect.1.iter().any(|g| g.abs() > 1e-6));
+        let collect = parameter_gradients(&b, &grads);
+        assert!(collect.0.iter().all(|g| g.is_finite()) && collect.0.iter().any(|g| g.abs() > 1e-6));
         let shifted = |delta: f64| {
             let mut m = b.clone();
             let last = m.layers.len() - 1;
             let bias = m.layers[last].bias.val();
             let bump = matrix(vec![delta, 0.0, 0.0], 1, 3, &ad).reshape([3]);
-            m.layers[last].bias = Param::from_tensor(bias.add(bump).detach());
+            m.layers[last].bias = burn::module::Param::from_tensor(bias.add(bump).detach());
             value(&m, &z, &c)
         };
         let fd = (shifted(h) - shifted(-h)) / (2.0 * h);
@@ -954,7 +953,7 @@ mod residual {
         for (i, l) in b.layers.iter().enumerate() {
             let [r, o] = l.weight.val().dims();
             if i == b.layers.len() - 1 {
-                exact = collect.1[offset + r * o];
+                exact = collect.0[offset + r * o];
             }
             offset += (r + 1) * o;
         }
@@ -1033,20 +1032,9 @@ mod residual {
 
     /// Parameter gradients of the mean log-det over the rows of `x` (training call, `seed`).
     fn log_det_gradients(b: &Residual, x: &Tensor<2>, seed: u64) -> Vec<f64> {
-        use burn::module::{ModuleVisitor, Param};
-        struct Collect<'a>(&'a burn::tensor::Gradients, Vec<f64>);
-        impl ModuleVisitor for Collect<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                if let Some(g) = param.val().grad(self.0) {
-                    self.1.extend(g.try_into_vec_as::<f64>().unwrap());
-                }
-            }
-        }
         let (_, ld) = b.inverse(x.clone(), &Call::training().with_seed(seed)).unwrap();
         let grads = ld.mean().backward();
-        let mut c = Collect(&grads, Vec::new());
-        b.visit(&mut c);
-        c.1
+        parameter_gradients(b, &grads).0
     }
 
     /// The Neumann-series gradient of the roulette estimator (and backpropagation through its

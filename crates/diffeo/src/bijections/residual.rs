@@ -318,6 +318,13 @@ pub struct SpectralDense {
     pub in_x: usize,
 }
 
+/// One power iteration on `W_x` `[in_x, out]`: `u ← v W_x / ‖·‖`, `v ← u W_xᵀ / ‖·‖`.
+fn power_step(w_x: &Tensor<2>, u: Tensor<2>, v: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    let u = unit_row(v.clone().matmul(w_x.clone()), u);
+    let v = unit_row(u.clone().matmul(w_x.clone().transpose()), v);
+    (u, v)
+}
+
 /// `v / ‖v‖` for a `[1, n]` row, keeping `fallback` where `v` vanishes.
 fn unit_row(v: Tensor<2>, fallback: Tensor<2>) -> Tensor<2> {
     let v = v.add(fallback.mul_scalar(1e-12));
@@ -326,18 +333,24 @@ fn unit_row(v: Tensor<2>, fallback: Tensor<2>) -> Tensor<2> {
 }
 
 impl SpectralDense {
+    /// The stored power-iteration vectors as unit rows `([1, out], [1, in_x])`, detached.
+    fn stored_vectors(&self) -> (Tensor<2>, Tensor<2>) {
+        let out = self.weight.val().dims()[1];
+        let u = self.u.value_sync().reshape([1, out]).detach();
+        let v = self.v.value_sync().reshape([1, self.in_x]).detach();
+        (unit_row(u.clone(), u), unit_row(v.clone(), v))
+    }
+
     /// The weight with its `x` rows divided by `max(1, σ̂/k)`; while training, `iterations` power
     /// iterations advance the stored vectors first. `σ̂ = v W_x uᵀ` is differentiable in W.
     pub fn normalized(&self, k: f64, iterations: usize) -> Tensor<2> {
         let w = self.weight.val();
         let out = w.dims()[1];
         let frozen = w.clone().narrow(0, 0, self.in_x).detach();
-        let (u0, v0) = (self.u.value_sync().reshape([1, out]), self.v.value_sync().reshape([1, self.in_x]));
-        let (mut u, mut v) = (unit_row(u0.clone(), u0), unit_row(v0.clone(), v0));
+        let (mut u, mut v) = self.stored_vectors();
         if iterations > 0 {
             for _ in 0..iterations {
-                u = unit_row(v.clone().matmul(frozen.clone()), u);
-                v = unit_row(u.clone().matmul(frozen.clone().transpose()), v);
+                (u, v) = power_step(&frozen, u, v);
             }
             self.u.update(u.clone().reshape([out]).detach());
             self.v.update(v.clone().reshape([self.in_x]).detach());
@@ -363,12 +376,10 @@ impl SpectralDense {
     pub fn settle(&self, max_iterations: usize, tol: f64) -> Result<f64> {
         let w_x = self.weight.val().narrow(0, 0, self.in_x).detach();
         let out = w_x.dims()[1];
-        let (u0, v0) = (self.u.value_sync().reshape([1, out]).detach(), self.v.value_sync().reshape([1, self.in_x]).detach());
-        let (mut u, mut v) = (unit_row(u0.clone(), u0), unit_row(v0.clone(), v0));
+        let (mut u, mut v) = self.stored_vectors();
         let mut sigma = 0.0;
         for _ in 0..max_iterations {
-            u = unit_row(v.clone().matmul(w_x.clone()), u);
-            v = unit_row(u.clone().matmul(w_x.clone().transpose()), v);
+            (u, v) = power_step(&w_x, u, v);
             let next = scalar(v.clone().matmul(w_x.clone()).matmul(u.clone().transpose()).sum())?;
             let done = (next - sigma).abs() <= tol * next.abs().max(1e-12);
             sigma = next;
@@ -582,9 +593,8 @@ impl Residual {
             let [i, o] = w.dims();
             parts.push(w.reshape([1, i * o]));
             parts.push(l.bias.val().reshape([1, o]));
-            let u = l.u.value_sync().reshape([1, o]).detach();
-            let v = l.v.value_sync().reshape([1, l.in_x]).detach();
-            layers.push((i, o, l.in_x, unit_row(u.clone(), u).inner(), unit_row(v.clone(), v).inner()));
+            let (u, v) = l.stored_vectors();
+            layers.push((i, o, l.in_x, u.inner(), v.inner()));
         }
         for b in &self.betas {
             parts.push(b.val().reshape([1, 1]));
