@@ -742,4 +742,26 @@ fn residual_flows_fit_check_sample_and_refuse_bad_settings() {
     bad(&["fit", "--data", &data, "--flow", "maf", "--logdet", "series", "--out", &out], "residual");
     bad(&["fit", "--data", &data, "--flow", "residual", "--activation", "tanh", "--out", &out], "LipSwish");
     assert!(!Path::new(&out).exists());
+
+    // A model whose stored architecture was edited to allow one fixed-point iteration (the
+    // checksum covers the weights, not the architecture): sampling fails with one clear line
+    // (exit 1, as every solver that does not converge) and writes nothing; `check` solves to its
+    // own tolerance and limit, so it still passes.
+    let mut bytes = std::fs::read(&model).unwrap();
+    let (from, to) = (b"max_iterations\\\":1000".as_slice(), b"max_iterations\\\":1   ".as_slice());
+    let mut edited = 0;
+    while let Some(i) = bytes.windows(from.len()).position(|w| w == from) {
+        bytes[i..i + to.len()].copy_from_slice(to);
+        edited += 1;
+    }
+    assert_eq!(edited, 2, "one iteration limit per residual block");
+    let forced = p(dir.path(), "forced.dfo");
+    std::fs::write(&forced, &bytes).unwrap();
+    let samples = p(dir.path(), "forced.csv");
+    let r = diffeo(&["sample", "--model", &forced, "-n", "10", "--out", &samples]);
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("fixed-point inverse did not converge in 1 iterations") && err.trim().lines().count() == 1, "{err}");
+    assert!(!Path::new(&samples).exists());
+    assert_eq!(json(&ok(&["check", "--model", &forced, "--n", "20", "--json"]))["pass"], true);
 }

@@ -974,6 +974,48 @@ mod residual {
         assert!(ResidualConfig::new(2).with_hidden(vec![]).init(&device()).is_err());
     }
 
+    /// log p(x) = log N(z) + log det(I + J_g) of two random blocks (k = 0.5, so the tails stay
+    /// within a factor 2 of the base's) integrates to one on a 2-D grid.
+    #[test]
+    fn a_two_block_density_integrates_to_one_on_a_grid() {
+        let blocks = [block(2, 0, ResidualLogDet::Exact, 0.5, 31), block(2, 0, ResidualLogDet::Exact, 0.5, 32)];
+        let (lo, hi, k) = (-14.0, 14.0, 400usize);
+        let h = (hi - lo) / k as f64;
+        let points: Vec<f64> = (0..k * k).flat_map(|i| [lo + ((i / k) as f64 + 0.5) * h, lo + ((i % k) as f64 + 0.5) * h]).collect();
+        let mut z = matrix(points, k * k, 2, &device());
+        let mut log_det = vec![0.0; k * k];
+        for b in &blocks {
+            let (next, ld) = b.inverse(z, &Call::new()).unwrap();
+            log_det.iter_mut().zip(to_vec(ld).unwrap()).for_each(|(a, l)| *a += l);
+            z = next;
+        }
+        let z = to_vec(z).unwrap();
+        let mass: f64 = log_det
+            .iter()
+            .enumerate()
+            .map(|(i, ld)| (ld - 0.5 * (z[2 * i].powi(2) + z[2 * i + 1].powi(2)) - (2.0 * std::f64::consts::PI).ln()).exp())
+            .sum::<f64>()
+            * h
+            * h;
+        assert!((mass - 1.0).abs() < 1e-3, "the density integrates to {mass}");
+    }
+
+    /// The fixed-point inverse fails loudly: an iteration limit too small for the tolerance is
+    /// an error naming the block, never the last iterate.
+    #[test]
+    fn a_fixed_point_that_does_not_converge_is_an_error() {
+        let b = block(3, 0, ResidualLogDet::Exact, 0.97, 33);
+        let z = matrix(vec![0.5, -1.0, 2.0, 1.5, 0.2, -0.7], 2, 3, &device());
+        let call = Call::new().with_tolerance(Tolerance { absolute: 1e-14, relative: 0.0, max_iterations: 3 });
+        match b.forward(z.clone(), &call) {
+            Err(e @ FlowError::NotConverged { iterations: 3, .. }) => assert!(e.to_string().contains("fixed-point inverse"), "{e}"),
+            other => panic!("expected NotConverged, got {other:?}"),
+        }
+        let mut limited = b.clone();
+        limited.max_iterations = 1;
+        assert!(matches!(limited.forward(z, &Call::new()), Err(FlowError::NotConverged { iterations: 1, .. })));
+    }
+
     /// The roulette estimate's mean over independent calls is the exact log-det (3 standard
     /// errors), in D = 2, 5 and 10; the truncated series is biased and its bias shrinks with terms.
     #[test]
