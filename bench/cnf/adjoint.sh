@@ -6,8 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps="${1:-200}"
-bin="${DIFFEO_BIN:-target/release/diffeo}"
-[ -x "$bin" ] || cargo build -q --release -p diffeo-cli
+source bench/common.sh
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for tol in "1e-6 1e-5" "1e-8 1e-8"; do

@@ -6,10 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps="${1:-1000}"; budget="${2:-60}"; out="${3:-$HOME/.cache/diffeo/cnf-toys}"
-bin="${DIFFEO_BIN:-target/release/diffeo}"
-[ -x "$bin" ] || cargo build -q --release -p diffeo-cli
+source bench/common.sh
 mkdir -p "$out" docs/cnf
-ll() { "$bin" eval --model "$1" --data "builtin:$2:test" --json | sed 's/.*"log_likelihood":\([-0-9.e]*\).*/\1/'; }
+ll() { test_ll "$1" "builtin:$2:test"; }
 echo "| toy | maf ($steps steps) | nsf ($steps steps) | cnf likelihood (${budget} s) | cnf flow matching (${budget} s) |"
 echo "|---|---|---|---|---|"
 for toy in moons circles 8gaussians pinwheel 2spirals checkerboard rings swissroll; do

@@ -16,9 +16,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-py="${PEERS_PY:-$HOME/.venv-peers/bin/python}"
-bin="${DIFFEO_BIN:-target/release/diffeo}"
-[ -x "$bin" ] || cargo build -q --release -p diffeo-cli
+source bench/common.sh
 out=$(mktemp -d)
 raw="bench/results/residual-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 trap 'rm -rf "$out"' EXIT

@@ -6,10 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps="${1:-1000}"; out="${2:-$HOME/.cache/diffeo/residual-toys}"
-bin="${DIFFEO_BIN:-target/release/diffeo}"
-[ -x "$bin" ] || cargo build -q --release -p diffeo-cli
+source bench/common.sh
 mkdir -p "$out" docs/residual
-ll() { "$bin" eval --model "$1" --data "builtin:$2:test" --json | sed 's/.*"log_likelihood":\([-0-9.e]*\).*/\1/'; }
 echo "| toy | residual ($steps steps) | fit seconds |"
 echo "|---|---|---|"
 for toy in moons circles 8gaussians pinwheel 2spirals checkerboard rings swissroll; do
@@ -17,5 +15,5 @@ for toy in moons circles 8gaussians pinwheel 2spirals checkerboard rings swissro
   "$bin" fit --data "builtin:$toy" --flow residual --steps "$steps" --out "$out/$toy-residual.dfo" -q 2>/dev/null
   t=$(echo "$(date +%s.%N) - $s" | bc)
   "$bin" plot --model "$out/$toy-residual.dfo" --data "builtin:$toy:test" --out "docs/residual/$toy.png" 2>/dev/null
-  printf "| %s | %.3f | %.0f |\n" "$toy" "$(ll "$out/$toy-residual.dfo" $toy)" "$t"
+  printf "| %s | %.3f | %.0f |\n" "$toy" "$(test_ll "$out/$toy-residual.dfo" "builtin:$toy:test")" "$t"
 done
