@@ -997,6 +997,7 @@ mod residual {
             .sum::<f64>()
             * h
             * h;
+        eprintln!("two residual blocks: the density integrates to {mass:.6}");
         assert!((mass - 1.0).abs() < 1e-3, "the density integrates to {mass}");
     }
 
