@@ -168,6 +168,19 @@ impl FitArgs {
         if let Some(n) = self.series_terms {
             family.series_terms = n as usize;
         }
+        // Monotone transformers.
+        let m = &mut family.monotone;
+        for (value, field) in [
+            (self.components, &mut m.components),
+            (self.integrand_hidden, &mut m.integrand_hidden),
+            (self.nodes, &mut m.nodes),
+            (self.polynomials, &mut m.polynomials),
+            (self.degree, &mut m.degree),
+        ] {
+            if let Some(v) = value {
+                *field = v as usize;
+            }
+        }
     }
 }
 
@@ -331,6 +344,21 @@ pub struct FitArgs {
     /// residual: series terms (series: all of them; roulette: those always computed; default 2).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub series_terms: Option<u64>,
+    /// naf: sigmoid components per transformer (default 8).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub components: Option<u64>,
+    /// umnn: hidden units of the integrand network (default 16).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub integrand_hidden: Option<u64>,
+    /// umnn: Clenshaw-Curtis quadrature intervals (nodes − 1; default 32).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(2..=512))]
+    pub nodes: Option<u64>,
+    /// sos: squared polynomials per transformer (default 3).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub polynomials: Option<u64>,
+    /// sos: degree of each polynomial (default 4).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub degree: Option<u64>,
     /// cnf: steps of the fixed-step solvers (rk4, euler).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "20")]
     pub ode_steps: u64,
@@ -358,7 +386,8 @@ pub struct FitArgs {
     /// Spline bins (nsf families).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(2..=256), default_value = "8")]
     pub bins: u64,
-    /// Spline tail bound B: splines act on [−B, B] of the standardized data, identity outside.
+    /// Tail bound B: splines act on [−B, B] of the standardized data, identity outside; the naf,
+    /// umnn and sos transformers continue linearly outside.
     #[arg(long, allow_hyphen_values = true, value_parser = positive_f64, default_value = "5")]
     pub tail_bound: f64,
     /// Optimisation steps (default 2000; with --time-budget alone, until the budget is spent).

@@ -238,6 +238,11 @@ impl Call {
         self
     }
 
+    /// The tolerance of iterative solvers: the one set, else [`Tolerance::default`].
+    pub fn tolerance(&self) -> Tolerance {
+        self.tolerance
+    }
+
     /// The tolerance set by [`with_tolerance`](Self::with_tolerance), if any.
     pub fn given_tolerance(&self) -> Option<Tolerance> {
         self.tolerance_given.then_some(self.tolerance)

@@ -285,7 +285,7 @@ pub struct Family {
 }
 
 /// The maximum-likelihood families, by name.
-pub const FAMILIES: [Family; 9] = [
+pub const FAMILIES: [Family; 12] = [
     Family { name: "maf", about: "masked autoregressive flow (fast density, D-pass sampling)", default_transforms: 5 },
     Family { name: "iaf", about: "inverse autoregressive flow (fast sampling, D-pass density)", default_transforms: 5 },
     Family { name: "realnvp", about: "RealNVP affine coupling (both directions fast)", default_transforms: 6 },
@@ -295,6 +295,9 @@ pub const FAMILIES: [Family; 9] = [
     Family { name: "planar", about: "planar flow (sampling only: no inverse, so no maximum-likelihood fit)", default_transforms: 16 },
     Family { name: "cnf", about: "continuous normalizing flow (FFJORD): ODE solves both ways, exact or Hutchinson traces", default_transforms: 1 },
     Family { name: "residual", about: "residual flow (i-ResNet / Residual Flows): contractive blocks with ActNorm between, fixed-point sampling", default_transforms: 8 },
+    Family { name: "naf", about: "neural autoregressive flow: deep sigmoidal transformers in MADE (one-pass density, numerical sampling)", default_transforms: 5 },
+    Family { name: "umnn", about: "unconstrained monotonic neural networks in MADE: integrals by Clenshaw-Curtis (one-pass density, numerical sampling)", default_transforms: 5 },
+    Family { name: "sos", about: "sum-of-squares polynomial transformers in MADE (one-pass density, numerical sampling)", default_transforms: 5 },
 ];
 
 /// The settings of a family's architecture (what the command line's `fit` flags set).
@@ -339,6 +342,37 @@ pub struct FamilySettings {
     pub logdet: ResidualLogDet,
     /// Residual: series terms (series: all; roulette: always computed).
     pub series_terms: usize,
+    /// The monotone transformers' sizes (naf, umnn, sos); their tail bound is `tail_bound`.
+    pub monotone: MonotoneSizes,
+}
+
+/// Sizes of the monotone transformers without a closed-form inverse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MonotoneSizes {
+    /// naf: sigmoid components per transformer.
+    pub components: usize,
+    /// umnn: hidden units of the integrand.
+    pub integrand_hidden: usize,
+    /// umnn: quadrature intervals.
+    pub nodes: usize,
+    /// sos: squared polynomials.
+    pub polynomials: usize,
+    /// sos: their degree.
+    pub degree: usize,
+}
+
+impl Default for MonotoneSizes {
+    /// 8 components; a 16-unit integrand on 32 intervals; 3 polynomials of degree 4.
+    fn default() -> Self {
+        use crate::transformer::monotone::defaults;
+        Self {
+            components: defaults::COMPONENTS,
+            integrand_hidden: defaults::INTEGRAND_HIDDEN,
+            nodes: defaults::NODES,
+            polynomials: defaults::POLYNOMIALS,
+            degree: defaults::DEGREE,
+        }
+    }
 }
 
 impl FamilySettings {
@@ -366,6 +400,7 @@ impl FamilySettings {
             lipschitz: 0.97,
             logdet: ResidualLogDet::Roulette,
             series_terms: 2,
+            monotone: MonotoneSizes::default(),
         }
     }
 }
@@ -392,9 +427,25 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
     if f.name != "residual" && (s.lipschitz != defaults.lipschitz || s.logdet != defaults.logdet || s.series_terms != defaults.series_terms) {
         return Err(FlowError::InvalidConfig("--lipschitz, --logdet and --series-terms are settings of the residual family".into()));
     }
+    let m = s.monotone;
+    let d = defaults.monotone;
+    for (flag, set, owner) in [
+        ("--components", m.components != d.components, "naf"),
+        ("--integrand-hidden", m.integrand_hidden != d.integrand_hidden, "umnn"),
+        ("--nodes", m.nodes != d.nodes, "umnn"),
+        ("--polynomials", m.polynomials != d.polynomials, "sos"),
+        ("--degree", m.degree != d.degree, "sos"),
+    ] {
+        if set && f.name != owner {
+            return Err(FlowError::InvalidConfig(format!("{flag} is a setting of the {owner} family")));
+        }
+    }
     let k = s.transforms.unwrap_or(f.default_transforms);
     let transformer = match f.name {
         "nsf" | "nsf-coupling" => Transformer::RationalQuadratic { bins: s.bins, tail_bound: s.tail_bound },
+        "naf" => Transformer::Sigmoidal { components: m.components, tail_bound: s.tail_bound },
+        "umnn" => Transformer::Umnn { hidden: m.integrand_hidden, nodes: m.nodes, tail_bound: s.tail_bound },
+        "sos" => Transformer::SumOfSquares { polynomials: m.polynomials, degree: m.degree, tail_bound: s.tail_bound },
         _ => Transformer::Affine,
     };
     // The settings every conditioned family shares.
@@ -413,7 +464,9 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
         };
     }
     Ok(match f.name {
-        "maf" | "iaf" | "nsf" => shared!(MafConfig::new(dim)).with_iaf(f.name == "iaf").with_lu(s.lu || f.name == "nsf").flow_config(),
+        "maf" | "iaf" | "nsf" | "naf" | "umnn" | "sos" => {
+            shared!(MafConfig::new(dim)).with_iaf(f.name == "iaf").with_lu(s.lu || f.name == "nsf").flow_config()
+        }
         "realnvp" | "nice" | "nsf-coupling" => {
             if dim < 2 {
                 return Err(FlowError::InvalidConfig(format!(

@@ -2,14 +2,28 @@
 //! dimension, with parameters `θ` produced by a conditioner (MADE or a coupling network).
 //!
 //! Parameters arrive as a `[N, P·D]` tensor laid out as `P` blocks of `D` columns. Every
-//! transformer maps all-zero parameters to the exact identity, so a conditioner whose last layer
-//! is zero starts the flow at the identity.
+//! transformer maps all-zero parameters to the identity, so a conditioner whose last layer is
+//! zero starts the flow at the identity.
+//!
+//! `forward` maps the base side to the data side of a layer, `inverse` the data side to the base
+//! side. The affine, additive and spline transformers are closed-form both ways. The monotone
+//! transformers without a closed-form inverse ([`monotone`]: NAF, UMNN, SOS) put their closed
+//! form on the density side — their `inverse` *is* the network map `u = τ(x)` — and `forward`
+//! solves it numerically to the call's tolerance, so an autoregressive layer with them evaluates
+//! densities in one pass (MAF) and samples by a numerical inverse.
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::error::Result;
+use crate::event::Tolerance;
 use crate::spline;
 use crate::tensor::{dims2, soft_clip};
+
+pub mod monotone;
+
+/// Default tail bound of the monotone transformers (standardized data).
+pub const DEFAULT_MONOTONE_BOUND: f64 = 5.0;
 
 /// Bound of the soft-clipped log-scale of [`Transformer::Affine`]: scales stay in
 /// (1e−3, 1e3), as in zuko.
@@ -35,6 +49,36 @@ pub enum Transformer {
         /// Tail bound B: the spline acts on [−B, B], the identity outside.
         tail_bound: f64,
     },
+    /// Deep sigmoidal flow (NAF, Huang et al. 2018), [`monotone::sigmoidal`]: a mixture of
+    /// `components` positive-slope sigmoids under a logit, linear tails beyond ±B.
+    /// Parameters per dimension: `3·components`.
+    Sigmoidal {
+        /// Sigmoid components M (≥ 1).
+        components: usize,
+        /// Tail bound B.
+        tail_bound: f64,
+    },
+    /// Unconstrained monotonic network (UMNN, Wehenkel & Louppe 2019), [`monotone::umnn`]:
+    /// the integral of a positive one-hidden-layer network by Clenshaw–Curtis quadrature.
+    /// Parameters per dimension: `3·hidden + 2`.
+    Umnn {
+        /// Hidden units of the integrand H (≥ 1).
+        hidden: usize,
+        /// Quadrature intervals (nodes − 1, ≥ 2).
+        nodes: usize,
+        /// Tail bound B.
+        tail_bound: f64,
+    },
+    /// Sum-of-squares polynomial (Jaini et al. 2019), [`monotone::sum_of_squares`].
+    /// Parameters per dimension: `1 + polynomials·(degree + 1)`.
+    SumOfSquares {
+        /// Squared polynomials K (≥ 1).
+        polynomials: usize,
+        /// Degree r of each (≥ 1).
+        degree: usize,
+        /// Tail bound B.
+        tail_bound: f64,
+    },
 }
 
 fn block(params: &Tensor<2>, p: usize, d: usize) -> Tensor<2> {
@@ -48,7 +92,30 @@ impl Transformer {
             Transformer::Affine => 2,
             Transformer::Additive => 1,
             Transformer::RationalQuadratic { bins, .. } => spline::params_per_dim(*bins),
+            Transformer::Sigmoidal { components, .. } => 3 * components,
+            Transformer::Umnn { hidden, .. } => 3 * hidden + 2,
+            Transformer::SumOfSquares { polynomials, degree, .. } => 1 + polynomials * (degree + 1),
         }
+    }
+
+    /// NAF's deep sigmoidal transformer with its defaults (8 components, B = 5).
+    pub fn sigmoidal() -> Self {
+        Transformer::Sigmoidal { components: monotone::defaults::COMPONENTS, tail_bound: DEFAULT_MONOTONE_BOUND }
+    }
+
+    /// UMNN's transformer with its defaults (16 hidden units, 32 quadrature intervals, B = 5).
+    pub fn umnn() -> Self {
+        Transformer::Umnn { hidden: monotone::defaults::INTEGRAND_HIDDEN, nodes: monotone::defaults::NODES, tail_bound: DEFAULT_MONOTONE_BOUND }
+    }
+
+    /// The sum-of-squares transformer with its defaults (3 polynomials of degree 4, B = 5).
+    pub fn sum_of_squares() -> Self {
+        Transformer::SumOfSquares { polynomials: monotone::defaults::POLYNOMIALS, degree: monotone::defaults::DEGREE, tail_bound: DEFAULT_MONOTONE_BOUND }
+    }
+
+    /// Whether the base → data direction is a numerical inverse (NAF, UMNN, SOS).
+    pub fn is_numerical(&self) -> bool {
+        matches!(self, Transformer::Sigmoidal { .. } | Transformer::Umnn { .. } | Transformer::SumOfSquares { .. })
     }
 
     /// The rational-quadratic spline with the default 8 bins and tail bound 5.
@@ -58,21 +125,41 @@ impl Transformer {
 
     /// Checks the settings.
     pub fn validate(&self) -> crate::error::Result<()> {
-        if let Transformer::RationalQuadratic { bins, tail_bound } = self {
-            if *bins < 2 || *bins > 256 {
-                return Err(crate::error::FlowError::InvalidConfig(format!("a spline needs 2 to 256 bins, got {bins}")));
+        let invalid = |m: String| Err(crate::error::FlowError::InvalidConfig(m));
+        match self {
+            Transformer::RationalQuadratic { bins, .. } if *bins < 2 || *bins > 256 => {
+                return invalid(format!("a spline needs 2 to 256 bins, got {bins}"));
             }
-            if !(tail_bound.is_finite() && *tail_bound > 0.0) {
-                return Err(crate::error::FlowError::InvalidConfig(format!("the tail bound must be positive, got {tail_bound}")));
+            Transformer::Sigmoidal { components, .. } if *components < 1 || *components > 1024 => {
+                return invalid(format!("a sigmoidal transformer needs 1 to 1024 components, got {components}"));
             }
+            Transformer::Umnn { hidden, .. } if *hidden < 1 || *hidden > 1024 => {
+                return invalid(format!("a UMNN integrand needs 1 to 1024 hidden units, got {hidden}"));
+            }
+            Transformer::Umnn { nodes, .. } if *nodes < 2 || *nodes > 512 => {
+                return invalid(format!("UMNN quadrature needs 2 to 512 intervals, got {nodes}"));
+            }
+            Transformer::SumOfSquares { polynomials, .. } if *polynomials < 1 || *polynomials > 64 => {
+                return invalid(format!("a sum of squares needs 1 to 64 polynomials, got {polynomials}"));
+            }
+            Transformer::SumOfSquares { degree, .. } if *degree < 1 || *degree > 16 => {
+                return invalid(format!("sum-of-squares polynomials need a degree of 1 to 16, got {degree}"));
+            }
+            _ => {}
         }
-        Ok(())
+        match self.tail_bound() {
+            Some(b) if !(b.is_finite() && b > 0.0) => invalid(format!("the tail bound must be positive, got {b}")),
+            _ => Ok(()),
+        }
     }
 
     /// The interval outside which the transformer is the identity, if any.
     pub fn tail_bound(&self) -> Option<f64> {
         match self {
-            Transformer::RationalQuadratic { tail_bound, .. } => Some(*tail_bound),
+            Transformer::RationalQuadratic { tail_bound, .. }
+            | Transformer::Sigmoidal { tail_bound, .. }
+            | Transformer::Umnn { tail_bound, .. }
+            | Transformer::SumOfSquares { tail_bound, .. } => Some(*tail_bound),
             _ => None,
         }
     }
@@ -83,13 +170,34 @@ impl Transformer {
             Transformer::Affine => "affine",
             Transformer::Additive => "additive",
             Transformer::RationalQuadratic { .. } => "spline",
+            Transformer::Sigmoidal { .. } => "sigmoidal",
+            Transformer::Umnn { .. } => "umnn",
+            Transformer::SumOfSquares { .. } => "sum-of-squares",
         }
     }
 
-    /// `y = τ(x; θ)` and the elementwise `log|dy/dx|`, both `[N, D]`.
-    pub fn forward(&self, x: Tensor<2>, params: &Tensor<2>) -> (Tensor<2>, Tensor<2>) {
-        let (_, d) = dims2(&x);
+    /// The data → base map in closed form: a numerical transformer's monotone network `u = τ(x)`
+    /// (with its tails), every other transformer's `inverse`.
+    fn monotone(&self, x: Tensor<2>, params: &Tensor<2>) -> (Tensor<2>, Tensor<2>) {
         match self {
+            Transformer::Sigmoidal { components, tail_bound } => {
+                monotone::with_linear_tails(x, *tail_bound, |v| monotone::sigmoidal(v, params, *components))
+            }
+            Transformer::Umnn { hidden, nodes, tail_bound } => {
+                monotone::with_linear_tails(x, *tail_bound, |v| monotone::umnn(v, params, *hidden, *nodes, *tail_bound))
+            }
+            Transformer::SumOfSquares { polynomials, degree, tail_bound } => {
+                monotone::with_linear_tails(x, *tail_bound, |v| monotone::sum_of_squares(v, params, *polynomials, *degree, *tail_bound))
+            }
+            closed_form => closed_form.inverse(x, params),
+        }
+    }
+
+    /// Base side → data side: `y = τ(x; θ)` and the elementwise `log|dy/dx|`, both `[N, D]`.
+    /// Numerical transformers solve to `tolerance` and fail with `NotConverged` otherwise.
+    pub fn forward(&self, x: Tensor<2>, params: &Tensor<2>, tolerance: &Tolerance) -> Result<(Tensor<2>, Tensor<2>)> {
+        let (_, d) = dims2(&x);
+        Ok(match self {
             Transformer::Affine => {
                 let shift = block(params, 0, d);
                 let log_scale = soft_clip(block(params, 1, d), AFFINE_LOG_SCALE_BOUND);
@@ -104,10 +212,16 @@ impl Transformer {
             Transformer::RationalQuadratic { bins, tail_bound } => {
                 spline::rational_quadratic_packed(x, params, *bins, *tail_bound, false)
             }
-        }
+            numerical => {
+                let bound = numerical.tail_bound().unwrap_or(DEFAULT_MONOTONE_BOUND);
+                let what = format!("a {} transformer", numerical.name());
+                return monotone::invert(x, bound, tolerance, &what, |v| numerical.monotone(v, params));
+            }
+        })
     }
 
-    /// `x = τ⁻¹(y; θ)` and the elementwise `log|dx/dy|`, both `[N, D]`.
+    /// Data side → base side: `x = τ⁻¹(y; θ)` and the elementwise `log|dx/dy|`, both `[N, D]`
+    /// (for numerical transformers, their closed-form map).
     pub fn inverse(&self, y: Tensor<2>, params: &Tensor<2>) -> (Tensor<2>, Tensor<2>) {
         let (_, d) = dims2(&y);
         match self {
@@ -125,6 +239,7 @@ impl Transformer {
             Transformer::RationalQuadratic { bins, tail_bound } => {
                 spline::rational_quadratic_packed(y, params, *bins, *tail_bound, true)
             }
+            numerical => numerical.monotone(y, params),
         }
     }
 }

@@ -589,7 +589,7 @@ fn made_sweep_matches_full_passes() {
             let u = diffeo::tensor::matrix(u, n, dim, &dev);
             let c = (ctx > 0).then(|| diffeo::tensor::matrix((0..n * ctx).map(|k| (k as f64 * 0.37).sin()).collect(), n, ctx, &dev));
             let (x, ld) = layer.forward_unchecked(u.clone(), &Call::new().with_optional_context(c.clone())).unwrap();
-            let (x_ref, ld_ref) = layer.forward_full_passes(u, c.as_ref()).unwrap();
+            let (x_ref, ld_ref) = layer.forward_full_passes(u, c.as_ref(), &Tolerance::default()).unwrap();
             let (x, x_ref) = (diffeo::tensor::to_vec(x).unwrap(), diffeo::tensor::to_vec(x_ref).unwrap());
             let (ld, ld_ref) = (diffeo::tensor::to_vec(ld).unwrap(), diffeo::tensor::to_vec(ld_ref).unwrap());
             for (a, b) in x.iter().zip(&x_ref).chain(ld.iter().zip(&ld_ref)) {
@@ -1119,5 +1119,208 @@ mod residual {
         let value = |b: &Residual| to_vec(b.inverse(x.clone(), &Call::training().with_seed(7)).unwrap().1).unwrap();
         let (va, vb) = (value(&a), value(&b));
         assert!(va.iter().zip(&vb).all(|(p, q)| (p - q).abs() < 1e-12));
+    }
+}
+
+mod monotone_transformers {
+    use super::*;
+    use diffeo::tensor::{matrix, to_vec};
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    fn kinds(bound: f64) -> Vec<Transformer> {
+        vec![
+            Transformer::Sigmoidal { components: 4, tail_bound: bound },
+            Transformer::Umnn { hidden: 6, nodes: 64, tail_bound: bound },
+            Transformer::SumOfSquares { polynomials: 2, degree: 3, tail_bound: bound },
+        ]
+    }
+
+    /// Random parameters `[n, P·d]` with entries `scale·N(0, 1)`.
+    fn random_params(t: &Transformer, n: usize, d: usize, scale: f64, seed: u64) -> Tensor<2> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let p = t.params_per_dim() * d;
+        matrix((0..n * p).map(|_| scale * rng.sample::<f64, _>(rand_distr::StandardNormal)).collect(), n, p, &device())
+    }
+
+    fn harness() -> HarnessConfig {
+        HarnessConfig { scale: 2.0, roundtrip_tol: 1e-9, logdet_tol: 1e-6, ..HarnessConfig::default() }
+    }
+
+    /// MAF and coupling layers with each transformer, with and without context, inputs reaching
+    /// the tails (B = 3, inputs 2·N(0, 1)); the sampling direction is the numerical inverse.
+    #[test]
+    fn layers_pass_the_harness_with_and_without_context() {
+        for (i, t) in kinds(3.0).into_iter().enumerate() {
+            // UMNN's log-det is log f(x), the integrand, while the map is its quadrature: they
+            // differ by the quadrature error (below).
+            let cfg = if matches!(t, Transformer::Umnn { .. }) { HarnessConfig { logdet_tol: 2e-5, ..harness() } } else { harness() };
+            for context in [0, 2] {
+                let seed = 10 * i as u64 + context as u64;
+                let maf = MaskedAutoregressiveConfig::new(3, vec![12]).with_context_dim(context).with_transformer(t.clone()).with_seed(seed);
+                let maf = randomize_parameters(maf.init(&device()).unwrap(), seed + 1, 0.4);
+                assert_eq!(maf.directions().forward, Cost::Iterative);
+                check(&maf, &cfg);
+                let coupling = CouplingConfig::new(vec![true, false, true], vec![12]).with_context_dim(context).with_transformer(t.clone()).with_seed(seed);
+                let coupling = randomize_parameters(coupling.init(&device()).unwrap(), seed + 2, 0.4);
+                check(&coupling, &cfg);
+            }
+        }
+        // The sampling direction's autodiff Jacobian (implicit gradients) against the density's.
+        let maf = MaskedAutoregressiveConfig::new(3, vec![12]).with_context_dim(2).with_transformer(Transformer::sigmoidal()).with_seed(5);
+        let maf = randomize_parameters(maf.init(&device()).unwrap(), 6, 0.4);
+        check(&maf, &HarnessConfig { jacobian: JacobianReference::Autodiff, ..harness() });
+    }
+
+    /// Zero parameters are the identity; random ones give a strictly increasing map whose
+    /// log-slope matches finite differences, finite at ±1e6.
+    #[test]
+    fn maps_are_monotone_start_at_the_identity_and_stay_finite() {
+        let n = 401;
+        let grid: Vec<f64> = (0..n).map(|i| -6.0 + 12.0 * i as f64 / (n - 1) as f64).collect();
+        let x = matrix(grid.clone(), n, 1, &device());
+        for t in kinds(4.0) {
+            let zeros = Tensor::<2>::zeros([n, t.params_per_dim()], &device());
+            let (y, ld) = t.inverse(x.clone(), &zeros);
+            let identity = to_vec(y).unwrap().iter().zip(&grid).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let flat = to_vec(ld).unwrap().iter().map(|v| v.abs()).fold(0.0, f64::max);
+            assert!(identity < 1e-12 && flat < 1e-12, "{t:?}: identity off by {identity}, log-slope {flat}");
+            for seed in 0..5 {
+                let one = random_params(&t, 1, 1, 1.5, seed);
+                let params = one.clone().repeat_dim(0, n);
+                let (y, ld) = t.inverse(x.clone(), &params);
+                let (y, ld) = (to_vec(y).unwrap(), to_vec(ld).unwrap());
+                assert!(y.windows(2).all(|w| w[1] > w[0]), "{t:?} seed {seed}: not increasing");
+                let h = 1e-6;
+                let up = to_vec(t.inverse(x.clone().add_scalar(h), &params).0).unwrap();
+                let down = to_vec(t.inverse(x.clone().sub_scalar(h), &params).0).unwrap();
+                for i in 0..n {
+                    let fd = ((up[i] - down[i]) / (2.0 * h)).ln();
+                    let tol = if matches!(t, Transformer::Umnn { .. }) { 1e-3 } else { 1e-5 };
+                    assert!((fd - ld[i]).abs() < tol * (1.0 + ld[i].abs()), "{t:?} seed {seed} at {}: {} vs {fd}", grid[i], ld[i]);
+                }
+                let far = matrix(vec![-1e6, 1e6], 2, 1, &device());
+                let tol = Tolerance::default();
+                let (u, lu) = t.inverse(far.clone(), &one.clone().repeat_dim(0, 2));
+                let (z, lz) = t.forward(far, &one.repeat_dim(0, 2), &tol).unwrap();
+                assert!([u, lu, z, lz].into_iter().flat_map(|v| to_vec(v).unwrap()).all(f64::is_finite), "{t:?}: far inputs");
+            }
+        }
+    }
+
+    /// UMNN's slope, the integrand f(x), and the slope of its quadrature map converge together
+    /// as the quadrature refines.
+    #[test]
+    fn umnn_quadrature_converges_to_its_integrand() {
+        let n = 200;
+        // Inside the tail bound: at ±B the slope is continuous but not smooth.
+        let grid: Vec<f64> = (0..n).map(|i| -3.9 + 7.8 * i as f64 / (n - 1) as f64).collect();
+        let x = matrix(grid, n, 1, &device());
+        let gaps: Vec<f64> = [4, 8, 16, 32, 64]
+            .iter()
+            .map(|&nodes| {
+                let t = Transformer::Umnn { hidden: 6, nodes, tail_bound: 4.0 };
+                let params = random_params(&t, 1, 1, 1.5, 9).repeat_dim(0, n);
+                let h = 1e-5;
+                let (_, ld) = t.inverse(x.clone(), &params);
+                let up = to_vec(t.inverse(x.clone().add_scalar(h), &params).0).unwrap();
+                let down = to_vec(t.inverse(x.clone().sub_scalar(h), &params).0).unwrap();
+                let ld = to_vec(ld).unwrap();
+                (0..n).map(|i| (((up[i] - down[i]) / (2.0 * h)).ln() - ld[i]).abs()).fold(0.0, f64::max)
+            })
+            .collect();
+        eprintln!("UMNN: max |log slope − log f| at 4, 8, 16, 32, 64 intervals: {gaps:?}");
+        // Spectral convergence (e.g. 4.0, 0.16, 7e−4, 1.4e−7, 2.7e−9).
+        assert!(gaps.windows(2).all(|w| w[1] < w[0]) && gaps[3] < 1e-6 && gaps[4] < 1e-8, "{gaps:?}");
+    }
+
+    /// A 2-D MAF layer's density `N(u(x))·|du/dx|` integrates to one on a grid (the class of bug
+    /// that gives NAF log-likelihoods above the truth).
+    #[test]
+    fn densities_integrate_to_one_on_a_grid() {
+        for (i, t) in kinds(3.0).into_iter().enumerate() {
+            let maf = MaskedAutoregressiveConfig::new(2, vec![8]).with_transformer(t.clone()).with_seed(i as u64);
+            let maf = randomize_parameters(maf.init(&device()).unwrap(), 40 + i as u64, 0.3);
+            let (lo, hi, k) = (-12.0, 12.0, 480usize);
+            let h = (hi - lo) / k as f64;
+            let points: Vec<f64> = (0..k * k).flat_map(|j| [lo + ((j / k) as f64 + 0.5) * h, lo + ((j % k) as f64 + 0.5) * h]).collect();
+            let (u, ld) = maf.inverse(matrix(points, k * k, 2, &device()), &Call::new()).unwrap();
+            let (u, ld) = (to_vec(u).unwrap(), to_vec(ld).unwrap());
+            let mass: f64 = ld
+                .iter()
+                .enumerate()
+                .map(|(j, l)| (l - 0.5 * (u[2 * j].powi(2) + u[2 * j + 1].powi(2)) - (2.0 * std::f64::consts::PI).ln()).exp())
+                .sum::<f64>()
+                * h
+                * h;
+            eprintln!("{}: the density integrates to {mass:.6}", t.name());
+            assert!((mass - 1.0).abs() < 2e-3, "{t:?}: the density integrates to {mass}");
+        }
+    }
+
+    /// Gradients of the numerical inverse (implicit function theorem) match central finite
+    /// differences for the input and every parameter.
+    #[test]
+    fn inverse_gradients_match_finite_differences() {
+        let ad = device().autodiff();
+        let tol = Tolerance { absolute: 1e-13, relative: 1e-13, max_iterations: 200 };
+        for (i, t) in kinds(3.0).into_iter().enumerate() {
+            let params = to_vec(random_params(&t, 1, 2, 1.0, 70 + i as u64)).unwrap();
+            let z = vec![0.7, -3.5]; // the second reaches the tail
+            let weights = [1.3, -0.6];
+            let value = |z: &[f64], p: &[f64]| -> f64 {
+                let (x, ld) = t.forward(matrix(z.to_vec(), 1, 2, &ad), &matrix(p.to_vec(), 1, p.len(), &ad), &tol).unwrap();
+                let (x, ld) = (to_vec(x).unwrap(), to_vec(ld).unwrap());
+                x.iter().zip(&weights).map(|(a, w)| a * w).sum::<f64>() + ld.iter().sum::<f64>()
+            };
+            let zt = matrix(z.clone(), 1, 2, &ad).require_grad();
+            let pt = matrix(params.clone(), 1, params.len(), &ad).require_grad();
+            let (x, ld) = t.forward(zt.clone(), &pt, &tol).unwrap();
+            let loss = x.mul(matrix(weights.to_vec(), 1, 2, &ad)).sum().add(ld.sum());
+            let grads = loss.backward();
+            let gz = to_vec(zt.grad(&grads).unwrap()).unwrap();
+            let gp = to_vec(pt.grad(&grads).unwrap()).unwrap();
+            let h = 1e-6;
+            for j in 0..2 {
+                let (mut up, mut down) = (z.clone(), z.clone());
+                up[j] += h;
+                down[j] -= h;
+                let fd = (value(&up, &params) - value(&down, &params)) / (2.0 * h);
+                assert!((fd - gz[j]).abs() < 1e-6 * (1.0 + fd.abs()), "{t:?} ∂/∂z{j}: {} vs {fd}", gz[j]);
+            }
+            for j in 0..params.len() {
+                let (mut up, mut down) = (params.clone(), params.clone());
+                up[j] += h;
+                down[j] -= h;
+                let fd = (value(&z, &up) - value(&z, &down)) / (2.0 * h);
+                assert!((fd - gp[j]).abs() < 1e-6 * (1.0 + fd.abs()), "{t:?} ∂/∂θ{j}: {} vs {fd}", gp[j]);
+            }
+        }
+    }
+
+    /// An iteration limit too small for the tolerance is an error naming the transformer and
+    /// counting the elements left; invalid sizes are refused.
+    #[test]
+    fn an_inverse_that_does_not_converge_is_an_error_and_sizes_are_checked() {
+        for t in kinds(3.0) {
+            let params = random_params(&t, 4, 1, 1.0, 3);
+            let y = matrix(vec![0.3, -1.1, 2.0, 0.05], 4, 1, &device());
+            let tol = Tolerance { absolute: 1e-14, relative: 0.0, max_iterations: 2 };
+            match t.forward(y, &params, &tol) {
+                Err(e @ FlowError::NotConverged { iterations: 2, .. }) => {
+                    assert!(e.to_string().contains(t.name()) && e.to_string().contains("of 4 elements"), "{e}")
+                }
+                other => panic!("{t:?}: expected NotConverged, got {other:?}"),
+            }
+        }
+        for bad in [
+            Transformer::Sigmoidal { components: 0, tail_bound: 3.0 },
+            Transformer::Umnn { hidden: 0, nodes: 10, tail_bound: 3.0 },
+            Transformer::Umnn { hidden: 4, nodes: 1, tail_bound: 3.0 },
+            Transformer::SumOfSquares { polynomials: 0, degree: 2, tail_bound: 3.0 },
+            Transformer::SumOfSquares { polynomials: 2, degree: 0, tail_bound: 3.0 },
+            Transformer::Sigmoidal { components: 4, tail_bound: -1.0 },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 }

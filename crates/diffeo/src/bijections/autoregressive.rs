@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Bijection, Call, ConditionerConfig, Conditioner, Cost, Directions, LayerSpec, Mapped};
 use crate::error::{FlowError, Result};
+use crate::event::Tolerance;
 use crate::nn::Made;
 use crate::tensor::{dims2, indices, sum_rows};
 use crate::transformer::Transformer;
@@ -142,7 +143,13 @@ impl Bijection for MaskedAutoregressive {
     }
 
     fn directions(&self) -> Directions {
-        let forward = if self.dim <= 1 { Cost::ClosedForm } else { Cost::Sequential };
+        let forward = if self.transformer.is_numerical() {
+            Cost::Iterative
+        } else if self.dim <= 1 {
+            Cost::ClosedForm
+        } else {
+            Cost::Sequential
+        };
         Directions { forward, inverse: Cost::ClosedForm }
     }
 
@@ -158,12 +165,13 @@ impl Bijection for MaskedAutoregressive {
         let (n, d) = dims2(&u);
         if d <= 1 {
             let params = self.made.forward(u.zeros_like(), ctx);
-            let (x, ld) = self.transformer.forward(u, &params);
+            let (x, ld) = self.transformer.forward(u, &params, &call.tolerance())?;
             return Ok((x, sum_rows(ld)));
         }
+        let tolerance = call.tolerance();
         let mut ld: Option<Tensor<2>> = None;
         let swept = self.made.sweep(&self.order, n, ctx, |feature, theta| {
-            let (xc, lc) = self.transformer.forward(u.clone().narrow(1, feature, 1), &theta);
+            let (xc, lc) = self.transformer.forward(u.clone().narrow(1, feature, 1), &theta, &tolerance)?;
             ld = Some(match ld.take() {
                 Some(total) => total.add(lc),
                 None => lc,
@@ -173,7 +181,7 @@ impl Bijection for MaskedAutoregressive {
         if let Some(columns) = swept {
             return Ok((Tensor::cat(columns, 1), sum_rows(ld.expect("at least one pass"))));
         }
-        self.forward_full_passes(u, ctx)
+        self.forward_full_passes(u, ctx, &tolerance)
     }
 
     /// One pass.
@@ -188,7 +196,7 @@ impl Bijection for MaskedAutoregressive {
 impl MaskedAutoregressive {
     /// The sampling direction by D full passes of MADE (the reference for [`Made::sweep`], and
     /// the method for ResMADE).
-    pub fn forward_full_passes(&self, u: Tensor<2>, context: Option<&Tensor<2>>) -> Result<Mapped> {
+    pub fn forward_full_passes(&self, u: Tensor<2>, context: Option<&Tensor<2>>, tolerance: &Tolerance) -> Result<Mapped> {
         let ctx = if self.context_dim > 0 { context } else { None };
         let (n, d) = dims2(&u);
         let p = self.transformer.params_per_dim();
@@ -203,7 +211,7 @@ impl MaskedAutoregressive {
             let params = self.made.forward(x.clone(), ctx);
             let cols: Vec<usize> = (0..p).map(|q| q * d + c).collect();
             let params_c = params.select(1, indices(&cols, &device));
-            let (xc, lc) = self.transformer.forward(u.clone().narrow(1, c, 1), &params_c);
+            let (xc, lc) = self.transformer.forward(u.clone().narrow(1, c, 1), &params_c, tolerance)?;
             x = x.slice_assign([0..n, c..c + 1], xc);
             ld = Some(match ld {
                 Some(total) => total.add(lc),

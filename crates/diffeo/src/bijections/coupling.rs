@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{Bijection, Call, Conditioner, ConditionerConfig, LayerSpec, Mapped};
+use super::{Bijection, Call, Conditioner, ConditionerConfig, Cost, Directions, LayerSpec, Mapped};
 use crate::error::{FlowError, Result};
 use crate::nn::Mlp;
 use crate::tensor::{indices, sum_rows};
@@ -146,7 +146,7 @@ impl Coupling {
         let b = x.select(1, self.changed.clone());
         let context = if self.context_dim > 0 { call.context() } else { None };
         let params = self.conditioner.params(a.clone(), context);
-        let (b2, ld) = if inverse { self.transformer.inverse(b, &params) } else { self.transformer.forward(b, &params) };
+        let (b2, ld) = if inverse { self.transformer.inverse(b, &params) } else { self.transformer.forward(b, &params, &call.tolerance())? };
         let y = Tensor::cat(vec![a, b2], 1).select(1, self.restore.clone());
         Ok((y, sum_rows(ld)))
     }
@@ -163,6 +163,11 @@ impl Bijection for Coupling {
 
     fn name(&self) -> String {
         format!("Coupling({})", self.transformer.name())
+    }
+
+    fn directions(&self) -> Directions {
+        let forward = if self.transformer.is_numerical() { Cost::Iterative } else { Cost::ClosedForm };
+        Directions { forward, inverse: Cost::ClosedForm }
     }
 
     fn forward_unchecked(&self, x: Tensor<2>, call: &Call) -> Result<Mapped> {
