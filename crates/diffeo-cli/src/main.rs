@@ -176,6 +176,8 @@ impl FitArgs {
             (self.nodes, &mut m.nodes),
             (self.polynomials, &mut m.polynomials),
             (self.degree, &mut m.degree),
+            (self.block_dim, &mut m.block_dim),
+            (self.block_layers, &mut m.block_layers),
         ] {
             if let Some(v) = value {
                 *field = v as usize;
@@ -359,6 +361,12 @@ pub struct FitArgs {
     /// sos: degree of each polynomial (default 4).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub degree: Option<u64>,
+    /// bnaf: hidden units per feature in each block-triangular layer (default 16).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub block_dim: Option<u64>,
+    /// bnaf: hidden layers per transform (default 2).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub block_layers: Option<u64>,
     /// cnf: steps of the fixed-step solvers (rk4, euler).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "20")]
     pub ode_steps: u64,

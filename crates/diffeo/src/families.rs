@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::bijections::{
-    ActNormConfig, BatchNormConfig, CnfConfig, GradientMethod, Probe, ResidualConfig, ResidualLogDet, Trace, CouplingConfig, ElementwiseAffineConfig, ElementwiseConfig, ElementwiseKind, LayerConfig, LuLinearConfig,
+    ActNormConfig, BnafConfig, BatchNormConfig, CnfConfig, GradientMethod, Probe, ResidualConfig, ResidualLogDet, Trace, CouplingConfig, ElementwiseAffineConfig, ElementwiseConfig, ElementwiseKind, LayerConfig, LuLinearConfig,
     MaskedAutoregressiveConfig, Permutation, PermutationConfig, PlanarConfig, RadialConfig, SylvesterBasis, SylvesterConfig,
 };
 use crate::distributions::BaseKind;
@@ -285,7 +285,7 @@ pub struct Family {
 }
 
 /// The maximum-likelihood families, by name.
-pub const FAMILIES: [Family; 12] = [
+pub const FAMILIES: [Family; 13] = [
     Family { name: "maf", about: "masked autoregressive flow (fast density, D-pass sampling)", default_transforms: 5 },
     Family { name: "iaf", about: "inverse autoregressive flow (fast sampling, D-pass density)", default_transforms: 5 },
     Family { name: "realnvp", about: "RealNVP affine coupling (both directions fast)", default_transforms: 6 },
@@ -298,6 +298,7 @@ pub const FAMILIES: [Family; 12] = [
     Family { name: "naf", about: "neural autoregressive flow: deep sigmoidal transformers in MADE (one-pass density, numerical sampling)", default_transforms: 5 },
     Family { name: "umnn", about: "unconstrained monotonic neural networks in MADE: integrals by Clenshaw-Curtis (one-pass density, numerical sampling)", default_transforms: 5 },
     Family { name: "sos", about: "sum-of-squares polynomial transformers in MADE (one-pass density, numerical sampling)", default_transforms: 5 },
+    Family { name: "bnaf", about: "block neural autoregressive flow: block-triangular monotone networks (density only, no sampling)", default_transforms: 3 },
 ];
 
 /// The settings of a family's architecture (what the command line's `fit` flags set).
@@ -359,6 +360,10 @@ pub struct MonotoneSizes {
     pub polynomials: usize,
     /// sos: their degree.
     pub degree: usize,
+    /// bnaf: hidden units per feature.
+    pub block_dim: usize,
+    /// bnaf: hidden layers per transform.
+    pub block_layers: usize,
 }
 
 impl Default for MonotoneSizes {
@@ -371,6 +376,8 @@ impl Default for MonotoneSizes {
             nodes: defaults::NODES,
             polynomials: defaults::POLYNOMIALS,
             degree: defaults::DEGREE,
+            block_dim: defaults::BLOCK_DIM,
+            block_layers: defaults::BLOCK_LAYERS,
         }
     }
 }
@@ -435,6 +442,8 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
         ("--nodes", m.nodes != d.nodes, "umnn"),
         ("--polynomials", m.polynomials != d.polynomials, "sos"),
         ("--degree", m.degree != d.degree, "sos"),
+        ("--block-dim", m.block_dim != d.block_dim, "bnaf"),
+        ("--block-layers", m.block_layers != d.block_layers, "bnaf"),
     ] {
         if set && f.name != owner {
             return Err(FlowError::InvalidConfig(format!("{flag} is a setting of the {owner} family")));
@@ -491,6 +500,22 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
             for _ in 0..k {
                 layers.push(LayerConfig::ActNorm(ActNormConfig::new(dim)));
                 layers.push(LayerConfig::Residual(block.clone()));
+            }
+            FlowConfig::new(dim, layers).with_seed(s.seed)
+        }
+        "bnaf" => {
+            if s.batch_norm || s.lu || s.residual_blocks > 0 || s.activation != Activation::Relu || s.hidden != defaults.hidden {
+                return Err(FlowError::InvalidConfig(
+                    "bnaf takes no batch norm, LU layers, residual blocks, activation or --hidden (its sizes: --block-dim, --block-layers)".into(),
+                ));
+            }
+            let block = BnafConfig::new(dim).with_context_dim(context_dim).with_block_dim(m.block_dim).with_hidden_layers(m.block_layers);
+            let mut layers = Vec::with_capacity(2 * k);
+            for i in 0..k {
+                if i > 0 {
+                    layers.push(LayerConfig::Permutation(PermutationConfig::reverse(dim)));
+                }
+                layers.push(LayerConfig::Bnaf(block.clone()));
             }
             FlowConfig::new(dim, layers).with_seed(s.seed)
         }

@@ -1324,3 +1324,29 @@ mod monotone_transformers {
         }
     }
 }
+
+mod block_neural {
+    use super::*;
+    use diffeo::tensor::{matrix, to_vec};
+
+    /// The density direction's log-det against the brute-force Jacobian (which also proves the
+    /// Jacobian triangular: the determinant is the product of the diagonal the layer chains),
+    /// with and without context; no sampling direction; inputs far into the leaky tanh's tails.
+    #[test]
+    fn bnaf_passes_the_harness_and_refuses_to_sample() {
+        for (context, hidden_layers, seed) in [(0, 1, 1), (2, 2, 2)] {
+            let layer = BnafConfig::new(3).with_context_dim(context).with_block_dim(4).with_hidden_layers(hidden_layers).with_seed(seed);
+            let layer = randomize_parameters(layer.init(&device()).unwrap(), seed + 10, 0.5);
+            assert_eq!(layer.directions().forward, Cost::Unavailable);
+            check(&layer, &HarnessConfig { scale: 3.0, ..HarnessConfig::default() });
+            let far = matrix(vec![1e4, -1e4, 3.0], 1, 3, &device());
+            let call = Call::new().with_optional_context((context > 0).then(|| matrix(vec![0.5; context], 1, context, &device())));
+            let (u, ld) = layer.inverse(far, &call).unwrap();
+            assert!(to_vec(u).unwrap().iter().chain(&to_vec(ld).unwrap()).all(|v| v.is_finite()));
+            let err = layer.forward(matrix(vec![0.0; 3], 1, 3, &device()), &call).unwrap_err();
+            assert!(err.to_string().contains("Bnaf") && err.to_string().contains("no forward"), "{err}");
+        }
+        assert!(BnafConfig::new(3).with_block_dim(0).init(&device()).is_err());
+        assert!(BnafConfig::new(3).with_hidden_layers(0).init(&device()).is_err());
+    }
+}

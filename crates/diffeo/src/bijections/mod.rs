@@ -394,4 +394,6 @@ registry! {
     residual => Residual(ResidualConfig),
     /// Activation normalization: per-feature affine initialized from the first training batch.
     act_norm => ActNorm(ActNormConfig),
+    /// Block neural autoregressive flow: a block-triangular monotone network (density only).
+    bnaf => Bnaf(BnafConfig),
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::bijections::Cost;
+use crate::bijections::{Bijection, Cost};
 use crate::data::prepare::{constant_columns, hold_out, logit_layers, logit_transform, minimum_rows, InputSpec};
 use crate::data::{self, builtin, Dataset, Split, Table};
 use crate::error::{FlowError, Result};
@@ -458,7 +458,13 @@ pub fn sample(model: &Model, n: usize, context: Option<&Table>, seed: u64) -> Re
 /// [`sample`], and the vector-field evaluations (NFE) its ODE solves took.
 pub fn sample_counted(model: &Model, n: usize, context: Option<&Table>, seed: u64) -> Result<(Table, usize)> {
     if model.flow.directions().forward == Cost::Unavailable {
-        return Err(FlowError::InvalidConfig("this model cannot be sampled (its forward direction is unavailable)".into()));
+        let layer = model.flow.transform.layers.iter().find(|l| l.directions().forward == Cost::Unavailable).map(|l| l.name());
+        let reason = match layer {
+            Some(name) if name.starts_with("Bnaf") => format!("{name} has no inverse: block neural autoregressive flows evaluate densities only"),
+            Some(name) => format!("{name} has no base-to-data direction"),
+            None => "its forward direction is unavailable".into(),
+        };
+        return Err(FlowError::InvalidConfig(format!("this model cannot be sampled: {reason}")));
     }
     let rows = context.map_or(1, Table::rows);
     if n.saturating_mul(rows) > MAX_SAMPLES {
