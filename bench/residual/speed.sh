@@ -30,8 +30,8 @@ for c in $configs; do
   t=$(tr '\r' '\n' < "$out/fit.log" | grep -o '([0-9]* steps, [0-9.]* s)' | tail -1 | sed 's/.*steps, \([0-9.]*\) s)/\1/')
   s=$(date +%s.%N)
   ll=$("$bin" eval --model "$out/m.dfo" --data "$data/$c/test.npy" --json)
-  e=$(echo "$(date +%s.%N) - $s" | bc)
-  echo "{\"lib\": \"diffeo\", \"data\": \"$c\", \"steps\": $steps, \"steps_per_s\": $(echo "scale=3; $steps / $t" | bc), \"eval_s\": $e, \"eval\": $ll}" >> "$raw"
+  e=$(printf "%.3f" "$(echo "$(date +%s.%N) - $s" | bc)")
+  echo "{\"lib\": \"diffeo\", \"data\": \"$c\", \"steps\": $steps, \"steps_per_s\": $(printf "%.3f" "$(echo "scale=6; $steps / $t" | bc)"), \"eval_s\": $e, \"eval\": $ll}" >> "$raw"
   "$py" bench/residual/normflows_residual.py --data "$data/$c" --steps "$steps" --threads 2 >> "$raw"
 done
 python3 bench/residual/summary.py "$raw" --section

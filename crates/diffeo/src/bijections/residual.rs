@@ -450,21 +450,26 @@ impl Weights {
         };
         let n = self.layers.len();
         let (mut weights, mut slopes) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        // Every layer but the last is followed by LipSwish.
+        // Every layer but the last is followed by LipSwish, h(a) = a·σ(βa)/1.1. The hidden
+        // values and slopes are kept without the 1/1.1, which goes into the next layer's
+        // (small) weight instead: the same map with fewer [N, H] operations.
+        let mut scale = 1.0;
         for (i, (w, b, in_x)) in self.layers.iter().enumerate().take(n.saturating_sub(1)) {
+            let w = if i > 0 { w.clone().mul_scalar(scale) } else { w.clone() };
             let a = affine(hidden, w.clone(), b.clone(), None);
-            weights.push(w.clone().narrow(0, 0, *in_x));
-            let beta = self.betas[i].clone().reshape([1, 1]);
-            let sig = burn::tensor::activation::sigmoid(a.clone().mul(beta.clone()));
-            // h(a) = a·σ(βa)/1.1, h'(a) = (σ + βa·σ(1 − σ))/1.1.
-            let slope = sig.clone().add(a.clone().mul(beta).mul(sig.clone()).mul(sig.clone().neg().add_scalar(1.0))).div_scalar(LIPSWISH_SCALE);
-            slopes.push(slope);
-            hidden = a.mul(sig).div_scalar(LIPSWISH_SCALE);
+            weights.push(w.narrow(0, 0, *in_x));
+            let z = a.clone().mul(self.betas[i].clone().reshape([1, 1]));
+            let sig = burn::tensor::activation::sigmoid(z.clone());
+            // 1.1·h'(a) = σ + βa·σ(1 − σ) = σ·(1 + z·(1 − σ)).
+            slopes.push(sig.clone().neg().add_scalar(1.0).mul(z).add_scalar(1.0).mul(sig.clone()));
+            hidden = a.mul(sig);
+            scale = 1.0 / LIPSWISH_SCALE;
         }
         let out = match self.layers.last() {
             Some((w, b, in_x)) => {
+                let w = if n > 1 { w.clone().mul_scalar(scale) } else { w.clone() };
                 weights.push(w.clone().narrow(0, 0, *in_x));
-                affine(hidden, w.clone(), b.clone(), None)
+                affine(hidden, w, b.clone(), None)
             }
             None => hidden,
         };
@@ -502,9 +507,9 @@ impl FlatLayout {
 struct Pass {
     /// `g(x)` `[N, D]`.
     out: Tensor<2>,
-    /// The normalized weights on x `[in_x, out]` per layer.
+    /// The normalized weights on x `[in_x, out]` per layer (after the first, divided by 1.1).
     weights: Vec<Tensor<2>>,
-    /// LipSwish slopes `h'(a)` `[N, H]` per hidden layer.
+    /// LipSwish slopes `1.1·h'(a)` `[N, H]` per hidden layer (the 1/1.1 is in the next weight).
     slopes: Vec<Tensor<2>>,
 }
 
