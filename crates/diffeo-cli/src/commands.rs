@@ -141,7 +141,7 @@ fn request(a: &FitArgs) -> FitRequest {
         _ => 2000,
     };
     let mut train = FitConfig::new()
-        .with_learning_rate(a.lr)
+        .with_learning_rate(a.lr.unwrap_or_else(|| diffeo::families::default_learning_rate(&a.flow)))
         .with_steps(steps)
         .with_batch_size(a.batch as usize)
         .with_eval_every(a.eval_every as usize)

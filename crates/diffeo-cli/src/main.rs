@@ -361,10 +361,10 @@ pub struct FitArgs {
     /// sos: degree of each polynomial (default 4).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub degree: Option<u64>,
-    /// bnaf: hidden units per feature in each block-triangular layer (default 16).
+    /// bnaf: hidden units per feature in each block-triangular layer (default 8).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub block_dim: Option<u64>,
-    /// bnaf: hidden layers per transform (default 2).
+    /// bnaf: hidden layers per transform (default 1).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub block_layers: Option<u64>,
     /// cnf: steps of the fixed-step solvers (rk4, euler).
@@ -407,9 +407,9 @@ pub struct FitArgs {
     /// Minibatch size.
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "256")]
     pub batch: u64,
-    /// Adam learning rate.
-    #[arg(long, allow_hyphen_values = true, value_parser = positive_f64, default_value = "1e-3")]
-    pub lr: f64,
+    /// Adam learning rate (default 1e-3; bnaf 1e-2).
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_f64)]
+    pub lr: Option<f64>,
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value = "cosine")]
     pub schedule: ScheduleArg,

@@ -765,3 +765,30 @@ fn residual_flows_fit_check_sample_and_refuse_bad_settings() {
     assert!(!Path::new(&samples).exists());
     assert_eq!(json(&ok(&["check", "--model", &forced, "--n", "20", "--json"]))["pass"], true);
 }
+
+#[test]
+fn non_affine_autoregressive_flows_fit_check_sample_and_refuse_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = small_model(dir.path());
+    for (flow, sizes) in [("naf", ["--components", "3"]), ("umnn", ["--integrand-hidden", "4"]), ("sos", ["--polynomials", "2"])] {
+        let model = p(dir.path(), &format!("{flow}.dfo"));
+        ok(&["fit", "--data", &data, "--flow", flow, sizes[0], sizes[1], "--hidden", "16", "--transforms", "2", "--steps", "5", "--out", &model, "-q"]);
+        let c = json(&ok(&["check", "--model", &model, "--n", "100", "--json"]));
+        assert_eq!(c["pass"], true, "{flow}: {c}");
+        assert!(json(&ok(&["eval", "--model", &model, "--data", &data, "--json"]))["log_likelihood"].as_f64().unwrap().is_finite());
+        ok(&["sample", "--model", &model, "-n", "20", "--out", &p(dir.path(), &format!("{flow}.csv"))]);
+    }
+    let bnaf = p(dir.path(), "bnaf.dfo");
+    ok(&["fit", "--data", &data, "--flow", "bnaf", "--block-dim", "4", "--steps", "5", "--out", &bnaf, "-q"]);
+    assert_eq!(json(&ok(&["check", "--model", &bnaf, "--n", "100", "--json"]))["pass"], true);
+    let samples = p(dir.path(), "bnaf.csv");
+    bad(&["sample", "--model", &bnaf, "-n", "10", "--out", &samples], "evaluate densities only");
+    assert!(!Path::new(&samples).exists());
+    let out = p(dir.path(), "bad.dfo");
+    bad(&["fit", "--data", &data, "--flow", "maf", "--components", "4", "--out", &out], "--components is a setting of the naf family");
+    bad(&["fit", "--data", &data, "--flow", "naf", "--nodes", "8", "--out", &out], "--nodes is a setting of the umnn family");
+    bad(&["fit", "--data", &data, "--flow", "umnn", "--nodes", "1", "--out", &out], "--nodes");
+    bad(&["fit", "--data", &data, "--flow", "sos", "--degree", "0", "--out", &out], "--degree");
+    bad(&["fit", "--data", &data, "--flow", "bnaf", "--hidden", "8", "--out", &out], "bnaf takes no");
+    assert!(!Path::new(&out).exists());
+}

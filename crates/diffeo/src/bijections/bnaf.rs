@@ -21,7 +21,6 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
 use super::{Bijection, Call, Cost, Directions, LayerSpec, Mapped};
@@ -83,7 +82,7 @@ impl BnafConfig {
         w
     }
 
-    /// Builds the layer: raw weights `N(0, 1/fan-in)`, row gains `1/√a_in`, zero biases and
+    /// Builds the layer: raw weights and biases `U(±1/√fan-in)`, row gains `1/√a_in`, zero
     /// context weights.
     pub fn init(&self, device: &Device) -> Result<Bnaf> {
         self.validate()?;
@@ -95,8 +94,11 @@ impl BnafConfig {
             let (a_in, a_out) = (w[0], w[1]);
             let (rows, cols) = (a_out * d, a_in * d);
             let masks = BlockMasks::new(d, a_in, a_out);
-            let std = 1.0 / ((a_in * d) as f64).sqrt();
-            let raw: Vec<f64> = (0..rows * cols).map(|_| std * rng.sample::<f64, _>(StandardNormal)).collect();
+            let bound = 1.0 / ((a_in * d) as f64).sqrt();
+            let raw: Vec<f64> = (0..rows * cols).map(|_| rng.random_range(-bound..bound)).collect();
+            // Random biases spread the units of a block over the input's range (with zero biases
+            // a block's units start as near copies of one another).
+            let bias: Vec<f64> = (0..rows).map(|_| rng.random_range(-bound..bound)).collect();
             // Row gains e^g = 1/√a_in: a diagonal block of near-equal entries then averages its
             // inputs, so each feature's own path starts with slope ≈ 1 at the origin.
             let gains = vec![-0.5 * (a_in as f64).ln(); rows];
@@ -105,7 +107,7 @@ impl BnafConfig {
             layers.push(BlockLinear {
                 raw: Param::from_tensor(matrix(raw, rows, cols, device)),
                 log_gain: Param::from_tensor(vector(gains, device)),
-                bias: Param::from_tensor(Tensor::zeros([rows], device)),
+                bias: Param::from_tensor(vector(bias, device)),
                 context,
                 diagonal: matrix(masks.diagonal, rows, cols, device),
                 lower: matrix(masks.lower, rows, cols, device),

@@ -36,10 +36,10 @@ pub mod defaults {
     pub const POLYNOMIALS: usize = 3;
     /// SOS: their degree.
     pub const DEGREE: usize = 4;
-    /// BNAF: hidden units per feature.
-    pub const BLOCK_DIM: usize = 16;
-    /// BNAF: hidden layers per transform.
-    pub const BLOCK_LAYERS: usize = 2;
+    /// BNAF: hidden units per feature (FlowJAX's default).
+    pub const BLOCK_DIM: usize = 8;
+    /// BNAF: hidden layers per transform (FlowJAX's default).
+    pub const BLOCK_LAYERS: usize = 1;
 }
 
 /// Smallest slope of a sigmoid component (NAF) and smallest integrand (UMNN, SOS).
