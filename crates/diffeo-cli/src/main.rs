@@ -168,6 +168,9 @@ impl FitArgs {
         if let Some(n) = self.series_terms {
             family.series_terms = n as usize;
         }
+        if self.base == BaseArg::Resampled {
+            family.base = diffeo::distributions::BaseKind::resampled();
+        }
         // Monotone transformers.
         let m = &mut family.monotone;
         for (value, field) in [
@@ -184,6 +187,12 @@ impl FitArgs {
             }
         }
     }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaseArg {
+    Gaussian,
+    Resampled,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -361,6 +370,10 @@ pub struct FitArgs {
     /// sos: degree of each polynomial (default 4).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub degree: Option<u64>,
+    /// Base density: gaussian (N(0, I)) or resampled (LARS: N(0, I) reweighted by a learned
+    /// acceptance network, truncated rejection sampling; fits multimodal and holed data).
+    #[arg(long, value_enum, default_value = "gaussian")]
+    pub base: BaseArg,
     /// bnaf: hidden units per feature in each block-triangular layer (default 8).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub block_dim: Option<u64>,

@@ -1,17 +1,18 @@
 //! Base densities `p_u`: standard normal, learnable diagonal normal, Gaussian mixture
-//! (learnable, diagonal) and Student-t.
+//! (learnable, diagonal), Student-t and the resampled base (LARS).
 //!
 //! Sampling draws its randomness from the caller's RNG, so results are reproducible.
 //! Normal and diagonal-normal samples are reparameterised (differentiable in the parameters).
 
-use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor};
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution as _, StandardNormal as StdNormalDist, StudentT as StudentTDist};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FlowError, Result};
+use crate::nn::{Mlp, NetworkConfig};
 use crate::tensor::{dims2, indices, logsumexp_rows, matrix, sum_rows, to_vec, LN_2PI};
 
 /// Which base density (serialized in a flow's architecture).
@@ -34,6 +35,24 @@ pub enum BaseKind {
         /// Degrees of freedom ν > 0.
         df: f64,
     },
+    /// Resampled base (LARS, Stimper et al. 2022): `p(u) ∝ N(u)·a(u)` with a learned acceptance
+    /// `a = σ(MLP(u)) ∈ (0, 1)`, truncated rejection sampling; see [`Resampled`].
+    Resampled {
+        /// Hidden widths of the acceptance network.
+        hidden: Vec<usize>,
+        /// Proposals per sample before the last is accepted unconditionally (T).
+        truncation: usize,
+        /// Monte Carlo draws estimating the normalizer in each training pass.
+        samples: usize,
+    },
+}
+
+impl BaseKind {
+    /// The resampled base with Stimper et al.'s truncation (T = 100), a 64×2 acceptance network
+    /// and 1,024 draws per training estimate of the normalizer.
+    pub fn resampled() -> Self {
+        BaseKind::Resampled { hidden: vec![64, 64], truncation: 100, samples: 1024 }
+    }
 }
 
 impl BaseKind {
@@ -46,6 +65,15 @@ impl BaseKind {
             BaseKind::StudentT { df } if !(*df > 0.0 && df.is_finite()) => {
                 Err(FlowError::InvalidConfig(format!("Student-t needs finite df > 0, got {df}")))
             }
+            BaseKind::Resampled { hidden, truncation, samples } => {
+                if hidden.is_empty() || hidden.contains(&0) {
+                    return Err(FlowError::InvalidConfig("the acceptance network needs hidden layers of at least one unit".into()));
+                }
+                if *truncation == 0 || *samples == 0 {
+                    return Err(FlowError::InvalidConfig("a resampled base needs a truncation and a sample count of at least 1".into()));
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -56,6 +84,7 @@ impl BaseKind {
             BaseKind::StandardNormal | BaseKind::StudentT { .. } => 0,
             BaseKind::DiagNormal => 2 * dim,
             BaseKind::GaussianMixture { components } => components * (1 + 2 * dim),
+            BaseKind::Resampled { hidden, .. } => NetworkConfig::new(hidden.clone()).mlp(dim, 1, 0).parameter_count(),
         }
     }
 }
@@ -108,7 +137,70 @@ impl BaseConfig {
                 })
             }
             BaseKind::StudentT { df } => Base::StudentT(StudentT { dim, df: *df }),
+            BaseKind::Resampled { hidden, truncation, samples } => Base::Resampled(Resampled {
+                // Zero last layer: a = 1/2 everywhere, Z = 1/2, p(u) = N(u) at the start.
+                acceptance: NetworkConfig::new(hidden.clone()).mlp(dim, 1, seed ^ 0x1A25).init(device)?,
+                log_z: RunningState::new(Tensor::from_data(TensorData::new(vec![0.5f64.ln()], [1]), device)),
+                dim,
+                truncation: *truncation,
+                samples: *samples,
+            }),
         })
+    }
+}
+
+/// Draws of the normalizer estimate stored in a model (evaluation uses it).
+pub const RESAMPLED_NORMALIZER_DRAWS: usize = 100_000;
+
+/// Resampled base (LARS, Stimper et al. 2022): `p(u) = N(u)·((1 − α)·a(u)/Z + α)` with
+/// `a(u) = σ(MLP(u))`, `Z = E_N[a]` and `α = (1 − Z)^{T−1}` — the exact density of truncated
+/// rejection sampling (propose from N, accept with probability `a`, accept the T-th proposal
+/// always). Training estimates Z from fresh draws in each pass (in the graph, so its gradient
+/// reaches `a`); evaluation uses the Z stored in the model, estimated with
+/// [`RESAMPLED_NORMALIZER_DRAWS`] draws whenever the model is settled (validation, the
+/// returned model).
+#[derive(Module, Debug)]
+pub struct Resampled {
+    /// The acceptance network `u ↦ logit a(u)`.
+    pub acceptance: Mlp,
+    /// The stored `log Z`.
+    pub log_z: RunningState<Tensor<1>>,
+    /// Features.
+    pub dim: usize,
+    /// Truncation T.
+    pub truncation: usize,
+    /// Draws per training estimate of Z.
+    pub samples: usize,
+}
+
+impl Resampled {
+    /// `log a(u)` `[N]`.
+    fn log_acceptance(&self, u: Tensor<2>) -> Tensor<1> {
+        let n = dims2(&u).0;
+        crate::tensor::log_sigmoid(self.acceptance.forward(u)).reshape([n])
+    }
+
+    /// `log p(u)` with `log Z` `[1]`.
+    fn log_prob_given(&self, u: Tensor<2>, log_z: Tensor<1>) -> Tensor<1> {
+        let (n, d) = dims2(&u);
+        let gaussian = sum_rows(u.clone().square()).mul_scalar(-0.5).sub_scalar(0.5 * d as f64 * LN_2PI);
+        let log_a = self.log_acceptance(u);
+        // log α = (T − 1)·log(1 − Z); log((1 − α)·a/Z + α) by log-sum-exp of the two terms.
+        let z = log_z.clone().exp();
+        let log_alpha = z.clone().neg().add_scalar(1.0).clamp_min(1e-30).log().mul_scalar((self.truncation - 1) as f64);
+        let log_keep = log_alpha.clone().exp().neg().add_scalar(1.0).clamp_min(1e-30).log();
+        let first = log_a.add(log_keep.sub(log_z).expand([n]));
+        let second = log_alpha.expand([n]);
+        let m = first.clone().max_pair(second.clone()).detach();
+        let mixed = first.sub(m.clone()).exp().add(second.sub(m.clone()).exp()).log().add(m);
+        gaussian.add(mixed)
+    }
+
+    /// `log Z` from `draws` standard-normal draws `[n, D]` (in the graph).
+    fn log_normalizer(&self, draws: Tensor<2>) -> Tensor<1> {
+        let n = dims2(&draws).0;
+        let log_a = self.log_acceptance(draws).reshape([n, 1]);
+        logsumexp_rows(log_a.transpose()).sub_scalar((n as f64).ln())
     }
 }
 
@@ -159,6 +251,8 @@ pub enum Base {
     GaussianMixture(GaussianMixture),
     /// See [`StudentT`].
     StudentT(StudentT),
+    /// See [`Resampled`].
+    Resampled(Resampled),
 }
 
 fn normal_noise(n: usize, d: usize, rng: &mut StdRng, device: &Device) -> Tensor<2> {
@@ -201,7 +295,42 @@ impl Base {
             Base::DiagNormal(b) => b.loc.val().dims()[0],
             Base::GaussianMixture(b) => b.locs.val().dims()[1],
             Base::StudentT(b) => b.dim,
+            Base::Resampled(b) => b.dim,
         }
+    }
+
+    /// `log p_u(z)` under a call: a resampled base in a training call estimates its normalizer
+    /// from fresh draws of the call's random source; otherwise [`log_prob`](Self::log_prob).
+    pub fn log_prob_with(&self, z: Tensor<2>, call: &crate::event::Call) -> Tensor<1> {
+        match self {
+            Base::Resampled(b) if call.mode == crate::event::Mode::Training => {
+                let draws = call.standard_normal(b.samples, b.dim, &z.device());
+                b.log_prob_given(z, b.log_normalizer(draws))
+            }
+            _ => self.log_prob(z),
+        }
+    }
+
+    /// Stores what evaluation needs from training: a resampled base's normalizer, estimated
+    /// with [`RESAMPLED_NORMALIZER_DRAWS`] draws (a fixed seed: the same weights give the same Z).
+    pub fn settle(&self) -> Result<()> {
+        if let Base::Resampled(b) = self {
+            let mut rng = StdRng::seed_from_u64(0x2A25);
+            let device = b.log_z.value_sync().device();
+            let mut total = 0.0;
+            let chunk = 10_000;
+            for _ in 0..RESAMPLED_NORMALIZER_DRAWS / chunk {
+                let draws = normal_noise(chunk, b.dim, &mut rng, &device);
+                let a = to_vec(b.log_acceptance(draws).detach().exp())?;
+                total += a.iter().sum::<f64>();
+            }
+            let z = total / RESAMPLED_NORMALIZER_DRAWS as f64;
+            if !(z > 0.0 && z.is_finite()) {
+                return Err(FlowError::InvalidConfig(format!("the resampled base's normalizer estimate is {z}: its acceptance network is broken")));
+            }
+            b.log_z.update(Tensor::from_data(TensorData::new(vec![z.ln()], [1]), &device));
+        }
+        Ok(())
     }
 
     /// log p_u(z) per row, `[N]`.
@@ -239,6 +368,7 @@ impl Base {
                 let body = z.square().div_scalar(nu).log1p().mul_scalar(-(nu + 1.0) / 2.0);
                 sum_rows(body).add_scalar(c * d as f64)
             }
+            Base::Resampled(b) => b.log_prob_given(z, b.log_z.value_sync().detach()),
         }
     }
 
@@ -276,6 +406,30 @@ impl Base {
                 let dist = StudentTDist::new(b.df).map_err(|e| FlowError::InvalidConfig(e.to_string()))?;
                 let v: Vec<f64> = (0..n * d).map(|_| dist.sample(rng)).collect();
                 matrix(v, n, d, device)
+            }
+            Base::Resampled(b) => {
+                // Truncated rejection: each open slot proposes once per round and accepts with
+                // probability a(u); round T accepts whatever it proposes.
+                let mut out = vec![0.0; n * d];
+                let mut open: Vec<usize> = (0..n).collect();
+                for round in 1..=b.truncation {
+                    if open.is_empty() {
+                        break;
+                    }
+                    let proposals = normal_noise(open.len(), d, rng, device);
+                    let a = to_vec(b.log_acceptance(proposals.clone()).detach().exp())?;
+                    let values = to_vec(proposals)?;
+                    let mut still = Vec::with_capacity(open.len());
+                    for (k, &slot) in open.iter().enumerate() {
+                        if round == b.truncation || rng.random::<f64>() < a[k] {
+                            out[slot * d..(slot + 1) * d].copy_from_slice(&values[k * d..(k + 1) * d]);
+                        } else {
+                            still.push(slot);
+                        }
+                    }
+                    open = still;
+                }
+                matrix(out, n, d, device)
             }
         })
     }

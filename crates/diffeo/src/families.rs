@@ -345,6 +345,8 @@ pub struct FamilySettings {
     pub series_terms: usize,
     /// The monotone transformers' sizes (naf, umnn, sos); their tail bound is `tail_bound`.
     pub monotone: MonotoneSizes,
+    /// The base density (every family).
+    pub base: BaseKind,
 }
 
 /// Sizes of the monotone transformers without a closed-form inverse.
@@ -408,6 +410,7 @@ impl FamilySettings {
             logdet: ResidualLogDet::Roulette,
             series_terms: 2,
             monotone: MonotoneSizes::default(),
+            base: BaseKind::StandardNormal,
         }
     }
 }
@@ -434,6 +437,16 @@ pub fn family(name: &str) -> Result<&'static Family> {
 /// The architecture of a new model of `settings.family` on `dim` features with `context_dim`
 /// context columns.
 pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Result<FlowConfig> {
+    let mut config = family_layers(s, dim, context_dim)?;
+    if s.base != BaseKind::StandardNormal {
+        s.base.validate()?;
+        config.base = s.base.clone();
+    }
+    Ok(config)
+}
+
+/// The layers of `s.family` (with the standard normal base).
+fn family_layers(s: &FamilySettings, dim: usize, context_dim: usize) -> Result<FlowConfig> {
     let f = family(&s.family)?;
     if s.dropout > 0.0 && s.residual_blocks == 0 {
         return Err(FlowError::InvalidConfig("dropout acts inside residual blocks: add residual blocks".into()));

@@ -427,8 +427,9 @@ impl Flow {
     /// validating the inputs (training loops validate whole data sets once).
     pub fn log_prob_with(&self, x: Tensor<2>, call: Call) -> Result<Tensor<1>> {
         self.require(Direction::Inverse)?;
-        let (u, ld) = self.transform.inverse_unchecked(x, &self.inner_call(call))?;
-        Ok(self.base.log_prob(u).add(ld))
+        let call = self.inner_call(call);
+        let (u, ld) = self.transform.inverse_unchecked(x, &call)?;
+        Ok(self.base.log_prob_with(u, &call).add(ld))
     }
 
     /// `log p(x | c)` in evaluation mode without validating the inputs.
@@ -480,8 +481,14 @@ impl Flow {
         self.require(Direction::Forward)?;
         let (total, ctx) = self.expand_context(n, context)?;
         let u = self.base.sample(total, rng, &self.device())?;
-        let lp = self.base.log_prob(u.clone());
-        let (x, ld) = self.transform.forward_unchecked(u, &self.inner_call(Call::new().with_optional_context(ctx).with_mode(mode)))?;
+        let mut call = Call::new().with_optional_context(ctx).with_mode(mode);
+        if matches!(self.base, Base::Resampled(_)) {
+            // Fresh normalizer draws per call (other layers keep the call's default source).
+            call = call.with_seed(rand::Rng::random(rng));
+        }
+        let call = self.inner_call(call);
+        let lp = self.base.log_prob_with(u.clone(), &call);
+        let (x, ld) = self.transform.forward_unchecked(u, &call)?;
         Ok((x, lp.sub(ld)))
     }
 }

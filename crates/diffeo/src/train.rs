@@ -465,6 +465,7 @@ pub(crate) fn clip_global_norm(grads: &mut GradientsParams, ids: &[(ParamId, usi
 pub(crate) fn inference_copy(model: &Flow) -> Result<Flow> {
     let copy = model.valid();
     crate::bijections::Bijection::settle(&copy.transform)?;
+    copy.base.settle()?;
     Ok(copy)
 }
 
