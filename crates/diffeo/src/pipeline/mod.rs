@@ -305,8 +305,13 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
             if let Some(bound) = config.tail_bound() {
                 let beyond = z.iter().filter(|v| v.abs() > bound).count();
                 if beyond > 0 {
+                    let (what, outside) = if req.family.family.starts_with("nsf") {
+                        ("spline", "the splines are the identity")
+                    } else {
+                        ("transformers'", "the transformers continue linearly")
+                    };
                     notice(Notice::Warning(format!(
-                        "{beyond} of {} standardized training values ({:.3}%) lie beyond the spline tail bound ±{bound}, where the splines are the identity; consider a larger --tail-bound",
+                        "{beyond} of {} standardized training values ({:.3}%) lie beyond the {what} tail bound ±{bound}, where {outside}; consider a larger --tail-bound",
                         z.len(),
                         100.0 * beyond as f64 / z.len() as f64
                     )));
