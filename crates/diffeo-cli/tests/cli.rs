@@ -784,7 +784,14 @@ fn non_affine_autoregressive_flows_fit_check_sample_and_refuse_bad_settings() {
     let samples = p(dir.path(), "bnaf.csv");
     bad(&["sample", "--model", &bnaf, "-n", "10", "--out", &samples], "evaluate densities only");
     assert!(!Path::new(&samples).exists());
+    // A resampled base on any family: fit, evaluate, sample, check.
+    let lars = p(dir.path(), "lars.dfo");
+    ok(&["fit", "--data", &data, "--flow", "nsf", "--base", "resampled", "--hidden", "8", "--transforms", "1", "--steps", "5", "--out", &lars, "-q"]);
+    assert!(json(&ok(&["eval", "--model", &lars, "--data", &data, "--json"]))["log_likelihood"].as_f64().unwrap().is_finite());
+    ok(&["sample", "--model", &lars, "-n", "20", "--out", &p(dir.path(), "lars.csv")]);
+    assert_eq!(json(&ok(&["check", "--model", &lars, "--n", "50", "--json"]))["pass"], true);
     let out = p(dir.path(), "bad.dfo");
+    bad(&["fit", "--data", &data, "--base", "uniform", "--out", &out], "--base");
     bad(&["fit", "--data", &data, "--flow", "maf", "--components", "4", "--out", &out], "--components is a setting of the naf family");
     bad(&["fit", "--data", &data, "--flow", "naf", "--nodes", "8", "--out", &out], "--nodes is a setting of the umnn family");
     bad(&["fit", "--data", &data, "--flow", "umnn", "--nodes", "1", "--out", &out], "--nodes");
