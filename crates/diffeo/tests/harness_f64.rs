@@ -1169,6 +1169,10 @@ mod monotone_transformers {
         let maf = MaskedAutoregressiveConfig::new(3, vec![12]).with_context_dim(2).with_transformer(Transformer::sigmoidal()).with_seed(5);
         let maf = randomize_parameters(maf.init(&device()).unwrap(), 6, 0.4);
         check(&maf, &HarnessConfig { jacobian: JacobianReference::Autodiff, ..harness() });
+        // The corresponding IAF: one-pass sampling, density by the sequential numerical inverse.
+        let iaf = invert(maf);
+        assert_eq!((iaf.directions().forward, iaf.directions().inverse), (Cost::ClosedForm, Cost::Iterative));
+        check(&iaf, &harness());
     }
 
     /// Zero parameters are the identity; random ones give a strictly increasing map whose
