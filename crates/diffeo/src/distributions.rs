@@ -191,9 +191,7 @@ impl Resampled {
         let log_keep = log_alpha.clone().exp().neg().add_scalar(1.0).clamp_min(1e-30).log();
         let first = log_a.add(log_keep.sub(log_z).expand([n]));
         let second = log_alpha.expand([n]);
-        let m = first.clone().max_pair(second.clone()).detach();
-        let mixed = first.sub(m.clone()).exp().add(second.sub(m.clone()).exp()).log().add(m);
-        gaussian.add(mixed)
+        gaussian.add(logsumexp_rows(Tensor::stack(vec![first, second], 1)))
     }
 
     /// `log Z` from `draws` standard-normal draws `[n, D]` (in the graph).

@@ -343,13 +343,15 @@ pub struct FamilySettings {
     pub logdet: ResidualLogDet,
     /// Residual: series terms (series: all; roulette: always computed).
     pub series_terms: usize,
-    /// The monotone transformers' sizes (naf, umnn, sos); their tail bound is `tail_bound`.
+    /// The sizes of the non-affine autoregressive families (naf, umnn, sos, bnaf); the
+    /// transformers' tail bound is `tail_bound`.
     pub monotone: MonotoneSizes,
     /// The base density (every family).
     pub base: BaseKind,
 }
 
-/// Sizes of the monotone transformers without a closed-form inverse.
+/// Sizes of the non-affine autoregressive families: the monotone transformers without a
+/// closed-form inverse and BNAF's block layers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MonotoneSizes {
     /// naf: sigmoid components per transformer.
@@ -369,7 +371,8 @@ pub struct MonotoneSizes {
 }
 
 impl Default for MonotoneSizes {
-    /// 8 components; a 16-unit integrand on 32 intervals; 3 polynomials of degree 4.
+    /// 8 components; a 16-unit integrand on 32 intervals; 3 polynomials of degree 4; BNAF blocks
+    /// of 8 units per feature, 1 hidden layer.
     fn default() -> Self {
         use crate::transformer::monotone::defaults;
         Self {

@@ -89,12 +89,21 @@ pub fn sum_rows(t: Tensor<2>) -> Tensor<1> {
     t.sum_dim(1).reshape([n])
 }
 
+/// Log-sum-exp over dimension `dim` (kept, of size 1), shifted by the detached maximum.
+pub fn logsumexp_dim<const D: usize>(t: Tensor<D>, dim: usize) -> Tensor<D> {
+    let m = t.clone().max_dim(dim).detach();
+    t.sub(m.clone()).exp().sum_dim(dim).log().add(m)
+}
+
 /// Row-wise log-sum-exp of a `[N, K]` tensor, as `[N]`.
 pub fn logsumexp_rows(t: Tensor<2>) -> Tensor<1> {
     let (n, _) = dims2(&t);
-    let m = t.clone().max_dim(1).detach();
-    let s = t.sub(m.clone()).exp().sum_dim(1).log().add(m);
-    s.reshape([n])
+    logsumexp_dim(t, 1).reshape([n])
+}
+
+/// `log(1 − tanh²(x)) = 2·(ln 2 − x − softplus(−2x))`, stable for large |x|.
+pub fn log_tanh_slope<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    softplus(x.clone().mul_scalar(-2.0)).add(x).neg().add_scalar(std::f64::consts::LN_2).mul_scalar(2.0)
 }
 
 /// Soft clipping `a / (1 + |a| / bound)`: the identity near 0, smooth, and bounded by ±bound.

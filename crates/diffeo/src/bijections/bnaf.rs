@@ -5,12 +5,13 @@
 //! is `D × D` blocks of `a_l × a_{l−1}`: blocks above the diagonal are zero (output `i` reads
 //! inputs `≤ i` only), blocks below are free, diagonal blocks are positive (`exp` of the raw
 //! weights); each row is weight-normalized, `W_r = e^{g_r} V_r/‖V_r‖`. Hidden layers apply a leaky
-//! tanh (tanh on [−3, 3], linear beyond with the same slope: as FlowJAX does, so the map is onto
-//! R^D — with a plain tanh the outputs are bounded and the density integrates to less than one).
+//! tanh (tanh on [−3, 3], linear beyond with the same slope), so the map is onto R^D — with a
+//! plain tanh the outputs are bounded and the density integrates to less than one (FlowJAX uses
+//! `tanh(x) + 0.01x` for the same reason).
 //! The context enters the first layer unconstrained. Then `∂u_i/∂x_i` is the chain product of
 //! the diagonal blocks and tanh slopes, positive, and `log|det J| = Σ_i log ∂u_i/∂x_i` is computed
-//! in log space: `log J_l[o] = LSE_k(log W_l[o, k] + log J_{l−1}[k])` per feature, plus
-//! `log(1 − tanh²)` after hidden layers.
+//! in log space: `log J_l[o] = LSE_k(log W_l[o, k] + log J_{l−1}[k])` per feature, plus the
+//! activation's log-slope after hidden layers.
 //!
 //! The density direction (data → base, `inverse`) is this network; the sampling direction has
 //! no closed form and is [`Cost::Unavailable`], as in the paper: a BNAF model evaluates
@@ -25,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Bijection, Call, Cost, Directions, LayerSpec, Mapped};
 use crate::error::{Direction, FlowError, Result};
-use crate::tensor::{dims2, matrix, softplus, sum_rows, vector};
+use crate::tensor::{dims2, log_tanh_slope, logsumexp_dim, matrix, sum_rows, vector};
 
 /// Configuration of a [`Bnaf`] layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -240,11 +241,6 @@ pub struct Bnaf {
 /// Where the leaky tanh turns linear.
 const LEAKY_TANH_BOUND: f64 = 3.0;
 
-/// `log(1 − tanh²(a)) = 2·(ln 2 − a − softplus(−2a))`, stable for large |a|.
-fn log_tanh_slope(a: Tensor<2>) -> Tensor<2> {
-    softplus(a.clone().mul_scalar(-2.0)).add(a).neg().add_scalar(std::f64::consts::LN_2).mul_scalar(2.0)
-}
-
 /// Leaky tanh: `tanh` on `[−3, 3]`, continued linearly with its slope there, so the network is
 /// onto R (a plain tanh layer bounds the output, and the density would not integrate to one);
 /// returns the value and the log-slope.
@@ -274,7 +270,7 @@ impl Bijection for Bnaf {
     }
 
     fn forward_unchecked(&self, _u: Tensor<2>, _call: &Call) -> Result<Mapped> {
-        Err(FlowError::NotInvertible { bijection: format!("{} (BNAF has no inverse: it evaluates densities only)", self.name()), direction: Direction::Forward })
+        Err(FlowError::NotInvertible { bijection: self.name(), direction: Direction::Forward })
     }
 
     /// Data → base: the network and its log-det.
@@ -293,11 +289,7 @@ impl Bijection for Bnaf {
             // log J_l[n, i, o] = LSE_k(log W[i, o, k] + log J_{l−1}[n, i, k]).
             let chained = match log_j {
                 None => log_w.reshape([1, d, a_out]).expand([n, d, a_out]),
-                Some(prev) => {
-                    let terms = log_w.reshape([1, d, a_out, a_in]).add(prev.reshape([n, d, 1, a_in]));
-                    let m = terms.clone().max_dim(3).detach();
-                    terms.sub(m.clone()).exp().sum_dim(3).log().add(m).reshape([n, d, a_out])
-                }
+                Some(prev) => logsumexp_dim(log_w.reshape([1, d, a_out, a_in]).add(prev.reshape([n, d, 1, a_in])), 3).reshape([n, d, a_out]),
             };
             if l < last {
                 let (value, log_slope) = leaky_tanh(pre);

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Bijection, Call, LayerSpec, Mapped};
 use crate::error::{FlowError, Result};
-use crate::tensor::{dims2, log_sigmoid, softplus, sum_rows, vector};
+use crate::tensor::{dims2, log_sigmoid, log_tanh_slope, softplus, sum_rows, vector};
 
 /// The fixed elementwise maps. Each is applied to every feature; both directions are fast.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -231,14 +231,7 @@ impl Bijection for Elementwise {
                 let ld = log_sigmoid(x.clone()).add(log_sigmoid(x.clone().neg()));
                 (burn::tensor::activation::sigmoid(x), ld)
             }
-            ElementwiseKind::Tanh => {
-                let ld = softplus(x.clone().mul_scalar(-2.0))
-                    .add(x.clone())
-                    .neg()
-                    .add_scalar(std::f64::consts::LN_2)
-                    .mul_scalar(2.0);
-                (x.tanh(), ld)
-            }
+            ElementwiseKind::Tanh => (x.clone().tanh(), log_tanh_slope(x)),
             ElementwiseKind::Box { .. } => {
                 let w = self.width.clone().unsqueeze::<2>();
                 let ld = log_sigmoid(x.clone())

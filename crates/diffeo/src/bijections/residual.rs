@@ -455,7 +455,7 @@ impl Weights {
         // (small) weight instead: the same map with fewer [N, H] operations.
         let mut scale = 1.0;
         for (i, (w, b, in_x)) in self.layers.iter().enumerate().take(n.saturating_sub(1)) {
-            let w = if i > 0 { w.clone().mul_scalar(scale) } else { w.clone() };
+            let w = w.clone().mul_scalar(scale);
             let a = affine(hidden, w.clone(), b.clone(), None);
             weights.push(w.narrow(0, 0, *in_x));
             let z = a.clone().mul(self.betas[i].clone().reshape([1, 1]));
@@ -467,7 +467,7 @@ impl Weights {
         }
         let out = match self.layers.last() {
             Some((w, b, in_x)) => {
-                let w = if n > 1 { w.clone().mul_scalar(scale) } else { w.clone() };
+                let w = w.clone().mul_scalar(scale);
                 weights.push(w.clone().narrow(0, 0, *in_x));
                 affine(hidden, w, b.clone(), None)
             }

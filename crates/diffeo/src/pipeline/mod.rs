@@ -464,12 +464,10 @@ pub fn sample(model: &Model, n: usize, context: Option<&Table>, seed: u64) -> Re
 pub fn sample_counted(model: &Model, n: usize, context: Option<&Table>, seed: u64) -> Result<(Table, usize)> {
     if model.flow.directions().forward == Cost::Unavailable {
         let layer = model.flow.transform.layers.iter().find(|l| l.directions().forward == Cost::Unavailable).map(|l| l.name());
-        let reason = match layer {
-            Some(name) if name.starts_with("Bnaf") => format!("{name} has no inverse: block neural autoregressive flows evaluate densities only"),
-            Some(name) => format!("{name} has no base-to-data direction"),
-            None => "its forward direction is unavailable".into(),
-        };
-        return Err(FlowError::InvalidConfig(format!("this model cannot be sampled: {reason}")));
+        let layer = layer.unwrap_or_else(|| "a layer".into());
+        return Err(FlowError::InvalidConfig(format!(
+            "this model cannot be sampled: {layer} has no base-to-data direction (such a model can evaluate densities only)"
+        )));
     }
     let rows = context.map_or(1, Table::rows);
     if n.saturating_mul(rows) > MAX_SAMPLES {

@@ -22,7 +22,7 @@ use burn::tensor::Tensor;
 
 use crate::error::{FlowError, Result};
 use crate::event::Tolerance;
-use crate::tensor::{dims2, log_sigmoid, scalar, softplus, vector};
+use crate::tensor::{dims2, log_sigmoid, logsumexp_dim, scalar, softplus, vector};
 
 /// Default sizes.
 pub mod defaults {
@@ -58,8 +58,7 @@ fn positive(a: Tensor<3>) -> Tensor<3> {
 /// Log-sum-exp over dimension 1 of `[N, M, D]`, as `[N, D]`.
 fn logsumexp_mid(t: Tensor<3>) -> Tensor<2> {
     let [n, _, d] = t.dims();
-    let m = t.clone().max_dim(1).detach();
-    t.sub(m.clone()).exp().sum_dim(1).log().add(m).reshape([n, d])
+    logsumexp_dim(t, 1).reshape([n, d])
 }
 
 /// The `P` parameter blocks of `[N, P·D]` as `[N, P, D]` (parameter `p` of feature `j` in column
@@ -223,16 +222,16 @@ pub fn with_linear_tails(x: Tensor<2>, bound: f64, core: impl Fn(Tensor<2>) -> (
     (y.add(ld.clone().exp().mul(x.sub(inside))), ld)
 }
 
-/// `x = τ⁻¹(y)` and `log|dx/dy| = −log τ'(x)` for `τ` = [`with_linear_tails`] of `core`: closed
-/// form in the tails, safeguarded Newton inside, implicit gradients (module documentation).
+/// `x = τ⁻¹(y)` and `log|dx/dy| = −log τ'(x)` for a monotone `tau` (value and log-slope) that is
+/// linear beyond `±bound`, as [`with_linear_tails`] makes it: closed form in the tails,
+/// safeguarded Newton inside, implicit gradients (module documentation).
 pub fn invert(
     y: Tensor<2>,
     bound: f64,
     tolerance: &Tolerance,
     what: &str,
-    core: impl Fn(Tensor<2>) -> (Tensor<2>, Tensor<2>),
+    tau: impl Fn(Tensor<2>) -> (Tensor<2>, Tensor<2>),
 ) -> Result<(Tensor<2>, Tensor<2>)> {
-    let tau = |x: Tensor<2>| with_linear_tails(x, bound, &core);
     let target = y.clone().detach();
     let device = target.device();
     let (n, d) = dims2(&target);
