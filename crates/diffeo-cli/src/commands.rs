@@ -133,6 +133,7 @@ fn request(a: &FitArgs) -> FitRequest {
     family.dropout = a.dropout;
     family.bins = a.bins as usize;
     family.tail_bound = a.tail_bound;
+    family.spline_tails = a.spline_tails.into();
     family.seed = a.seed;
     // --time-budget alone: train until the budget is spent.
     let steps = match (a.steps, a.epochs, a.time_budget) {

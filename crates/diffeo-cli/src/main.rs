@@ -190,6 +190,21 @@ impl FitArgs {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplineTailsArg {
+    Affine,
+    Identity,
+}
+
+impl From<SplineTailsArg> for diffeo::transformer::SplineTails {
+    fn from(t: SplineTailsArg) -> Self {
+        match t {
+            SplineTailsArg::Affine => Self::Affine,
+            SplineTailsArg::Identity => Self::Identity,
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BaseArg {
     Gaussian,
     Resampled,
@@ -407,10 +422,14 @@ pub struct FitArgs {
     /// Spline bins (nsf families).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(2..=256), default_value = "8")]
     pub bins: u64,
-    /// Tail bound B: splines act on [−B, B] of the standardized data, identity outside; the naf,
-    /// umnn and sos transformers continue linearly outside.
+    /// Tail bound B: splines act on [−B, B] of the standardized data; outside, the splines and
+    /// the naf, umnn and sos transformers continue linearly.
     #[arg(long, allow_hyphen_values = true, value_parser = positive_f64, default_value = "5")]
     pub tail_bound: f64,
+    /// Spline tails (nsf families): affine (the spline inside a learned per-dimension affine map:
+    /// linear tails of learned slope, mass can reach beyond ±B) or identity (Durkan et al.).
+    #[arg(long, value_enum, default_value = "affine")]
+    pub spline_tails: SplineTailsArg,
     /// Optimisation steps (default 2000; with --time-budget alone, until the budget is spent).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "epochs")]
     pub steps: Option<u64>,

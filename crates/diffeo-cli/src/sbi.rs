@@ -11,7 +11,7 @@ use diffeo::sbi::{CalibrationConfig, NpeConfig, RoundEvent, SamplingLimits, Sequ
 use serde_json::json;
 
 use crate::commands::{lib, model_output, print_notice};
-use crate::{families, positive_f64, widths, ActivationArg, Widths};
+use crate::{families, positive_f64, widths, ActivationArg, SplineTailsArg, Widths};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EmbeddingArg {
@@ -99,6 +99,9 @@ pub struct NpeArgs {
     /// Spline tail bound (default 4).
     #[arg(long, value_parser = positive_f64)]
     pub tail_bound: Option<f64>,
+    /// Spline tails: affine (learned per-dimension affine map around the spline) or identity.
+    #[arg(long, value_enum, default_value = "affine")]
+    pub spline_tails: SplineTailsArg,
     /// Embedding network of x.
     #[arg(long, value_enum, default_value = "none")]
     pub embedding: EmbeddingArg,
@@ -178,6 +181,7 @@ fn npe_config(a: &NpeArgs) -> Result<NpeConfig> {
     if let Some(t) = a.tail_bound {
         c.family.tail_bound = t;
     }
+    c.family.spline_tails = a.spline_tails.into();
     c.family.seed = a.seed;
     c.embedding = match (a.embedding, a.iid_groups) {
         (EmbeddingArg::None, None) => XEmbedding::None,

@@ -10,7 +10,7 @@ use diffeo::vi::{ReverseKlConfig, StandardTarget, Target};
 use serde_json::json;
 
 use crate::commands::{lib, model_output, progress_bar};
-use crate::{families, positive_f64, widths, ScheduleArg, Widths};
+use crate::{families, positive_f64, widths, ScheduleArg, SplineTailsArg, Widths};
 
 #[derive(Args, Debug)]
 pub struct ViArgs {
@@ -36,6 +36,10 @@ pub struct ViArgs {
     /// Spline tail bound B (nsf-coupling).
     #[arg(long, value_parser = positive_f64, default_value = "5")]
     pub tail_bound: f64,
+    /// Spline tails (nsf-coupling): affine (learned per-dimension affine map around the spline)
+    /// or identity.
+    #[arg(long, value_enum, default_value = "affine")]
+    pub spline_tails: SplineTailsArg,
     /// Optimisation steps.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "3000")]
     pub steps: u64,
@@ -93,6 +97,7 @@ pub fn vi(a: ViArgs) -> Result<()> {
     family.hidden = a.hidden.0.clone();
     family.bins = a.bins as usize;
     family.tail_bound = a.tail_bound;
+    family.spline_tails = a.spline_tails.into();
     family.seed = a.seed;
     let fit = ReverseKlConfig::new()
         .with_steps(a.steps as usize)

@@ -156,7 +156,10 @@ fn splines_warn_about_data_beyond_the_tail_bound() {
     let out = diffeo(&["fit", "--data", &data, "--flow", "nsf", "--steps", "5", "--hidden", "8", "--out", &model, "-q"]);
     assert!(out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("beyond the spline tail bound ±5"), "{err}");
+    assert!(err.contains("beyond the spline tail bound ±5, where the splines continue linearly"), "{err}");
+    let out = diffeo(&["fit", "--data", &data, "--flow", "nsf", "--spline-tails", "identity", "--steps", "5", "--hidden", "8", "--out", &model, "-q"]);
+    assert!(out.status.success());
+    assert!(text(&out.stderr).contains("where the splines are the identity"), "{}", text(&out.stderr));
     let out = diffeo(&["fit", "--data", &data, "--flow", "nsf", "--tail-bound", "20", "--steps", "5", "--hidden", "8", "--out", &model, "-q"]);
     assert!(!text(&out.stderr).contains("tail bound"), "{}", text(&out.stderr));
     bad(&["fit", "--data", &data, "--flow", "nsf", "--bins", "1", "--out", &model], "--bins");
@@ -482,7 +485,7 @@ fn help_version_and_datasets() {
 #[test]
 fn vi_fits_targets_reports_diagnostics_and_plots() {
     let dir = tempfile::tempdir().unwrap();
-    for (target, flow) in [("u1", "nsf-coupling"), ("u3", "planar"), ("rosenbrock", "iaf"), ("banana", "radial"), ("u4", "sylvester-householder")] {
+    for (target, flow) in [("u1", "nsf-coupling"), ("u3", "planar"), ("rosenbrock", "iaf"), ("banana", "radial"), ("u4", "sylvester-householder"), ("banana-strong", "nsf-coupling")] {
         let model = p(dir.path(), &format!("{target}-{flow}.dfo"));
         let v = json(&ok(&["vi", "--target", target, "--flow", flow, "--steps", "60", "--samples", "2000", "--json", "--out", &model]));
         for key in ["elbo", "log_z", "log_z_stderr", "ess_fraction", "khat", "kl"] {
@@ -512,6 +515,7 @@ fn vi_fits_targets_reports_diagnostics_and_plots() {
     bad(&["vi", "--target", "u1", "--dim", "5", "--out", &out], "funnel");
     bad(&["vi", "--target", "u1", "--flow", "planar", "--stl", "--out", &out], "inverse");
     bad(&["vi", "--target", "u1", "--steps", "0", "--out", &out], "steps");
+    bad(&["vi", "--target", "u1", "--flow", "iaf", "--spline-tails", "identity", "--out", &out], "--spline-tails is a setting of the nsf families");
     bad(&["vi", "--target", "u1", "--out", &p(dir.path(), "missing/m.dfo")], "does not exist");
     assert!(!Path::new(&out).exists());
 }
@@ -793,6 +797,7 @@ fn non_affine_autoregressive_flows_fit_check_sample_and_refuse_bad_settings() {
     let out = p(dir.path(), "bad.dfo");
     bad(&["fit", "--data", &data, "--base", "uniform", "--out", &out], "--base");
     bad(&["fit", "--data", &data, "--flow", "maf", "--components", "4", "--out", &out], "--components is a setting of the naf family");
+    bad(&["fit", "--data", &data, "--flow", "naf", "--spline-tails", "identity", "--out", &out], "--spline-tails is a setting of the nsf families");
     bad(&["fit", "--data", &data, "--flow", "naf", "--nodes", "8", "--out", &out], "--nodes is a setting of the umnn family");
     bad(&["fit", "--data", &data, "--flow", "umnn", "--nodes", "1", "--out", &out], "--nodes");
     bad(&["fit", "--data", &data, "--flow", "sos", "--degree", "0", "--out", &out], "--degree");

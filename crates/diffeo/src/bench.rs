@@ -17,7 +17,7 @@ use crate::event::Call;
 use crate::fit::{fit, FitConfig, FitEvent};
 use crate::flow::{maf, Flow};
 use crate::tensor::{matrix, to_vec};
-use crate::transformer::Transformer;
+use crate::transformer::{SplineTails, Transformer};
 
 /// One benchmark run.
 #[derive(Clone, Debug)]
@@ -159,7 +159,8 @@ pub fn run(a: &BenchConfig) -> Result<serde_json::Value> {
     let (transforms, layers, bins, tail) = (5usize, 2usize, 8usize, 5.0);
     let mut config = maf(d, transforms, vec![hidden; layers]).with_seed(a.seed);
     if model == "nsf" {
-        config = config.with_transformer(Transformer::RationalQuadratic { bins, tail_bound: tail });
+        // The peers' splines have identity tails: compare like with like.
+        config = config.with_transformer(Transformer::RationalQuadratic { bins, tail_bound: tail, tails: SplineTails::Identity });
     }
     let device = crate::device(&a.device)?;
     // cnf: zuko's CNF — a 64×2 ELU field on (z, 3 time frequencies), exact trace, Dormand–Prince

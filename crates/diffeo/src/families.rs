@@ -18,7 +18,7 @@ use crate::error::{FlowError, Result};
 use crate::flow::{EmbeddingConfig, Flow, FlowConfig};
 use crate::nn::Activation;
 use crate::ode::OdeSettings;
-use crate::transformer::Transformer;
+use crate::transformer::{SplineTails, Transformer};
 
 fn lu_layer(dim: usize, rng: &mut StdRng) -> LayerConfig {
     LayerConfig::LuLinear(LuLinearConfig::new(dim).with_perm(Permutation::random_order(dim, rng)))
@@ -324,6 +324,8 @@ pub struct FamilySettings {
     pub bins: usize,
     /// Spline tail bound.
     pub tail_bound: f64,
+    /// What the splines are beyond the tail bound (affine for new models).
+    pub spline_tails: SplineTails,
     /// Seed of the weights.
     pub seed: u64,
     /// CNF: the trace of the field's Jacobian (`None`: exact up to 10 features, Hutchinson
@@ -403,6 +405,7 @@ impl FamilySettings {
             dropout: 0.0,
             bins: crate::spline::DEFAULT_BINS,
             tail_bound: crate::spline::DEFAULT_TAIL_BOUND,
+            spline_tails: SplineTails::Affine,
             seed: 0,
             trace: None,
             probe: Probe::Rademacher,
@@ -476,9 +479,12 @@ fn family_layers(s: &FamilySettings, dim: usize, context_dim: usize) -> Result<F
             return Err(FlowError::InvalidConfig(format!("{flag} is a setting of the {owner} family")));
         }
     }
+    if s.spline_tails != defaults.spline_tails && !f.name.starts_with("nsf") {
+        return Err(FlowError::InvalidConfig("--spline-tails is a setting of the nsf families".into()));
+    }
     let k = s.transforms.unwrap_or(f.default_transforms);
     let transformer = match f.name {
-        "nsf" | "nsf-coupling" => Transformer::RationalQuadratic { bins: s.bins, tail_bound: s.tail_bound },
+        "nsf" | "nsf-coupling" => Transformer::RationalQuadratic { bins: s.bins, tail_bound: s.tail_bound, tails: s.spline_tails },
         "naf" => Transformer::Sigmoidal { components: m.components, tail_bound: s.tail_bound },
         "umnn" => Transformer::Umnn { hidden: m.integrand_hidden, nodes: m.nodes, tail_bound: s.tail_bound },
         "sos" => Transformer::SumOfSquares { polynomials: m.polynomials, degree: m.degree, tail_bound: s.tail_bound },
@@ -580,7 +586,7 @@ pub const VI_FAMILIES: [Family; 7] = [
     Family { name: "sylvester-householder", about: "Householder Sylvester layers (M = D, D reflections)", default_transforms: 8 },
     Family { name: "iaf", about: "inverse autoregressive flow, affine", default_transforms: 5 },
     Family { name: "realnvp", about: "RealNVP affine coupling", default_transforms: 6 },
-    Family { name: "nsf-coupling", about: "rational-quadratic spline coupling with LU layers", default_transforms: 4 },
+    Family { name: "nsf-coupling", about: "rational-quadratic spline coupling with LU layers", default_transforms: 8 },
 ];
 
 /// The flow `diffeo vi` fits to a target on `dim` features: a learnable elementwise affine layer
@@ -591,6 +597,10 @@ pub fn vi_architecture(s: &FamilySettings, dim: usize, support: Option<(f64, f64
         let names: Vec<&str> = VI_FAMILIES.iter().map(|f| f.name).collect();
         FlowError::InvalidConfig(format!("unknown variational family '{}' (expected one of {})", s.family, names.join(", ")))
     })?;
+    if s.spline_tails != SplineTails::Affine && f.name != "nsf-coupling" {
+        return Err(FlowError::InvalidConfig("--spline-tails is a setting of the nsf-coupling family".into()));
+    }
+    let spline = Transformer::RationalQuadratic { bins: s.bins, tail_bound: s.tail_bound, tails: s.spline_tails };
     let k = s.transforms.unwrap_or(f.default_transforms);
     let d = dim;
     let mut config = match f.name {
@@ -602,9 +612,7 @@ pub fn vi_architecture(s: &FamilySettings, dim: usize, support: Option<(f64, f64
         }
         "iaf" => iaf(d, k, s.hidden.clone()).flow_config(),
         "realnvp" => realnvp(d, k, s.hidden.clone()).flow_config(),
-        _ => nsf_coupling(d, k, s.hidden.clone())
-            .with_transformer(Transformer::RationalQuadratic { bins: s.bins, tail_bound: s.tail_bound })
-            .flow_config(),
+        _ => nsf_coupling(d, k, s.hidden.clone()).with_transformer(spline).flow_config(),
     }
     .with_seed(s.seed);
     config.layers.insert(0, LayerConfig::ElementwiseAffine(ElementwiseAffineConfig::new(d)));

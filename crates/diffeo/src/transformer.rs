@@ -40,14 +40,18 @@ pub enum Transformer {
     Affine,
     /// `y = x + μ` (NICE). Parameters per dimension: (μ). Volume preserving.
     Additive,
-    /// Monotonic rational-quadratic spline on [−B, B] with `bins` bins and identity tails
-    /// (Durkan et al. 2019); see [`crate::spline`]. Parameters per dimension: `3·bins − 1`.
-    /// Defaults: 8 bins, B = 5.
+    /// Monotonic rational-quadratic spline on [−B, B] with `bins` bins (Durkan et al. 2019);
+    /// see [`crate::spline`]. Parameters per dimension: `3·bins − 1`, then 2 for affine
+    /// [`SplineTails`]. Defaults: 8 bins, B = 5, affine tails.
     RationalQuadratic {
         /// Number of bins K (≥ 2).
         bins: usize,
-        /// Tail bound B: the spline acts on [−B, B], the identity outside.
+        /// Tail bound B: the spline acts on [−B, B].
         tail_bound: f64,
+        /// What the map is beyond ±B. Model files written before affine tails existed have no
+        /// such field and keep their identity tails.
+        #[serde(default)]
+        tails: SplineTails,
     },
     /// Deep sigmoidal flow (NAF, Huang et al. 2018), [`monotone::sigmoidal`]: a mixture of
     /// `components` positive-slope sigmoids under a logit, linear tails beyond ±B.
@@ -81,6 +85,42 @@ pub enum Transformer {
     },
 }
 
+/// What a rational-quadratic spline does beyond its interval [−B, B].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SplineTails {
+    /// The identity beyond ±B with boundary derivatives pinned to 1 (Durkan et al. 2019): the
+    /// spline maps [−B, B] onto itself, so a layer cannot move mass across ±B. The tails of
+    /// every model saved before affine tails existed (the serde default).
+    #[default]
+    Identity,
+    /// The spline inside an elementwise affine map, `y = μ + e^s·RQS(x)` with
+    /// `s = a / (1 + |a|/ln 1000)` as in [`Transformer::Affine`]: linear tails of learned slope
+    /// `e^s`, and the spline's image `[μ − e^s·B, μ + e^s·B]` moved and stretched per
+    /// dimension, so samples can reach far beyond ±B (wide and curved VI targets).
+    /// log|dy/dx| = log RQS′(x) + s. Parameters (μ, a) follow the spline's; zero is the
+    /// identity. The default of new models.
+    Affine,
+}
+
+impl SplineTails {
+    /// Extra parameters per dimension.
+    pub fn params_per_dim(self) -> usize {
+        match self {
+            SplineTails::Identity => 0,
+            SplineTails::Affine => 2,
+        }
+    }
+
+    /// Short name (`identity`, `affine`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SplineTails::Identity => "identity",
+            SplineTails::Affine => "affine",
+        }
+    }
+}
+
 fn block(params: &Tensor<2>, p: usize, d: usize) -> Tensor<2> {
     params.clone().narrow(1, p * d, d)
 }
@@ -91,7 +131,7 @@ impl Transformer {
         match self {
             Transformer::Affine => 2,
             Transformer::Additive => 1,
-            Transformer::RationalQuadratic { bins, .. } => spline::params_per_dim(*bins),
+            Transformer::RationalQuadratic { bins, tails, .. } => spline::params_per_dim(*bins) + tails.params_per_dim(),
             Transformer::Sigmoidal { components, .. } => 3 * components,
             Transformer::Umnn { hidden, .. } => 3 * hidden + 2,
             Transformer::SumOfSquares { polynomials, degree, .. } => 1 + polynomials * (degree + 1),
@@ -118,9 +158,9 @@ impl Transformer {
         matches!(self, Transformer::Sigmoidal { .. } | Transformer::Umnn { .. } | Transformer::SumOfSquares { .. })
     }
 
-    /// The rational-quadratic spline with the default 8 bins and tail bound 5.
+    /// The rational-quadratic spline with the default 8 bins, tail bound 5 and affine tails.
     pub fn spline() -> Self {
-        Transformer::RationalQuadratic { bins: spline::DEFAULT_BINS, tail_bound: spline::DEFAULT_TAIL_BOUND }
+        Transformer::RationalQuadratic { bins: spline::DEFAULT_BINS, tail_bound: spline::DEFAULT_TAIL_BOUND, tails: SplineTails::Affine }
     }
 
     /// Checks the settings.
@@ -209,9 +249,17 @@ impl Transformer {
                 let ld = x.zeros_like();
                 (x.add(shift), ld)
             }
-            Transformer::RationalQuadratic { bins, tail_bound } => {
-                spline::rational_quadratic_packed(x, params, *bins, *tail_bound, false)
-            }
+            Transformer::RationalQuadratic { bins, tail_bound, tails } => match tails {
+                SplineTails::Identity => spline::rational_quadratic_packed(x, params, *bins, *tail_bound, false),
+                SplineTails::Affine => {
+                    let p = spline::params_per_dim(*bins);
+                    let spline_params = params.clone().narrow(1, 0, p * d);
+                    let (v, ld) = spline::rational_quadratic_packed(x, &spline_params, *bins, *tail_bound, false);
+                    let shift = block(params, p, d);
+                    let log_scale = soft_clip(block(params, p + 1, d), AFFINE_LOG_SCALE_BOUND);
+                    (v.mul(log_scale.clone().exp()).add(shift), ld.add(log_scale))
+                }
+            },
             numerical => {
                 let bound = numerical.tail_bound().unwrap_or(DEFAULT_MONOTONE_BOUND);
                 let what = format!("a {} transformer", numerical.name());
@@ -236,9 +284,18 @@ impl Transformer {
                 let ld = y.zeros_like();
                 (y.sub(shift), ld)
             }
-            Transformer::RationalQuadratic { bins, tail_bound } => {
-                spline::rational_quadratic_packed(y, params, *bins, *tail_bound, true)
-            }
+            Transformer::RationalQuadratic { bins, tail_bound, tails } => match tails {
+                SplineTails::Identity => spline::rational_quadratic_packed(y, params, *bins, *tail_bound, true),
+                SplineTails::Affine => {
+                    let p = spline::params_per_dim(*bins);
+                    let shift = block(params, p, d);
+                    let log_scale = soft_clip(block(params, p + 1, d), AFFINE_LOG_SCALE_BOUND);
+                    let v = y.sub(shift).mul(log_scale.clone().neg().exp());
+                    let spline_params = params.clone().narrow(1, 0, p * d);
+                    let (x, ld) = spline::rational_quadratic_packed(v, &spline_params, *bins, *tail_bound, true);
+                    (x, ld.sub(log_scale))
+                }
+            },
             numerical => numerical.monotone(y, params),
         }
     }

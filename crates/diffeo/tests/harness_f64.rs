@@ -5,7 +5,7 @@ use diffeo::bijections::*;
 use diffeo::distributions::BaseKind;
 use diffeo::prelude::*;
 use diffeo::testing::{check_bijection, randomize_parameters, HarnessConfig, JacobianReference};
-use diffeo::transformer::Transformer;
+use diffeo::transformer::{SplineTails, Transformer};
 
 fn device() -> Device {
     diffeo::cpu_f64().expect("f64 device")
@@ -573,7 +573,11 @@ fn made_sweep_matches_full_passes() {
     let dev = device();
     let mut case = 0;
     for (dim, ctx, hidden) in [(2, 0, vec![8]), (3, 2, vec![16, 16]), (5, 0, vec![3, 2]), (6, 3, vec![]), (7, 1, vec![20, 9, 12]), (4, 0, vec![1])] {
-        for transformer in [Transformer::Affine, Transformer::RationalQuadratic { bins: 5, tail_bound: 3.0 }] {
+        for transformer in [
+            Transformer::Affine,
+            Transformer::RationalQuadratic { bins: 5, tail_bound: 3.0, tails: SplineTails::Identity },
+            Transformer::RationalQuadratic { bins: 5, tail_bound: 3.0, tails: SplineTails::Affine },
+        ] {
             case += 1;
             let mut rng = StdRng::seed_from_u64(case);
             let mut order: Vec<usize> = (1..=dim).collect();

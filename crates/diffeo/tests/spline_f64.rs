@@ -8,6 +8,7 @@ use diffeo::prelude::*;
 use diffeo::spline::{fused, rational_quadratic};
 use diffeo::tensor::{matrix, to_vec};
 use diffeo::testing::{check_bijection, randomize_parameters, HarnessConfig, JacobianReference};
+use diffeo::transformer::SplineTails;
 use rand::Rng;
 use rand_distr::StandardNormal;
 
@@ -339,8 +340,13 @@ fn extreme_but_valid_parameters_case(imp: Impl) {
 
 #[test]
 fn spline_layers_pass_the_harness() {
+    for tails in [SplineTails::Identity, SplineTails::Affine] {
+        spline_layers_pass_the_harness_with(Transformer::RationalQuadratic { bins: 5, tail_bound: 2.0, tails });
+    }
+}
+
+fn spline_layers_pass_the_harness_with(spline: Transformer) {
     let dev = device();
-    let spline = Transformer::RationalQuadratic { bins: 5, tail_bound: 2.0 };
     // Points spread over the interval and the tails.
     // Finite differences straddling a knot see the jump of the second derivative (O(h) error),
     // and where the map is very flat (slopes ~e⁻¹²) rounding of y costs ε|y|/(h·slope): check
@@ -393,12 +399,57 @@ fn a_spline_flow_density_integrates_to_one() {
     assert!((integral - 1.0).abs() < 1e-4, "∫p = {integral}");
 }
 
+/// Affine tails: zero parameters are the identity; a shift μ and log-scale s move the spline's
+/// image to μ + e^s·[−B, B] and continue it linearly with slope e^s, so values land far beyond ±B;
+/// the inverse undoes it. A configuration written before the tail kind existed reads as identity
+/// tails; new splines are affine.
+#[test]
+fn affine_tails_reach_beyond_the_bound_and_old_configurations_keep_identity_tails() {
+    let dev = device();
+    let (bins, bound) = (4, 2.0);
+    let t = Transformer::RationalQuadratic { bins, tail_bound: bound, tails: SplineTails::Affine };
+    let p = t.params_per_dim();
+    assert_eq!(p, 3 * bins - 1 + 2);
+    let (n, d) = (5, 2);
+    let xs = vec![-30.0, -2.0, -0.5, 0.0, 0.7, 1.9, 2.0, 9.0, 50.0, -1.0];
+    let x = matrix(xs.clone(), n, d, &dev);
+    let tol = diffeo::event::Tolerance::default();
+    let (y, ld) = t.forward(x.clone(), &Tensor::zeros([n, p * d], &dev), &tol).unwrap();
+    assert_eq!(to_vec(y).unwrap(), xs);
+    assert!(to_vec(ld).unwrap().iter().all(|v| *v == 0.0));
+    // Spline parameters zero (its identity), shift 10, scale 3: y = 10 + 3x everywhere.
+    let s = 3f64.ln();
+    let a = s / (1.0 - s / diffeo::transformer::AFFINE_LOG_SCALE_BOUND); // the soft clip's preimage of s
+    let mut params = vec![0.0; n * p * d];
+    for row in 0..n {
+        for j in 0..d {
+            params[row * p * d + (p - 2) * d + j] = 10.0;
+            params[row * p * d + (p - 1) * d + j] = a;
+        }
+    }
+    let params = matrix(params, n, p * d, &dev);
+    let (y, ld) = t.forward(x.clone(), &params, &tol).unwrap();
+    for (yv, xv) in to_vec(y.clone()).unwrap().iter().zip(&xs) {
+        assert!((yv - (10.0 + 3.0 * xv)).abs() < 1e-12, "{xv} → {yv}");
+    }
+    assert!(to_vec(ld).unwrap().iter().all(|v| (v - s).abs() < 1e-12));
+    let (back, ld_back) = t.inverse(y, &params);
+    for (b, xv) in to_vec(back).unwrap().iter().zip(&xs) {
+        assert!((b - xv).abs() < 1e-12);
+    }
+    assert!(to_vec(ld_back).unwrap().iter().all(|v| (v + s).abs() < 1e-12));
+
+    let old: Transformer = serde_json::from_str(r#"{"rational_quadratic":{"bins":8,"tail_bound":5.0}}"#).unwrap();
+    assert_eq!(old, Transformer::RationalQuadratic { bins: 8, tail_bound: 5.0, tails: SplineTails::Identity });
+    assert!(serde_json::to_string(&Transformer::spline()).unwrap().contains(r#""tails":"affine""#));
+}
+
 #[test]
 fn bad_spline_settings_are_rejected() {
     for t in [
-        Transformer::RationalQuadratic { bins: 1, tail_bound: 5.0 },
-        Transformer::RationalQuadratic { bins: 8, tail_bound: 0.0 },
-        Transformer::RationalQuadratic { bins: 8, tail_bound: f64::NAN },
+        Transformer::RationalQuadratic { bins: 1, tail_bound: 5.0, tails: SplineTails::Affine },
+        Transformer::RationalQuadratic { bins: 8, tail_bound: 0.0, tails: SplineTails::Identity },
+        Transformer::RationalQuadratic { bins: 8, tail_bound: f64::NAN, tails: SplineTails::Affine },
     ] {
         let cfg = MafConfig::new(2).with_transformer(t).flow_config();
         assert!(matches!(cfg.init(&device()), Err(FlowError::InvalidConfig(_))));

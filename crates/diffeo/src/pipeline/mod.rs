@@ -22,6 +22,7 @@ use crate::fit::{fit_monitored, mean_log_likelihood, FitEvent, FitReport, TrainC
 use crate::flow::{Flow, FlowConfig, Standardization};
 use crate::model::{Model, ModelMeta, TrainingSummary, ViRecord};
 use crate::tensor::{matrix, to_vec};
+use crate::transformer::SplineTails;
 use crate::vi::{fit_reverse_kl, ReverseKlConfig, ReverseKlProgress, ReverseKlReport, StandardTarget, Target};
 
 /// A message for the user that does not stop the work.
@@ -305,10 +306,10 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
             if let Some(bound) = config.tail_bound() {
                 let beyond = z.iter().filter(|v| v.abs() > bound).count();
                 if beyond > 0 {
-                    let (what, outside) = if req.family.family.starts_with("nsf") {
-                        ("spline", "the splines are the identity")
-                    } else {
-                        ("transformers'", "the transformers continue linearly")
+                    let (what, outside) = match (req.family.family.starts_with("nsf"), req.family.spline_tails) {
+                        (true, SplineTails::Identity) => ("spline", "the splines are the identity"),
+                        (true, SplineTails::Affine) => ("spline", "the splines continue linearly"),
+                        _ => ("transformers'", "the transformers continue linearly"),
                     };
                     notice(Notice::Warning(format!(
                         "{beyond} of {} standardized training values ({:.3}%) lie beyond the {what} tail bound ±{bound}, where {outside}; consider a larger --tail-bound",
