@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Variational inference on Rezende & Mohamed's energies U1–U4 with four flow families (as in their
-# figure 3), plus Neal's funnel with an affine vs a spline flow. Writes one JSON line per run to
-# bench/results/vi.jsonl, a markdown table to bench/results/vi.md and figures to docs/vi/.
+# figure 3), plus Neal's funnel with an affine vs a spline flow, by the release build (or
+# $DIFFEO_BIN). Writes one JSON line per run to bench/results/vi.jsonl, a markdown table to
+# bench/results/vi.md and figures to docs/vi/.
 #
 #   bench/vi.sh [STEPS=5000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps="${1:-5000}"
-cargo build -q -p diffeo-cli
-bin="${CARGO_TARGET_DIR:-target}/debug/diffeo"
+source bench/common.sh
 out=bench/results
 mkdir -p "$out" docs/vi
 : > "$out/vi.jsonl"
