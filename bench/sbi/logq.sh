@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The cheap proper score used to choose the posterior defaults (docs/sbi-benchmark.md): the mean
 # log q(θ | x_o) of sbibm's 10,000 reference samples, averaged over observations 1–10, for one
-# `diffeo npe` fit on 10,000 simulations (seed 0) with the given flags. Prints one line per task.
+# `diffeo npe` fit on 10,000 simulations (seed 0; the fit's seed $SEED, default 0) with the given flags.
+# Prints one line per task.
 #
 #   bench/sbi/logq.sh "two_moons slcp" [npe flags...]      (e.g. --ensemble 1 --spline-tails identity)
 #
@@ -24,7 +25,7 @@ for task in $tasks; do
   prior=$("$PYTHON" bench/sbi/tasks.py prior "$task")
   "$PYTHON" bench/sbi/tasks.py sims "$task" 10000 --seed 0 > "$out/sims.csv"
   start=$(date +%s.%N)
-  "$DIFFEO" npe --data "$out/sims.csv" --theta-cols "0-$((D - 1))" --x-cols "$D-$((D + K - 1))" --prior "$prior" --seed 0 \
+  "$DIFFEO" npe --data "$out/sims.csv" --theta-cols "0-$((D - 1))" --x-cols "$D-$((D + K - 1))" --prior "$prior" --seed "${SEED:-0}" \
     --out "$out/m.dfo" --quiet "$@"
   train_s=$(echo "$(date +%s.%N) - $start" | bc)
   for k in 1 2 3 4 5 6 7 8 9 10; do

@@ -386,17 +386,20 @@ fn spline_layers_pass_the_harness_with(spline: Transformer) {
 #[test]
 fn a_spline_flow_density_integrates_to_one() {
     let dev = device();
-    let cfg = MafConfig::new(1).with_transforms(2).with_hidden(vec![8]).with_transformer(Transformer::spline());
-    // Moderate random parameters: a clearly non-linear map whose density a fine grid resolves.
-    let flow = randomize_parameters(cfg.init(&dev).unwrap(), 3, 0.5);
-    let (lo, hi, m) = (-14.0, 14.0, 28_001);
-    let step = (hi - lo) / (m - 1) as f64;
-    let xs: Vec<f64> = (0..m).map(|i| lo + step * i as f64).collect();
-    let lp = to_vec(flow.log_prob(matrix(xs, m, 1, &dev), None).unwrap()).unwrap();
-    let p: Vec<f64> = lp.iter().map(|v| v.exp()).collect();
-    // Simpson's rule.
-    let integral = step / 3.0 * (p[0] + p[m - 1] + (1..m - 1).map(|i| if i % 2 == 1 { 4.0 } else { 2.0 } * p[i]).sum::<f64>());
-    assert!((integral - 1.0).abs() < 1e-4, "∫p = {integral}");
+    for tails in [SplineTails::Identity, SplineTails::Affine] {
+        let spline = Transformer::RationalQuadratic { bins: 8, tail_bound: 5.0, tails };
+        let cfg = MafConfig::new(1).with_transforms(2).with_hidden(vec![8]).with_transformer(spline);
+        // Moderate random parameters: a clearly non-linear map whose density a fine grid resolves.
+        let flow = randomize_parameters(cfg.init(&dev).unwrap(), 3, 0.5);
+        let (lo, hi, m) = (-20.0, 20.0, 160_001);
+        let step = (hi - lo) / (m - 1) as f64;
+        let xs: Vec<f64> = (0..m).map(|i| lo + step * i as f64).collect();
+        let lp = to_vec(flow.log_prob(matrix(xs, m, 1, &dev), None).unwrap()).unwrap();
+        let p: Vec<f64> = lp.iter().map(|v| v.exp()).collect();
+        // Simpson's rule.
+        let integral = step / 3.0 * (p[0] + p[m - 1] + (1..m - 1).map(|i| if i % 2 == 1 { 4.0 } else { 2.0 } * p[i]).sum::<f64>());
+        assert!((integral - 1.0).abs() < 1e-4, "{tails:?} tails: ∫p = {integral}");
+    }
 }
 
 /// Affine tails: zero parameters are the identity; a shift μ and log-scale s move the spline's
