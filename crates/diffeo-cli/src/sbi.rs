@@ -99,9 +99,10 @@ pub struct NpeArgs {
     /// Spline tail bound (default 4).
     #[arg(long, value_parser = positive_f64)]
     pub tail_bound: Option<f64>,
-    /// Spline tails: affine (learned per-dimension affine map around the spline) or identity.
-    #[arg(long, value_enum, default_value = "affine")]
-    pub spline_tails: SplineTailsArg,
+    /// Spline tails: identity (default) or affine (a learned per-dimension affine map around
+    /// the spline).
+    #[arg(long, value_enum)]
+    pub spline_tails: Option<SplineTailsArg>,
     /// Embedding network of x.
     #[arg(long, value_enum, default_value = "none")]
     pub embedding: EmbeddingArg,
@@ -181,7 +182,12 @@ fn npe_config(a: &NpeArgs) -> Result<NpeConfig> {
     if let Some(t) = a.tail_bound {
         c.family.tail_bound = t;
     }
-    c.family.spline_tails = a.spline_tails.into();
+    // The posterior's splines default to identity tails; other families have no tail setting.
+    c.family.spline_tails = match a.spline_tails {
+        Some(t) => t.into(),
+        None if a.flow.starts_with("nsf") => c.family.spline_tails,
+        None => diffeo::families::FamilySettings::new(&a.flow).spline_tails,
+    };
     c.family.seed = a.seed;
     c.embedding = match (a.embedding, a.iid_groups) {
         (EmbeddingArg::None, None) => XEmbedding::None,

@@ -595,6 +595,9 @@ fn posterior_estimation_from_a_simulations_file() {
     assert_eq!(lp[1], f64::NEG_INFINITY);
     let held_out = write(d, "held.csv", &toy_simulations(60));
     ok(&["log-prob", "--model", &model, "--data", &held_out, "--out", &p(d, "lp2.npy")]);
+    // The posterior's identity spline tails do not get in the way of a family without splines.
+    let maf_args = ["--flow", "maf", "--hidden", "8", "--transforms", "1", "--ensemble", "1", "--max-epochs", "2", "-q"];
+    ok(&[&args[..10], &maf_args[..], &["--out", &p(d, "maf.dfo")]].concat());
     // Calibration: ranks, KS, coverage, figures.
     let plots = d.join("figs");
     std::fs::create_dir(&plots).unwrap();

@@ -139,6 +139,9 @@ impl Default for NpeConfig {
         family.hidden = vec![64, 64];
         family.bins = 10;
         family.tail_bound = 4.0;
+        // θ is standardized (given x) before the flow, and affine tails measured worse on slcp
+        // (mean log q of the reference −5.56 vs −5.22 and −5.13, seeds 0 and 1; docs/sbi-benchmark.md).
+        family.spline_tails = crate::transformer::SplineTails::Identity;
         family.activation = Activation::Relu;
         Self {
             family,
