@@ -182,12 +182,9 @@ fn npe_config(a: &NpeArgs) -> Result<NpeConfig> {
     if let Some(t) = a.tail_bound {
         c.family.tail_bound = t;
     }
-    // The posterior's splines default to identity tails; other families have no tail setting.
-    c.family.spline_tails = match a.spline_tails {
-        Some(t) => t.into(),
-        None if a.flow.starts_with("nsf") => c.family.spline_tails,
-        None => diffeo::families::FamilySettings::new(&a.flow).spline_tails,
-    };
+    if let Some(t) = a.spline_tails {
+        c.family.spline_tails = t.into();
+    }
     c.family.seed = a.seed;
     c.embedding = match (a.embedding, a.iid_groups) {
         (EmbeddingArg::None, None) => XEmbedding::None,

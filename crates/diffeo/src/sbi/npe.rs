@@ -140,7 +140,7 @@ impl Default for NpeConfig {
         family.bins = 10;
         family.tail_bound = 4.0;
         // θ is standardized (given x) before the flow, and affine tails measured worse on slcp
-        // (mean log q of the reference −5.56 vs −5.22 and −5.13, seeds 0 and 1; docs/sbi-benchmark.md).
+        // (mean log q of the reference −5.56 vs −5.22 and −5.03, seeds 0 and 1; docs/sbi-benchmark.md).
         family.spline_tails = crate::transformer::SplineTails::Identity;
         family.activation = Activation::Relu;
         Self {
@@ -223,7 +223,12 @@ pub fn posterior_architecture(config: &NpeConfig, prior: &Prior, data: &Dataset)
         }
     };
     let conditioner_context = embedding.as_ref().map_or(k, |e| e.output_dim);
-    let mut flow = architecture(&config.family, d, conditioner_context)?;
+    // The posterior's identity spline tails are a setting of the spline families only.
+    let mut family = config.family.clone();
+    if !family.family.starts_with("nsf") {
+        family.spline_tails = FamilySettings::new(&family.family).spline_tails;
+    }
+    let mut flow = architecture(&family, d, conditioner_context)?;
     flow.context_dim = k;
     flow.embedding = embedding;
     let transform = config.support == SupportHandling::Transform && prior.is_constrained();
