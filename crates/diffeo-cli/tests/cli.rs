@@ -515,7 +515,7 @@ fn vi_fits_targets_reports_diagnostics_and_plots() {
     bad(&["vi", "--target", "u1", "--dim", "5", "--out", &out], "funnel");
     bad(&["vi", "--target", "u1", "--flow", "planar", "--stl", "--out", &out], "inverse");
     bad(&["vi", "--target", "u1", "--steps", "0", "--out", &out], "steps");
-    bad(&["vi", "--target", "u1", "--flow", "iaf", "--spline-tails", "identity", "--out", &out], "--spline-tails is a setting of the nsf families");
+    bad(&["vi", "--target", "u1", "--flow", "iaf", "--spline-tails", "identity", "--out", &out], "--spline-tails is a setting of the nsf-coupling family");
     bad(&["vi", "--target", "u1", "--out", &p(dir.path(), "missing/m.dfo")], "does not exist");
     assert!(!Path::new(&out).exists());
 }
@@ -597,7 +597,7 @@ fn posterior_estimation_from_a_simulations_file() {
     ok(&["log-prob", "--model", &model, "--data", &held_out, "--out", &p(d, "lp2.npy")]);
     // The posterior's identity spline tails do not get in the way of a family without splines.
     let maf_args = ["--flow", "maf", "--hidden", "8", "--transforms", "1", "--ensemble", "1", "--max-epochs", "2", "-q"];
-    ok(&[&args[..10], &maf_args[..], &["--out", &p(d, "maf.dfo")]].concat());
+    ok(&[&args[..9], &maf_args[..], &["--out", &p(d, "maf.dfo")]].concat());
     // Calibration: ranks, KS, coverage, figures.
     let plots = d.join("figs");
     std::fs::create_dir(&plots).unwrap();
