@@ -416,7 +416,8 @@ fn csv_numbers(path: &Path) -> Vec<f64> {
 fn assert_close(what: &str, a: &[f64], e: &[f64]) {
     assert_eq!(a.len(), e.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(e).enumerate() {
-        assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{what}[{i}]: {x} now, {y} when saved");
+        // f32 models: reductions vectorized for another CPU round differently (2.3e−6 seen).
+        assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{what}[{i}]: {x} now, {y} when saved");
     }
 }
 
