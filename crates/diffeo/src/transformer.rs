@@ -111,14 +111,6 @@ impl SplineTails {
             SplineTails::Affine => 2,
         }
     }
-
-    /// Short name (`identity`, `affine`).
-    pub fn name(self) -> &'static str {
-        match self {
-            SplineTails::Identity => "identity",
-            SplineTails::Affine => "affine",
-        }
-    }
 }
 
 fn block(params: &Tensor<2>, p: usize, d: usize) -> Tensor<2> {
@@ -253,11 +245,9 @@ impl Transformer {
                 SplineTails::Identity => spline::rational_quadratic_packed(x, params, *bins, *tail_bound, false),
                 SplineTails::Affine => {
                     let p = spline::params_per_dim(*bins);
-                    let spline_params = params.clone().narrow(1, 0, p * d);
-                    let (v, ld) = spline::rational_quadratic_packed(x, &spline_params, *bins, *tail_bound, false);
-                    let shift = block(params, p, d);
-                    let log_scale = soft_clip(block(params, p + 1, d), AFFINE_LOG_SCALE_BOUND);
-                    (v.mul(log_scale.clone().exp()).add(shift), ld.add(log_scale))
+                    let (v, ld) = spline::rational_quadratic_packed(x, &params.clone().narrow(1, 0, p * d), *bins, *tail_bound, false);
+                    let (y, ld_affine) = Transformer::Affine.forward(v, &params.clone().narrow(1, p * d, 2 * d), tolerance)?;
+                    (y, ld.add(ld_affine))
                 }
             },
             numerical => {
@@ -288,12 +278,9 @@ impl Transformer {
                 SplineTails::Identity => spline::rational_quadratic_packed(y, params, *bins, *tail_bound, true),
                 SplineTails::Affine => {
                     let p = spline::params_per_dim(*bins);
-                    let shift = block(params, p, d);
-                    let log_scale = soft_clip(block(params, p + 1, d), AFFINE_LOG_SCALE_BOUND);
-                    let v = y.sub(shift).mul(log_scale.clone().neg().exp());
-                    let spline_params = params.clone().narrow(1, 0, p * d);
-                    let (x, ld) = spline::rational_quadratic_packed(v, &spline_params, *bins, *tail_bound, true);
-                    (x, ld.sub(log_scale))
+                    let (v, ld_affine) = Transformer::Affine.inverse(y, &params.clone().narrow(1, p * d, 2 * d));
+                    let (x, ld) = spline::rational_quadratic_packed(v, &params.clone().narrow(1, 0, p * d), *bins, *tail_bound, true);
+                    (x, ld.add(ld_affine))
                 }
             },
             numerical => numerical.monotone(y, params),
