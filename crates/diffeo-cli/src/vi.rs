@@ -10,7 +10,7 @@ use diffeo::vi::{ReverseKlConfig, StandardTarget, Target};
 use serde_json::json;
 
 use crate::commands::{lib, model_output, progress_bar};
-use crate::{families, positive_f64, widths, ScheduleArg, SplineTailsArg, Widths};
+use crate::{families, positive_f64, widths, ActivationArg, ScheduleArg, SplineTailsArg, Widths};
 
 #[derive(Args, Debug)]
 pub struct ViArgs {
@@ -30,6 +30,9 @@ pub struct ViArgs {
     /// Hidden widths of each conditioner network (iaf, realnvp, nsf-coupling).
     #[arg(long, value_parser = widths, default_value = "64,64")]
     pub hidden: Widths,
+    /// Hidden nonlinearity of each conditioner network (iaf, realnvp, nsf-coupling).
+    #[arg(long, value_enum, default_value = "relu")]
+    pub activation: ActivationArg,
     /// Spline bins (nsf-coupling).
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..=256), default_value = "8")]
     pub bins: u64,
@@ -41,7 +44,7 @@ pub struct ViArgs {
     #[arg(long, value_enum, default_value = "affine")]
     pub spline_tails: SplineTailsArg,
     /// Optimisation steps.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "3000")]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value = "5000")]
     pub steps: u64,
     /// Monte-Carlo samples per step.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000), default_value = "256")]
@@ -95,6 +98,7 @@ pub fn vi(a: ViArgs) -> Result<()> {
     let mut family = FamilySettings::new(&a.flow);
     family.transforms = a.transforms.map(|k| k as usize);
     family.hidden = a.hidden.0.clone();
+    family.activation = a.activation.into();
     family.bins = a.bins as usize;
     family.tail_bound = a.tail_bound;
     family.spline_tails = a.spline_tails.into();

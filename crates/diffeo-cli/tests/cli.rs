@@ -517,6 +517,7 @@ fn vi_fits_targets_reports_diagnostics_and_plots() {
     bad(&["vi", "--target", "u1", "--flow", "planar", "--stl", "--out", &out], "inverse");
     bad(&["vi", "--target", "u1", "--steps", "0", "--out", &out], "steps");
     bad(&["vi", "--target", "u1", "--flow", "iaf", "--spline-tails", "identity", "--out", &out], "--spline-tails is a setting of the nsf-coupling family");
+    bad(&["vi", "--target", "u1", "--flow", "planar", "--activation", "elu", "--out", &out], "--activation is a setting of the iaf, realnvp and nsf-coupling families");
     bad(&["vi", "--target", "u1", "--out", &p(dir.path(), "missing/m.dfo")], "does not exist");
     assert!(!Path::new(&out).exists());
 }

@@ -600,6 +600,9 @@ pub fn vi_architecture(s: &FamilySettings, dim: usize, support: Option<(f64, f64
     if s.spline_tails != SplineTails::Affine && f.name != "nsf-coupling" {
         return Err(FlowError::InvalidConfig("--spline-tails is a setting of the nsf-coupling family".into()));
     }
+    if s.activation != Activation::Relu && !matches!(f.name, "iaf" | "realnvp" | "nsf-coupling") {
+        return Err(FlowError::InvalidConfig("--activation is a setting of the iaf, realnvp and nsf-coupling families".into()));
+    }
     let spline = Transformer::RationalQuadratic { bins: s.bins, tail_bound: s.tail_bound, tails: s.spline_tails };
     let k = s.transforms.unwrap_or(f.default_transforms);
     let d = dim;
@@ -610,9 +613,9 @@ pub fn vi_architecture(s: &FamilySettings, dim: usize, support: Option<(f64, f64
             let basis = if f.name == "sylvester" { SylvesterBasis::Orthogonal } else { SylvesterBasis::Householder { reflections: d } };
             FlowConfig::new(d, vec![LayerConfig::Sylvester(SylvesterConfig::new(d, d, basis)); k])
         }
-        "iaf" => iaf(d, k, s.hidden.clone()).flow_config(),
-        "realnvp" => realnvp(d, k, s.hidden.clone()).flow_config(),
-        _ => nsf_coupling(d, k, s.hidden.clone()).with_transformer(spline).flow_config(),
+        "iaf" => iaf(d, k, s.hidden.clone()).with_activation(s.activation).flow_config(),
+        "realnvp" => realnvp(d, k, s.hidden.clone()).with_activation(s.activation).flow_config(),
+        _ => nsf_coupling(d, k, s.hidden.clone()).with_transformer(spline).with_activation(s.activation).flow_config(),
     }
     .with_seed(s.seed);
     config.layers.insert(0, LayerConfig::ElementwiseAffine(ElementwiseAffineConfig::new(d)));

@@ -266,3 +266,21 @@ fn annealing_and_seeds() {
     assert_eq!(a.history, run(7).1.history);
     assert_ne!(a.history, run(8).1.history);
 }
+
+#[test]
+fn vi_conditioners_take_the_chosen_activation() {
+    use diffeo::families::{vi_architecture, FamilySettings};
+    use diffeo::nn::Activation;
+    for family in ["iaf", "realnvp", "nsf-coupling"] {
+        let mut s = FamilySettings::new(family);
+        let relu = format!("{:?}", vi_architecture(&s, 3, None).unwrap());
+        s.activation = Activation::Elu;
+        let elu = format!("{:?}", vi_architecture(&s, 3, None).unwrap());
+        assert!(relu.contains("Relu") && !relu.contains("Elu"), "{family}");
+        assert!(elu.contains("Elu") && !elu.contains("Relu"), "{family}");
+    }
+    let mut s = FamilySettings::new("planar");
+    s.activation = Activation::Tanh;
+    let e = vi_architecture(&s, 3, None).unwrap_err().to_string();
+    assert!(e.contains("--activation is a setting of the iaf, realnvp and nsf-coupling families"), "{e}");
+}
