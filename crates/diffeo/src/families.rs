@@ -390,6 +390,12 @@ impl Default for MonotoneSizes {
 }
 
 impl FamilySettings {
+    /// Whether the family's transformer is the rational-quadratic spline (`nsf`, `nsf-coupling`):
+    /// the families that `bins`, the spline meaning of `tail_bound` and `spline_tails` apply to.
+    pub fn has_splines(&self) -> bool {
+        matches!(self.family.as_str(), "nsf" | "nsf-coupling")
+    }
+
     /// The defaults of `diffeo fit`: 128×2 ReLU conditioners, 8 bins, tail bound 5; for `cnf`,
     /// zuko's vector field (64×2 ELU) and solver (Dormand–Prince, atol 1e−6, rtol 1e−5).
     pub fn new(family: &str) -> Self {
@@ -479,7 +485,7 @@ fn family_layers(s: &FamilySettings, dim: usize, context_dim: usize) -> Result<F
             return Err(FlowError::InvalidConfig(format!("{flag} is a setting of the {owner} family")));
         }
     }
-    if s.spline_tails != defaults.spline_tails && !f.name.starts_with("nsf") {
+    if s.spline_tails != defaults.spline_tails && !s.has_splines() {
         return Err(FlowError::InvalidConfig("--spline-tails is a setting of the nsf families".into()));
     }
     let k = s.transforms.unwrap_or(f.default_transforms);
@@ -597,7 +603,7 @@ pub fn vi_architecture(s: &FamilySettings, dim: usize, support: Option<(f64, f64
         let names: Vec<&str> = VI_FAMILIES.iter().map(|f| f.name).collect();
         FlowError::InvalidConfig(format!("unknown variational family '{}' (expected one of {})", s.family, names.join(", ")))
     })?;
-    if s.spline_tails != SplineTails::Affine && f.name != "nsf-coupling" {
+    if s.spline_tails != SplineTails::Affine && !s.has_splines() {
         return Err(FlowError::InvalidConfig("--spline-tails is a setting of the nsf-coupling family".into()));
     }
     if s.activation != Activation::Relu && !matches!(f.name, "iaf" | "realnvp" | "nsf-coupling") {

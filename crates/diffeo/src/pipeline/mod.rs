@@ -306,7 +306,7 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
             if let Some(bound) = config.tail_bound() {
                 let beyond = z.iter().filter(|v| v.abs() > bound).count();
                 if beyond > 0 {
-                    let (what, outside) = match (req.family.family.starts_with("nsf"), req.family.spline_tails) {
+                    let (what, outside) = match (req.family.has_splines(), req.family.spline_tails) {
                         (true, SplineTails::Identity) => ("spline", "the splines are the identity"),
                         (true, SplineTails::Affine) => ("spline", "the splines continue linearly"),
                         _ => ("transformers'", "the transformers continue linearly"),

@@ -225,7 +225,7 @@ pub fn posterior_architecture(config: &NpeConfig, prior: &Prior, data: &Dataset)
     let conditioner_context = embedding.as_ref().map_or(k, |e| e.output_dim);
     // The posterior's identity spline tails are a setting of the spline families only.
     let mut family = config.family.clone();
-    if !family.family.starts_with("nsf") {
+    if !family.has_splines() {
         family.spline_tails = FamilySettings::new(&family.family).spline_tails;
     }
     let mut flow = architecture(&family, d, conditioner_context)?;
