@@ -297,12 +297,24 @@ pub fn log_prob(a: LogProbArgs) -> Result<()> {
 }
 
 pub fn sample(a: SampleArgs) -> Result<()> {
-    lib(diffeo::data::check_output(&a.out, &["npy", "csv"]))?;
+    let png = a.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    lib(diffeo::data::check_output(&a.out, if png { &["png"] } else { &["npy", "csv"] }))?;
     let m = lib(pipeline::load_model(&a.model))?;
+    let image = match m.flow.event() {
+        diffeo::bijections::EventShape::Image { channels, height, width } => Some((channels, height, width)),
+        _ => None,
+    };
+    if png && image.is_none() {
+        bail!("a .png output is an image grid, for models of images; write .npy or .csv (or use diffeo plot)");
+    }
     let ctx: Option<Table> = lib(pipeline::context_rows(a.context.as_deref(), &m))?;
-    let (t, nfe) = lib(pipeline::sample_counted(&m, a.n as usize, ctx.as_ref(), a.seed))?;
-    let csv = a.out.extension().is_some_and(|e| e == "csv");
-    lib(diffeo::data::write_table(&a.out, &t.values, t.cols, t.names.as_deref().filter(|_| csv)))?;
+    let (t, nfe) = lib(pipeline::sample_at_temperature(&m, a.n as usize, ctx.as_ref(), a.seed, a.temperature))?;
+    if let (true, Some(shape)) = (png, image) {
+        crate::plot::image_grid(&t.values, shape, &a.out)?;
+    } else {
+        let csv = a.out.extension().is_some_and(|e| e == "csv");
+        lib(diffeo::data::write_table(&a.out, &t.values, t.cols, t.names.as_deref().filter(|_| csv)))?;
+    }
     if nfe > 0 {
         eprintln!("vector-field evaluations (NFE): {nfe}");
     }

@@ -171,6 +171,12 @@ impl FitArgs {
         if self.base == BaseArg::Resampled {
             family.base = diffeo::distributions::BaseKind::resampled();
         }
+        // Image families.
+        family.levels = self.levels.map(|l| l as usize);
+        family.steps_per_level = self.steps_per_level.map(|k| k as usize);
+        if let Some(c) = self.hidden_channels {
+            family.hidden_channels = c as usize;
+        }
         // Monotone transformers.
         let m = &mut family.monotone;
         for (value, field) in [
@@ -395,6 +401,16 @@ pub struct FitArgs {
     /// bnaf: hidden layers per transform (default 1).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub block_layers: Option<u64>,
+    /// glow, realnvp-image: levels (each squeezes 2×2 pixel blocks into channels; default 2).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=8))]
+    pub levels: Option<u64>,
+    /// glow, realnvp-image: flow steps (couplings of each kind) per level (default 8 for glow, 3
+    /// for realnvp-image).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub steps_per_level: Option<u64>,
+    /// glow, realnvp-image: hidden channels of the couplings' convolutional networks (default 64).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub hidden_channels: Option<u64>,
     /// cnf: steps of the fixed-step solvers (rk4, euler).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "20")]
     pub ode_steps: u64,
@@ -555,7 +571,11 @@ pub struct SampleArgs {
     /// Seed.
     #[arg(long, default_value = "0")]
     pub seed: u64,
-    /// Output file (.npy or .csv).
+    /// Base draws at this temperature, u ~ N(0, T²I) (Glow samples images at 0.7; Gaussian base
+    /// only).
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_f64, default_value = "1")]
+    pub temperature: f64,
+    /// Output file (.npy or .csv; .png for an image model: a grid of the samples).
     #[arg(long)]
     pub out: PathBuf,
 }

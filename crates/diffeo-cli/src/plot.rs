@@ -399,3 +399,42 @@ pub fn coverage(levels: &[f64], coverage: &[f64], pairs: usize, out: &Path) -> R
         Ok(())
     })
 }
+
+/// A grid of images (`rows` of `[C, H, W]` values in [0, 1], C order) as a PNG: grey for one
+/// channel, colour for three (other channel counts show their first channel), each pixel drawn
+/// as a `zoom`×`zoom` block, a 2-pixel white gap between images.
+pub fn image_grid(values: &[f64], (c, h, w): (usize, usize, usize), out: &Path) -> Result<()> {
+    let per = c * h * w;
+    let n = values.len() / per.max(1);
+    if n == 0 {
+        bail!("no images to draw");
+    }
+    let cols = (n as f64).sqrt().ceil() as usize;
+    let rows = n.div_ceil(cols);
+    let zoom = (192 / h.max(w)).clamp(1, 4);
+    let (cell_w, cell_h) = (w * zoom + 2, h * zoom + 2);
+    let size = ((cols * cell_w + 2) as u32, (rows * cell_h + 2) as u32);
+    let byte = |v: f64| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    render(out, size, |root| {
+        for k in 0..n {
+            let img = &values[k * per..(k + 1) * per];
+            let (x0, y0) = (2 + (k % cols) * cell_w, 2 + (k / cols) * cell_h);
+            for i in 0..h {
+                for j in 0..w {
+                    let colour = if c == 3 {
+                        RGBColor(byte(img[i * w + j]), byte(img[h * w + i * w + j]), byte(img[2 * h * w + i * w + j]))
+                    } else {
+                        let g = byte(img[i * w + j]);
+                        RGBColor(g, g, g)
+                    };
+                    for a in 0..zoom {
+                        for b in 0..zoom {
+                            root.draw_pixel(((x0 + j * zoom + b) as i32, (y0 + i * zoom + a) as i32), &colour).map_err(perr)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}

@@ -15,10 +15,14 @@ use crate::bijections::{
 };
 use crate::distributions::BaseKind;
 use crate::error::{FlowError, Result};
+use crate::event::EventShape;
 use crate::flow::{EmbeddingConfig, Flow, FlowConfig};
 use crate::nn::Activation;
 use crate::ode::OdeSettings;
 use crate::transformer::{SplineTails, Transformer};
+
+mod images;
+pub use images::{GlowConfig, RealNvpImageConfig};
 
 fn lu_layer(dim: usize, rng: &mut StdRng) -> LayerConfig {
     LayerConfig::LuLinear(LuLinearConfig::new(dim).with_perm(Permutation::random_order(dim, rng)))
@@ -285,7 +289,7 @@ pub struct Family {
 }
 
 /// The maximum-likelihood families, by name.
-pub const FAMILIES: [Family; 13] = [
+pub const FAMILIES: [Family; 15] = [
     Family { name: "maf", about: "masked autoregressive flow (fast density, D-pass sampling)", default_transforms: 5 },
     Family { name: "iaf", about: "inverse autoregressive flow (fast sampling, D-pass density)", default_transforms: 5 },
     Family { name: "realnvp", about: "RealNVP affine coupling (both directions fast)", default_transforms: 6 },
@@ -299,7 +303,12 @@ pub const FAMILIES: [Family; 13] = [
     Family { name: "umnn", about: "unconstrained monotonic neural networks in MADE: integrals by Clenshaw-Curtis (one-pass density, numerical sampling)", default_transforms: 5 },
     Family { name: "sos", about: "sum-of-squares polynomial transformers in MADE (one-pass density, numerical sampling)", default_transforms: 5 },
     Family { name: "bnaf", about: "block neural autoregressive flow: block-triangular monotone networks (density only, no sampling)", default_transforms: 1 },
+    Family { name: "glow", about: "Glow on images: squeeze, ActNorm, 1x1 convolutions, convolutional affine couplings, multi-scale", default_transforms: 2 },
+    Family { name: "realnvp-image", about: "RealNVP's multi-scale image flow: checkerboard and channel convolutional couplings", default_transforms: 2 },
 ];
+
+/// The families that model images (their events are `[C, H, W]`; `transforms` counts levels).
+pub const IMAGE_FAMILIES: [&str; 2] = ["glow", "realnvp-image"];
 
 /// The settings of a family's architecture (what the command line's `fit` flags set).
 #[derive(Clone, Debug, PartialEq)]
@@ -350,6 +359,12 @@ pub struct FamilySettings {
     pub monotone: MonotoneSizes,
     /// The base density (every family).
     pub base: BaseKind,
+    /// The image families: levels (`None`: the family's default).
+    pub levels: Option<usize>,
+    /// The image families: steps per level (`None`: the family's default).
+    pub steps_per_level: Option<usize>,
+    /// The image families: hidden channels of the coupling networks.
+    pub hidden_channels: usize,
 }
 
 /// Sizes of the non-affine autoregressive families: the monotone transformers without a
@@ -423,7 +438,15 @@ impl FamilySettings {
             series_terms: 2,
             monotone: MonotoneSizes::default(),
             base: BaseKind::StandardNormal,
+            levels: None,
+            steps_per_level: None,
+            hidden_channels: 64,
         }
+    }
+
+    /// Whether the family models images.
+    pub fn is_image(&self) -> bool {
+        IMAGE_FAMILIES.contains(&self.family.as_str())
     }
 }
 
@@ -449,7 +472,13 @@ pub fn family(name: &str) -> Result<&'static Family> {
 /// The architecture of a new model of `settings.family` on `dim` features with `context_dim`
 /// context columns.
 pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Result<FlowConfig> {
-    let mut config = family_layers(s, dim, context_dim)?;
+    architecture_for(s, EventShape::flat(dim), context_dim)
+}
+
+/// The architecture of a new model of `settings.family` on events of the given shape (the image
+/// families need image events) with `context_dim` context columns.
+pub fn architecture_for(s: &FamilySettings, event: EventShape, context_dim: usize) -> Result<FlowConfig> {
+    let mut config = if s.is_image() { image_layers(s, event, context_dim)? } else { family_layers(s, event.size(), context_dim)? };
     if s.base != BaseKind::StandardNormal {
         s.base.validate()?;
         config.base = s.base.clone();
@@ -457,16 +486,56 @@ pub fn architecture(s: &FamilySettings, dim: usize, context_dim: usize) -> Resul
     Ok(config)
 }
 
+/// The layers of an image family.
+fn image_layers(s: &FamilySettings, event: EventShape, context_dim: usize) -> Result<FlowConfig> {
+    let EventShape::Image { channels, height, width } = event else {
+        return Err(FlowError::InvalidConfig(format!(
+            "{} models images: fit it on image data (IDX files, .npy arrays [N, C, H, W] or [N, H, W] of 8-bit pixels)",
+            s.family
+        )));
+    };
+    let defaults = FamilySettings::new(&s.family);
+    if s.hidden != defaults.hidden || s.batch_norm || s.lu || s.residual_blocks > 0 || s.activation != defaults.activation {
+        return Err(FlowError::InvalidConfig(format!(
+            "{} takes no --hidden, batch norm, LU layers, residual blocks or activation (its sizes: --levels, --steps-per-level, --hidden-channels)",
+            s.family
+        )));
+    }
+    if s.transforms.is_some() {
+        return Err(FlowError::InvalidConfig(format!("{} is sized by --levels and --steps-per-level, not --transforms", s.family)));
+    }
+    if s.hidden_channels == 0 || s.steps_per_level == Some(0) || s.levels == Some(0) {
+        return Err(FlowError::InvalidConfig("--levels, --hidden-channels and --steps-per-level must be at least 1".into()));
+    }
+    let levels = s.levels.unwrap_or(family(&s.family)?.default_transforms);
+    if s.family == "glow" {
+        let mut c = GlowConfig::new(channels, height, width).with_levels(levels).with_hidden_channels(s.hidden_channels).with_context_dim(context_dim).with_seed(s.seed);
+        if let Some(k) = s.steps_per_level {
+            c = c.with_steps(k);
+        }
+        c.flow_config()
+    } else {
+        let mut c = RealNvpImageConfig::new(channels, height, width).with_levels(levels).with_hidden_channels(s.hidden_channels).with_context_dim(context_dim).with_seed(s.seed);
+        if let Some(k) = s.steps_per_level {
+            c = c.with_steps(k);
+        }
+        c.flow_config()
+    }
+}
+
 /// The layers of `s.family` (with the standard normal base).
 fn family_layers(s: &FamilySettings, dim: usize, context_dim: usize) -> Result<FlowConfig> {
     let f = family(&s.family)?;
+    let defaults = FamilySettings::new(f.name);
+    if s.levels.is_some() || s.steps_per_level.is_some() || s.hidden_channels != defaults.hidden_channels {
+        return Err(FlowError::InvalidConfig("--levels, --steps-per-level and --hidden-channels are settings of the image families (glow, realnvp-image)".into()));
+    }
     if s.dropout > 0.0 && s.residual_blocks == 0 {
         return Err(FlowError::InvalidConfig("dropout acts inside residual blocks: add residual blocks".into()));
     }
     if f.name != "cnf" && (s.trace.is_some() || s.regularization != (0.0, 0.0) || s.gradient != GradientMethod::Backprop) {
         return Err(FlowError::InvalidConfig("traces, RNODE regularization and the adjoint method are settings of the cnf family".into()));
     }
-    let defaults = FamilySettings::new(f.name);
     if f.name != "residual" && (s.lipschitz != defaults.lipschitz || s.logdet != defaults.logdet || s.series_terms != defaults.series_terms) {
         return Err(FlowError::InvalidConfig("--lipschitz, --logdet and --series-terms are settings of the residual family".into()));
     }

@@ -121,7 +121,7 @@ pub mod prelude {
     };
     pub use crate::distributions::{BaseConfig, BaseKind};
     pub use crate::error::{Direction, FlowError};
-    pub use crate::families::{iaf, maf, nice, nsf, nsf_coupling, realnvp, MafConfig, RealNvpConfig};
+    pub use crate::families::{iaf, maf, nice, nsf, nsf_coupling, realnvp, GlowConfig, MafConfig, RealNvpConfig, RealNvpImageConfig};
     pub use crate::fit::{fit, fit_monitored, Dataset, FitConfig, FitEvent, FitReport, Schedule};
     pub use crate::flow::{Flow, FlowConfig, Standardization};
     pub use crate::train::{train, Objective, TrainConfig};

@@ -108,7 +108,7 @@ impl LuLinear {
 
 /// Solves `a·Mᵀ = r` for the rows `a` of `[N, D]`, with `M` triangular (`lower`: forward
 /// substitution), one column at a time.
-fn solve_triangular(m: Tensor<2>, r: Tensor<2>, lower: bool) -> Tensor<2> {
+pub(crate) fn solve_triangular(m: Tensor<2>, r: Tensor<2>, lower: bool) -> Tensor<2> {
     let (_, d) = dims2(&r);
     let mut cols: Vec<Option<Tensor<2>>> = vec![None; d];
     let order: Vec<usize> = if lower { (0..d).collect() } else { (0..d).rev().collect() };

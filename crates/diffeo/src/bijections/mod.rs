@@ -396,4 +396,8 @@ registry! {
     act_norm => ActNorm(ActNormConfig),
     /// Block neural autoregressive flow: a block-triangular monotone network (density only).
     bnaf => Bnaf(BnafConfig),
+    /// Invertible 1×1 convolution in LU form (Glow): one C×C matrix on every pixel.
+    conv1x1 => InvertibleConv1x1(InvertibleConv1x1Config),
+    /// Coupling on images with a convolutional conditioner (channel or checkerboard mask).
+    conv_coupling => ConvCoupling(ConvCouplingConfig),
 }

@@ -13,6 +13,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::error::{FlowError, Result};
+use crate::event::EventShape;
 use crate::tensor::{check_finite_values, dims2, matrix, to_vec};
 
 pub mod builtin;
@@ -45,12 +46,15 @@ pub struct Table {
     pub lines: Option<Vec<usize>>,
     /// The file held 8-bit images (IDX), values are raw pixels.
     pub images: bool,
+    /// The shape of each row as an image `[C, H, W]` (IDX images, `.npy` arrays of rank 3 or
+    /// 4), rows flattened in C order.
+    pub image_shape: Option<EventShape>,
 }
 
 impl Table {
     /// A table from values.
     pub fn new(values: Vec<f64>, cols: usize, source: impl Into<String>) -> Self {
-        Self { values, cols, names: None, source: source.into(), lines: None, images: false }
+        Self { values, cols, names: None, source: source.into(), lines: None, images: false, image_shape: None }
     }
 
     /// Rows.
@@ -86,6 +90,7 @@ impl Table {
             source: self.source.clone(),
             lines: self.lines.clone(),
             images: self.images,
+            image_shape: self.image_shape.filter(|_| cols.iter().copied().eq(0..self.cols)),
         }
     }
 
@@ -102,6 +107,7 @@ impl Table {
             source: self.source.clone(),
             lines: self.lines.as_ref().map(|l| rows.iter().map(|&i| l[i]).collect()),
             images: self.images,
+            image_shape: self.image_shape,
         }
     }
 
@@ -331,7 +337,7 @@ pub fn read_text(reader: impl Read, source: &str) -> Result<Table> {
         }
         lines.push(line_no);
     }
-    Ok(Table { values, cols, names, source: source.to_string(), lines: Some(lines), images: false })
+    Ok(Table { values, cols, names, source: source.to_string(), lines: Some(lines), images: false, image_shape: None })
 }
 
 /// A number, or NaN for an empty cell / NA marker; `None` if not numeric.
@@ -342,7 +348,9 @@ fn parse_cell(c: &str) -> Option<f64> {
     c.parse::<f64>().ok()
 }
 
-/// NPY: f32, f64 or integer arrays of rank 1 (one column) or 2, C order.
+/// NPY: f32, f64 or integer arrays of rank 1 (one column) or 2, C order; images as arrays
+/// `[N, H, W]` or `[N, C, H, W]` (8-bit pixels: `uint8`, or any dtype holding only integers in
+/// 0..=255).
 pub fn read_npy(mut reader: impl Read, source: &str) -> Result<Table> {
     let mut bytes = Vec::new();
     reader.read_to_end(&mut bytes).map_err(|e| data_err!("cannot read {source}: {e}"))?;
@@ -351,10 +359,12 @@ pub fn read_npy(mut reader: impl Read, source: &str) -> Result<Table> {
     if npy.order() == npyz::Order::Fortran && shape.len() > 1 {
         bail!("{source}: Fortran-order arrays are not supported; save with numpy.ascontiguousarray");
     }
-    let (rows, cols) = match shape.as_slice() {
-        [n] => (*n as usize, 1),
-        [n, d] => (*n as usize, *d as usize),
-        other => bail!("{source}: expected a 1-D or 2-D array, found shape {other:?}"),
+    let (rows, cols, image) = match shape.as_slice() {
+        [n] => (*n as usize, 1, None),
+        [n, d] => (*n as usize, *d as usize, None),
+        [n, h, w] => (*n as usize, (*h * *w) as usize, Some(EventShape::image(1, *h as usize, *w as usize))),
+        [n, c, h, w] => (*n as usize, (*c * *h * *w) as usize, Some(EventShape::image(*c as usize, *h as usize, *w as usize))),
+        other => bail!("{source}: expected an array of rank 1 or 2 (rows of features), 3 ([N, H, W] images) or 4 ([N, C, H, W] images), found shape {other:?}"),
     };
     let npyz::DType::Plain(ts) = npy.dtype() else {
         bail!("{source}: structured arrays are not supported");
@@ -372,7 +382,12 @@ pub fn read_npy(mut reader: impl Read, source: &str) -> Result<Table> {
     if values.len() != rows * cols {
         bail!("{source}: truncated array ({} of {} values)", values.len(), rows * cols);
     }
-    Ok(Table::new(values, cols, source))
+    let mut table = Table::new(values, cols, source);
+    if image.is_some() {
+        table.image_shape = image;
+        table.images = table.values.iter().all(|v| v.fract() == 0.0 && (0.0..=255.0).contains(v));
+    }
+    Ok(table)
 }
 
 /// MNIST IDX: `[n, rows, cols]` images flattened to `rows·cols` columns (raw pixel values), or
@@ -413,6 +428,9 @@ pub fn read_idx(mut reader: impl Read, source: &str) -> Result<Table> {
     let cols = if rank == 1 { 1 } else { dims[1..].iter().product() };
     let mut t = Table::new(values, cols, source);
     t.images = rank >= 3 && ty == 0x08;
+    if rank == 3 {
+        t.image_shape = Some(EventShape::image(1, dims[1], dims[2]));
+    }
     Ok(t)
 }
 

@@ -15,8 +15,8 @@ use crate::bijections::{Bijection, Cost};
 use crate::data::prepare::{constant_columns, hold_out, logit_layers, logit_transform, minimum_rows, InputSpec};
 use crate::data::{self, builtin, Dataset, Split, Table};
 use crate::error::{FlowError, Result};
-use crate::event::Call;
-use crate::families::{architecture, vi_architecture, FamilySettings};
+use crate::event::{Call, EventShape};
+use crate::families::{architecture, architecture_for, vi_architecture, FamilySettings};
 use crate::flow_matching::{FlowMatching, Pairing};
 use crate::fit::{fit_monitored, mean_log_likelihood, FitEvent, FitReport, TrainConfig};
 use crate::flow::{Flow, FlowConfig, Standardization};
@@ -289,7 +289,19 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
             (m.flow, m.summary.unwrap_or_default())
         }
         None => {
-            let mut config = architecture(&req.family, dim, cdim)?;
+            let mut config = if req.family.is_image() {
+                let shape = table.image_shape.filter(|s| s.size() == dim && meta.inputs.columns.iter().copied().eq(0..dim)).ok_or_else(|| {
+                    FlowError::Data(format!(
+                        "{}: {} models images, and these data are not images of one shape (IDX image files, .npy arrays [N, H, W] or [N, C, H, W]; no --columns or --drop-constant)",
+                        table.source, req.family.family
+                    ))
+                })?;
+                // Pixels in [0, 1] go in as they are: ActNorm normalizes per channel.
+                meta.inputs.standardized = false;
+                architecture_for(&req.family, shape, cdim)?
+            } else {
+                architecture(&req.family, dim, cdim)?
+            };
             // z: the training data as the flow's layers see them.
             let mut z = train_set.x.values.clone();
             if let Some(alpha) = meta.inputs.logit_alpha {
@@ -463,6 +475,11 @@ pub fn sample(model: &Model, n: usize, context: Option<&Table>, seed: u64) -> Re
 
 /// [`sample`], and the vector-field evaluations (NFE) its ODE solves took.
 pub fn sample_counted(model: &Model, n: usize, context: Option<&Table>, seed: u64) -> Result<(Table, usize)> {
+    sample_at_temperature(model, n, context, seed, 1.0)
+}
+
+/// [`sample_counted`] with base draws at temperature `t` (`u ~ N(0, t²I)`; Gaussian base only).
+pub fn sample_at_temperature(model: &Model, n: usize, context: Option<&Table>, seed: u64, temperature: f64) -> Result<(Table, usize)> {
     if model.flow.directions().forward == Cost::Unavailable {
         let layer = model.flow.transform.layers.iter().find(|l| l.directions().forward == Cost::Unavailable).map(|l| l.name());
         let layer = layer.unwrap_or_else(|| "a layer".into());
@@ -478,8 +495,12 @@ pub fn sample_counted(model: &Model, n: usize, context: Option<&Table>, seed: u6
     let ct = context.map(|c| matrix(c.values.clone(), c.rows(), c.cols, &device));
     let mut rng = StdRng::seed_from_u64(seed);
     let call = Call::new();
-    let x = model.flow.sample_with(n, ct.as_ref(), &mut rng, call.clone())?;
+    let x = model.flow.sample_at_temperature(n, ct.as_ref(), &mut rng, temperature, call.clone())?;
     let mut t = Table::new(to_vec(x)?, model.flow.dim(), "samples");
+    if let EventShape::Image { .. } = model.flow.event() {
+        t.image_shape = Some(model.flow.event());
+        t.images = model.meta.inputs.images;
+    }
     t.names = model.meta.inputs.column_names.clone();
     Ok((t, call.evaluations()))
 }
