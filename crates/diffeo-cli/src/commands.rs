@@ -144,7 +144,7 @@ fn request(a: &FitArgs) -> FitRequest {
     let mut train = FitConfig::new()
         .with_learning_rate(a.lr.unwrap_or_else(|| diffeo::families::default_learning_rate(&a.flow)))
         .with_steps(steps)
-        .with_batch_size(a.batch as usize)
+        .with_batch_size(a.batch.map_or_else(|| diffeo::families::default_batch_size(&a.flow), |b| b as usize))
         .with_eval_every(a.eval_every as usize)
         .with_seed(a.seed)
         .with_schedule(a.schedule.into());
@@ -168,6 +168,7 @@ fn request(a: &FitArgs) -> FitRequest {
         objective: a.objective(),
         resume: a.resume.clone(),
         test: a.test.clone(),
+        labels: a.data.labels.clone(),
         memory_check: !a.no_memory_check,
     }
 }
@@ -233,7 +234,8 @@ pub fn fit(a: FitArgs) -> Result<()> {
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     let m = lib(pipeline::load_model(&a.model))?;
-    let (ll, dropped, nfe) = lib(pipeline::log_likelihoods_counted(&m, &a.data.data, a.data.data_root.as_deref(), a.data.drop_nonfinite, a.seed))?;
+    let (ll, dropped, nfe) =
+        lib(pipeline::log_likelihoods_labelled(&m, &a.data.data, a.data.labels.as_deref(), a.data.data_root.as_deref(), a.data.drop_nonfinite, a.seed))?;
     let d = m.flow.dim() as f64;
     let n_bad = ll.iter().filter(|v| !v.is_finite()).count();
     let (mean, se) = diffeo::fit::mean_and_stderr(&ll);
@@ -285,7 +287,8 @@ pub fn log_prob(a: LogProbArgs) -> Result<()> {
         if a.observation.is_some() {
             bail!("--observation goes with posterior models (from diffeo npe); pass a conditional model's context as columns of --data");
         }
-        let (ll, _, nfe) = lib(pipeline::log_likelihoods_counted(&m, &a.data.data, a.data.data_root.as_deref(), a.data.drop_nonfinite, a.seed))?;
+        let (ll, _, nfe) =
+            lib(pipeline::log_likelihoods_labelled(&m, &a.data.data, a.data.labels.as_deref(), a.data.data_root.as_deref(), a.data.drop_nonfinite, a.seed))?;
         if nfe > 0 {
             eprintln!("vector-field evaluations (NFE): {nfe}");
         }
@@ -307,7 +310,10 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     if png && image.is_none() {
         bail!("a .png output is an image grid, for models of images; write .npy or .csv (or use diffeo plot)");
     }
-    let ctx: Option<Table> = lib(pipeline::context_rows(a.context.as_deref(), &m))?;
+    let ctx: Option<Table> = match a.label {
+        Some(label) => Some(lib(pipeline::label_context(&m, label as usize))?),
+        None => lib(pipeline::context_rows(a.context.as_deref(), &m))?,
+    };
     let (t, nfe) = lib(pipeline::sample_at_temperature(&m, a.n as usize, ctx.as_ref(), a.seed, a.temperature))?;
     if let (true, Some(shape)) = (png, image) {
         crate::plot::image_grid(&t.values, shape, &a.out)?;
@@ -395,7 +401,11 @@ pub fn info(a: InfoArgs) -> Result<()> {
     }
     println!("model:        {}", a.model.display());
     println!("family:       {}", m.meta.family);
-    println!("features:     {} (columns {:?}{})", flow.dim(), inputs.columns, inputs.column_names.as_ref().map(|n| format!(" = {n:?}")).unwrap_or_default());
+    if let diffeo::bijections::EventShape::Image { .. } = flow.event() {
+        println!("features:     {} (images {}, columns 0-{})", flow.dim(), flow.event(), flow.dim() - 1);
+    } else {
+        println!("features:     {} (columns {:?}{})", flow.dim(), inputs.columns, inputs.column_names.as_ref().map(|n| format!(" = {n:?}")).unwrap_or_default());
+    }
     if flow.context_dim() > 0 {
         println!("context:      {} (columns {:?})", flow.context_dim(), inputs.context_columns);
     }

@@ -70,6 +70,10 @@ pub struct DataArgs {
     /// Drop rows holding NaN/inf instead of refusing the file.
     #[arg(long)]
     pub drop_nonfinite: bool,
+    /// Class labels of the rows (IDX, .npy or .csv; one integer per row): the context of a
+    /// class-conditional model, one-hot.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<String>,
 }
 
 /// The names (and descriptions) of the library's families, for `--flow`.
@@ -452,9 +456,9 @@ pub struct FitArgs {
     /// Passes over the training data (instead of --steps).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub epochs: Option<u64>,
-    /// Minibatch size.
-    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "256")]
-    pub batch: u64,
+    /// Minibatch size (default 256; image families 64).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: Option<u64>,
     /// Adam learning rate (default 1e-3; bnaf 1e-2).
     #[arg(long, allow_hyphen_values = true, value_parser = positive_f64)]
     pub lr: Option<f64>,
@@ -571,6 +575,9 @@ pub struct SampleArgs {
     /// Seed.
     #[arg(long, default_value = "0")]
     pub seed: u64,
+    /// A class-conditional model (fit with --labels): sample this class.
+    #[arg(long, conflicts_with = "context")]
+    pub label: Option<u64>,
     /// Base draws at this temperature, u ~ N(0, T²I) (Glow samples images at 0.7; Gaussian base
     /// only).
     #[arg(long, allow_hyphen_values = true, value_parser = positive_f64, default_value = "1")]

@@ -120,6 +120,20 @@ pub fn plot(a: PlotArgs) -> Result<()> {
     if m.flow.directions().forward == Cost::Unavailable {
         bail!("this model cannot be sampled");
     }
+    if let diffeo::bijections::EventShape::Image { channels, height, width } = m.flow.event() {
+        // Images: data | samples | samples at temperature 0.7, 36 of each.
+        let shape = (channels, height, width);
+        let n = (a.n as usize).min(36);
+        let mut panels = Vec::new();
+        if let Some(spec) = &a.data {
+            panels.push(("data".to_string(), lib(pipeline::data_images(&m, spec, a.data_root.as_deref(), n, a.seed))?));
+        }
+        for t in [1.0, 0.7] {
+            let (s, _) = lib(pipeline::sample_at_temperature(&m, n, ctx.as_ref(), a.seed, t))?;
+            panels.push((format!("samples, T = {t}"), s.values));
+        }
+        return image_panels(&panels, shape, &a.out);
+    }
     let samples = lib(pipeline::sample(&m, a.n as usize, ctx.as_ref(), a.seed))?.values;
     let names: Vec<String> =
         m.meta.inputs.column_names.clone().unwrap_or_else(|| m.meta.inputs.columns.iter().map(|c| format!("x{c}")).collect());
@@ -400,41 +414,74 @@ pub fn coverage(levels: &[f64], coverage: &[f64], pairs: usize, out: &Path) -> R
     })
 }
 
-/// A grid of images (`rows` of `[C, H, W]` values in [0, 1], C order) as a PNG: grey for one
-/// channel, colour for three (other channel counts show their first channel), each pixel drawn
-/// as a `zoom`×`zoom` block, a 2-pixel white gap between images.
-pub fn image_grid(values: &[f64], (c, h, w): (usize, usize, usize), out: &Path) -> Result<()> {
-    let per = c * h * w;
-    let n = values.len() / per.max(1);
+/// A grid of images (rows of `[C, H, W]` values in [0, 1], C order) as a PNG (see
+/// [`draw_images`]).
+pub fn image_grid(values: &[f64], shape: (usize, usize, usize), out: &Path) -> Result<()> {
+    let n = values.len() / (shape.0 * shape.1 * shape.2).max(1);
     if n == 0 {
         bail!("no images to draw");
     }
+    let size = grid_size(n, shape);
+    render(out, size, |root| draw_images(root, values, shape))
+}
+
+/// Panels of image grids side by side, each under its title (`diffeo plot` of an image model).
+pub fn image_panels(panels: &[(String, Vec<f64>)], shape: (usize, usize, usize), out: &Path) -> Result<()> {
+    let per = shape.0 * shape.1 * shape.2;
+    let n = panels.iter().map(|(_, v)| v.len() / per.max(1)).max().unwrap_or(0);
+    if n == 0 {
+        bail!("no images to draw");
+    }
+    let (w, h) = grid_size(n, shape);
+    let title_h = 30;
+    render(out, (w * panels.len() as u32, h + title_h), |root| {
+        for (area, (title, values)) in root.split_evenly((1, panels.len())).iter().zip(panels) {
+            let (top, grid) = area.split_vertically(title_h);
+            top.titled(title, ("sans-serif", 18)).map_err(perr)?;
+            draw_images(&grid, values, shape)?;
+        }
+        Ok(())
+    })
+}
+
+/// Pixel size of a grid of `n` images: ⌈√n⌉ columns, each pixel a `zoom`×`zoom` block.
+fn grid_size(n: usize, (_, h, w): (usize, usize, usize)) -> (u32, u32) {
     let cols = (n as f64).sqrt().ceil() as usize;
     let rows = n.div_ceil(cols);
     let zoom = (192 / h.max(w)).clamp(1, 4);
+    ((cols * (w * zoom + 2) + 2) as u32, (rows * (h * zoom + 2) + 2) as u32)
+}
+
+/// Draws images as a grid into `area`: grey for one channel, colour for three (other channel
+/// counts show their first channel), a 2-pixel white gap between images.
+fn draw_images(area: &Area, values: &[f64], (c, h, w): (usize, usize, usize)) -> Result<()> {
+    let per = c * h * w;
+    let n = values.len() / per.max(1);
+    if n == 0 {
+        return Ok(());
+    }
+    let cols = (n as f64).sqrt().ceil() as usize;
+    let zoom = (192 / h.max(w)).clamp(1, 4);
     let (cell_w, cell_h) = (w * zoom + 2, h * zoom + 2);
-    let size = ((cols * cell_w + 2) as u32, (rows * cell_h + 2) as u32);
     let byte = |v: f64| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-    render(out, size, |root| {
-        for k in 0..n {
-            let img = &values[k * per..(k + 1) * per];
-            let (x0, y0) = (2 + (k % cols) * cell_w, 2 + (k / cols) * cell_h);
-            for i in 0..h {
-                for j in 0..w {
-                    let colour = if c == 3 {
-                        RGBColor(byte(img[i * w + j]), byte(img[h * w + i * w + j]), byte(img[2 * h * w + i * w + j]))
-                    } else {
-                        let g = byte(img[i * w + j]);
-                        RGBColor(g, g, g)
-                    };
-                    for a in 0..zoom {
-                        for b in 0..zoom {
-                            root.draw_pixel(((x0 + j * zoom + b) as i32, (y0 + i * zoom + a) as i32), &colour).map_err(perr)?;
-                        }
+    for k in 0..n {
+        let img = &values[k * per..(k + 1) * per];
+        let (x0, y0) = (2 + (k % cols) * cell_w, 2 + (k / cols) * cell_h);
+        for i in 0..h {
+            for j in 0..w {
+                let colour = if c == 3 {
+                    RGBColor(byte(img[i * w + j]), byte(img[h * w + i * w + j]), byte(img[2 * h * w + i * w + j]))
+                } else {
+                    let g = byte(img[i * w + j]);
+                    RGBColor(g, g, g)
+                };
+                for a in 0..zoom {
+                    for b in 0..zoom {
+                        area.draw_pixel(((x0 + j * zoom + b) as i32, (y0 + i * zoom + a) as i32), &colour).map_err(perr)?;
                     }
                 }
             }
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }

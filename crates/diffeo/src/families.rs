@@ -461,6 +461,16 @@ pub fn default_learning_rate(name: &str) -> f64 {
     }
 }
 
+/// The minibatch a fit of family `name` uses when none is given: 256, and 64 for the image
+/// families (normflows' Glow example's batch; a step on 784-pixel images costs ~100× a tabular one).
+pub fn default_batch_size(name: &str) -> usize {
+    if IMAGE_FAMILIES.contains(&name) {
+        64
+    } else {
+        256
+    }
+}
+
 /// The family called `name`.
 pub fn family(name: &str) -> Result<&'static Family> {
     FAMILIES.iter().find(|f| f.name == name).ok_or_else(|| {

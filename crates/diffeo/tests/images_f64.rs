@@ -120,14 +120,23 @@ fn glow_and_realnvp_image_flows_are_densities_of_their_samples() {
     for (config, context) in [(glow, 0), (realnvp, 0), (conditional, 2)] {
         assert_eq!(config.event, Some(match config.dim { 32 => EventShape::image(2, 4, 4), _ => EventShape::image(1, 4, 4) }));
         let mut flow = config.init(&d).unwrap();
-        // Generic weights (ActNorm as if it had seen a batch; 1×1 permutations and signs kept).
-        let chain = flow.transform.clone();
-        let mut chain = randomize_parameters(chain, 9, 0.2);
-        for (k, layer) in chain.layers.iter_mut().enumerate() {
-            match (&mut layer.inner, &flow.transform.layers[k].inner) {
-                (Layer::InvertibleConv1x1(c), Layer::InvertibleConv1x1(original)) => {
-                    c.sign = RunningState::new(original.sign.value_sync());
-                    c.permutation = RunningState::new(original.permutation.value_sync());
+        // Generic weights (ActNorm as if it had seen a batch; 1×1 permutations and signs kept,
+        // read before the noise: running states are shared by clones).
+        let fixed: Vec<Option<(Tensor<1>, Tensor<2>)>> = flow
+            .transform
+            .layers
+            .iter()
+            .map(|l| match &l.inner {
+                Layer::InvertibleConv1x1(c) => Some((c.sign.value_sync(), c.permutation.value_sync())),
+                _ => None,
+            })
+            .collect();
+        let mut chain = randomize_parameters(flow.transform.clone(), 9, 0.2);
+        for (layer, fixed) in chain.layers.iter_mut().zip(fixed) {
+            match (&mut layer.inner, fixed) {
+                (Layer::InvertibleConv1x1(c), Some((sign, permutation))) => {
+                    c.sign = RunningState::new(sign);
+                    c.permutation = RunningState::new(permutation);
                 }
                 (Layer::ActNorm(a), _) => a.initialized = RunningState::new(Tensor::ones([1], &d)),
                 _ => {}
@@ -162,3 +171,4 @@ fn image_families_need_images_they_can_squeeze() {
     glow.transforms = Some(2);
     assert!(err(architecture_for(&glow, EventShape::image(1, 8, 8), 0)).contains("--levels"));
 }
+

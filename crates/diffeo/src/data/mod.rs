@@ -46,8 +46,8 @@ pub struct Table {
     pub lines: Option<Vec<usize>>,
     /// The file held 8-bit images (IDX), values are raw pixels.
     pub images: bool,
-    /// The shape of each row as an image `[C, H, W]` (IDX images, `.npy` arrays of rank 3 or
-    /// 4), rows flattened in C order.
+    /// The shape of each row's first C·H·W values as an image `[C, H, W]` (IDX images, `.npy`
+    /// arrays of rank 3 or 4), flattened in C order.
     pub image_shape: Option<EventShape>,
 }
 
@@ -478,6 +478,35 @@ pub fn write_table(path: &Path, values: &[f64], cols: usize, names: Option<&[Str
         s.into_bytes()
     };
     crate::io::write_atomic(path, &bytes)
+}
+
+/// `table` with one-hot columns of the class labels in `labels` appended (one label per row, an
+/// integer in `0..classes`; `classes`: one more than the largest label when `None`), and the
+/// number of classes. The labels of class-conditional image models.
+pub fn with_labels(table: &Table, labels: &Table, classes: Option<usize>) -> Result<(Table, usize)> {
+    if labels.cols != 1 {
+        bail!("{}: a label file has one value per row, found {} columns", labels.source, labels.cols);
+    }
+    if labels.rows() != table.rows() {
+        bail!("{}: {} labels for the {} rows of {}", labels.source, labels.rows(), table.rows(), table.source);
+    }
+    if let Some((i, v)) = labels.values.iter().enumerate().find(|(_, v)| !(v.fract() == 0.0 && **v >= 0.0 && **v < 1e6)) {
+        bail!("{}: label {v} ({}) is not a class number (an integer ≥ 0)", labels.source, labels.where_row(i));
+    }
+    let largest = labels.values.iter().fold(0.0f64, |a, &b| a.max(b)) as usize;
+    let k = classes.unwrap_or(largest + 1);
+    if largest >= k {
+        bail!("{}: label {largest} is beyond the model's {k} classes (0 to {})", labels.source, k - 1);
+    }
+    let d = table.cols;
+    let mut values = Vec::with_capacity(table.rows() * (d + k));
+    for (i, &label) in labels.values.iter().enumerate() {
+        values.extend_from_slice(table.row(i));
+        values.extend((0..k).map(|c| if c == label as usize { 1.0 } else { 0.0 }));
+    }
+    let mut out = Table { values, cols: d + k, ..table.clone() };
+    out.names = table.names.as_ref().map(|n| n.iter().cloned().chain((0..k).map(|c| format!("class{c}"))).collect());
+    Ok((out, k))
 }
 
 /// Parses a column list: `0,2,5-7` (0-based, ranges inclusive) or header names.

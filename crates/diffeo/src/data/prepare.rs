@@ -32,6 +32,10 @@ pub struct InputSpec {
     pub logit_alpha: Option<f64>,
     /// Data standardization is part of the model.
     pub standardized: bool,
+    /// The context is a class label from a separate file, one-hot over this many classes (the
+    /// last columns of the table, see [`super::with_labels`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
 }
 
 impl InputSpec {
@@ -47,6 +51,7 @@ impl InputSpec {
             images: false,
             logit_alpha: None,
             standardized: false,
+            classes: None,
         }
     }
 
@@ -76,6 +81,7 @@ impl InputSpec {
             images: table.images,
             logit_alpha: None,
             standardized: true,
+            classes: None,
         })
     }
 

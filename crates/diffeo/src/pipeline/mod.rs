@@ -81,6 +81,9 @@ pub struct FitRequest {
     pub resume: Option<PathBuf>,
     /// Test data evaluated at every validation (the test curve).
     pub test: Option<String>,
+    /// Class labels of the data rows (a file of one integer per row): the context of a
+    /// class-conditional model, one-hot; validation is then held out of the labelled rows.
+    pub labels: Option<String>,
     /// Refuse models whose estimated memory exceeds what the machine has available.
     pub memory_check: bool,
 }
@@ -114,6 +117,7 @@ impl FitRequest {
             objective: FitObjective::Likelihood,
             resume: None,
             test: None,
+            labels: None,
             memory_check: true,
         }
     }
@@ -183,7 +187,20 @@ pub fn check_memory(config: &FlowConfig, batch_size: usize) -> Result<()> {
 pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn FnMut(&FitEvent)) -> Result<FitOutcome> {
     let device = crate::cpu();
     let root = req.data_root.as_deref();
-    let table = read_source(&req.data, Split::Train, root)?;
+    let mut table = read_source(&req.data, Split::Train, root)?;
+    let mut context_columns = req.context_columns.clone();
+    let mut classes = None;
+    if let Some(labels) = &req.labels {
+        if req.resume.is_some() || req.context_columns.is_some() || req.val.is_some() || req.test.is_some() {
+            return Err(FlowError::InvalidConfig(
+                "--labels makes the labels the context: it takes no --context-cols, --val, --test or --resume (validation is held out of the labelled rows)".into(),
+            ));
+        }
+        let k;
+        (table, k) = data::with_labels(&table, &read_source(labels, Split::Train, root)?, None)?;
+        context_columns = Some(format!("{}-{}", table.cols - k, table.cols - 1));
+        classes = Some(k);
+    }
 
     // Columns and preprocessing: from the resumed model, or from the request.
     let resumed = req.resume.as_ref().map(|p| crate::model::load(p, &device)).transpose()?;
@@ -197,7 +214,8 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
             m.meta.clone()
         }
         None => {
-            let mut inputs = InputSpec::select(&table, req.columns.as_deref(), req.context_columns.as_deref())?;
+            let mut inputs = InputSpec::select(&table, req.columns.as_deref(), context_columns.as_deref())?;
+            inputs.classes = classes;
             inputs.dequantize = req.dequantize;
             inputs.logit_alpha = req.logit;
             inputs.standardized = req.standardize;
@@ -397,7 +415,20 @@ pub fn log_likelihoods(model: &Model, data: &str, root: Option<&Path>, drop_nonf
 /// [`log_likelihoods`], and the vector-field evaluations (NFE) its ODE solves took (0 for a
 /// model without continuous-time layers).
 pub fn log_likelihoods_counted(model: &Model, data: &str, root: Option<&Path>, drop_nonfinite: bool, seed: u64) -> Result<(Vec<f64>, usize, usize)> {
-    let (set, dropped) = model_inputs(model, data, root, drop_nonfinite, seed)?;
+    log_likelihoods_labelled(model, data, None, root, drop_nonfinite, seed)
+}
+
+/// [`log_likelihoods_counted`] of a class-conditional model, with the rows' class labels (a file
+/// of one integer per row; required by such a model, refused by others).
+pub fn log_likelihoods_labelled(
+    model: &Model,
+    data: &str,
+    labels: Option<&str>,
+    root: Option<&Path>,
+    drop_nonfinite: bool,
+    seed: u64,
+) -> Result<(Vec<f64>, usize, usize)> {
+    let (set, dropped) = model_inputs_labelled(model, data, labels, root, drop_nonfinite, seed)?;
     if model.flow.directions().inverse == Cost::Unavailable {
         return Err(FlowError::InvalidConfig(format!(
             "this {} model has no inverse, so it cannot evaluate densities of data",
@@ -412,9 +443,43 @@ pub fn log_likelihoods_counted(model: &Model, data: &str, root: Option<&Path>, d
 /// The inputs of a data source (its test split by default) as a model sees them — its columns
 /// and preprocessing, dequantization noise seeded by `seed` — and the rows dropped as non-finite.
 pub fn model_inputs(model: &Model, data: &str, root: Option<&Path>, drop_nonfinite: bool, seed: u64) -> Result<(Dataset, usize)> {
-    let table = read_source(data, Split::Test, root)?;
+    model_inputs_labelled(model, data, None, root, drop_nonfinite, seed)
+}
+
+/// [`model_inputs`] with the rows' class labels for a class-conditional model.
+pub fn model_inputs_labelled(model: &Model, data: &str, labels: Option<&str>, root: Option<&Path>, drop_nonfinite: bool, seed: u64) -> Result<(Dataset, usize)> {
+    let mut table = read_source(data, Split::Test, root)?;
+    match (labels, model.meta.inputs.classes) {
+        (Some(l), Some(k)) => table = data::with_labels(&table, &read_source(l, Split::Test, root)?, Some(k))?.0,
+        (None, Some(k)) => return Err(FlowError::Data(format!("the model is conditional on class labels ({k} classes): pass --labels"))),
+        (Some(_), None) => return Err(FlowError::Data("the model was not fit with class labels: --labels is not accepted".into())),
+        (None, None) => {}
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     model.meta.inputs.inputs(&table, drop_nonfinite, &mut rng)
+}
+
+/// The first `n` data rows of a source as a model sees them (its columns and preprocessing,
+/// without any context): the data panel of a plot.
+pub fn data_images(model: &Model, data: &str, root: Option<&Path>, n: usize, seed: u64) -> Result<Vec<f64>> {
+    let table = read_source(data, Split::Test, root)?;
+    let table = table.take_rows(&(0..n.min(table.rows())).collect::<Vec<_>>());
+    let mut spec = model.meta.inputs.clone();
+    (spec.context_columns, spec.classes) = (Vec::new(), None);
+    let mut rng = StdRng::seed_from_u64(seed);
+    Ok(spec.inputs(&table, true, &mut rng)?.0.x.values)
+}
+
+/// The context row of class `label` for a class-conditional model (fit with labels): its one-hot
+/// vector.
+pub fn label_context(model: &Model, label: usize) -> Result<Table> {
+    let Some(k) = model.meta.inputs.classes else {
+        return Err(FlowError::Data("the model was not fit with class labels: --label is not accepted".into()));
+    };
+    if label >= k {
+        return Err(FlowError::Data(format!("class {label} is beyond the model's {k} classes (0 to {})", k - 1)));
+    }
+    Ok(Table::new((0..k).map(|c| if c == label { 1.0 } else { 0.0 }).collect(), k, "--label"))
 }
 
 /// Parses `1.5,2,-3` as one row of numbers.

@@ -214,6 +214,7 @@ pub fn npe(req: &NpeRequest, notice: &mut dyn FnMut(Notice), events: &mut dyn Fn
                 images: false,
                 logit_alpha: None,
                 standardized: true,
+                classes: None,
             };
             let meta = ModelMeta { family: format!("{} (npe)", req.npe.family.family), data_source: path.display().to_string(), inputs };
             let model = Model {
