@@ -809,3 +809,88 @@ fn non_affine_autoregressive_flows_fit_check_sample_and_refuse_bad_settings() {
     bad(&["fit", "--data", &data, "--flow", "bnaf", "--hidden", "8", "--out", &out], "bnaf takes no");
     assert!(!Path::new(&out).exists());
 }
+
+/// An IDX file (gzip) of `n` images `side`×`side` (or of `n` labels when `side` is 0).
+fn idx_file(d: &Path, name: &str, n: usize, side: usize, value: impl Fn(usize) -> u8) -> String {
+    let mut idx = vec![0u8, 0, 8, if side > 0 { 3 } else { 1 }];
+    idx.extend((n as u32).to_be_bytes());
+    if side > 0 {
+        for _ in 0..2 {
+            idx.extend((side as u32).to_be_bytes());
+        }
+    }
+    idx.extend((0..n * side.max(1) * side.max(1)).map(value));
+    let path = d.join(name);
+    {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::default());
+        e.write_all(&idx).unwrap();
+        e.finish().unwrap();
+    }
+    path.display().to_string()
+}
+
+#[test]
+fn image_flows_fit_sample_plot_and_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 8×8 "images": a bright square whose place depends on the class.
+    let n = 96;
+    let class = |i: usize| i % 3;
+    let images = idx_file(d, "train-images-idx3-ubyte.gz", n, 8, |k| {
+        let (i, pix) = (k / 64, k % 64);
+        let (r, c) = (pix / 8, pix % 8);
+        let at = 2 * class(i);
+        if (at..at + 3).contains(&r) && (at..at + 3).contains(&c) { 200 + (k % 50) as u8 } else { (k * 7 % 20) as u8 }
+    });
+    let labels = idx_file(d, "train-labels-idx1-ubyte.gz", n, 0, |i| class(i) as u8);
+    let sizes = ["--levels", "2", "--steps-per-level", "1", "--hidden-channels", "4", "--steps", "5", "--dequantize", "-q"];
+    for flow in ["glow", "realnvp-image"] {
+        let model = p(d, &format!("{flow}.dfo"));
+        let mut args = vec!["fit", "--data", &images, "--flow", flow, "--out", &model];
+        args.extend(sizes);
+        ok(&args);
+        let e = json(&ok(&["eval", "--model", &model, "--data", &images, "--bits-per-dim", "--json"]));
+        for key in ["bits_per_dim", "bits_per_dim_stderr", "log_likelihood", "n"] {
+            assert!(e.get(key).is_some(), "{flow}: eval lacks {key}: {e}");
+        }
+        let bpd = e["bits_per_dim"].as_f64().unwrap();
+        assert!(bpd > 0.0 && bpd < 12.0, "{flow}: bits/dim {bpd}");
+        assert_eq!(json(&ok(&["check", "--model", &model, "--n", "50", "--json"]))["pass"], true, "{flow}");
+        let info = json(&ok(&["info", "--model", &model, "--json"]));
+        assert_eq!(info["event"], "[1, 8, 8]");
+        // Samples: a PNG grid, raw arrays, at a temperature.
+        let grid = p(d, &format!("{flow}.png"));
+        ok(&["sample", "--model", &model, "-n", "9", "--temperature", "0.7", "--out", &grid]);
+        assert!(std::fs::metadata(&grid).unwrap().len() > 100);
+        ok(&["sample", "--model", &model, "-n", "3", "--out", &p(d, "s.npy")]);
+        ok(&["plot", "--model", &model, "--data", &images, "--n", "9", "--out", &p(d, &format!("{flow}-plot.png"))]);
+    }
+    // Class-conditional: the labels are the context.
+    let cond = p(d, "cond.dfo");
+    let mut args = vec!["fit", "--data", &images, "--labels", &labels, "--flow", "glow", "--out", &cond];
+    args.extend(sizes);
+    ok(&args);
+    let e = json(&ok(&["eval", "--model", &cond, "--data", &images, "--labels", &labels, "--bits-per-dim", "--json"]));
+    assert_eq!(e["n"], n);
+    ok(&["sample", "--model", &cond, "-n", "4", "--label", "2", "--out", &p(d, "c.png")]);
+    bad(&["eval", "--model", &cond, "--data", &images], "--labels");
+    bad(&["sample", "--model", &cond, "-n", "4", "--label", "3", "--out", &p(d, "c.png")], "beyond");
+    let short = idx_file(d, "short-labels-idx1-ubyte.gz", n - 1, 0, |i| class(i) as u8);
+    let none = p(d, "none.dfo");
+    let mut args = vec!["fit", "--data", &images, "--labels", &short, "--flow", "glow", "--out", &none];
+    args.extend(sizes);
+    bad(&args, "labels for the");
+    assert!(!Path::new(&none).exists());
+    // Image families need images they can squeeze; their sizes are their own flags.
+    let (csv, _) = small_model(d);
+    bad(&["fit", "--data", &csv, "--flow", "glow", "--out", &none], "models images");
+    bad(&["fit", "--data", &images, "--flow", "glow", "--levels", "4", "--dequantize", "--out", &none], "cannot be squeezed");
+    bad(&["fit", "--data", &images, "--flow", "glow", "--transforms", "2", "--dequantize", "--out", &none], "--levels");
+    bad(&["fit", "--data", &csv, "--flow", "maf", "--hidden-channels", "8", "--out", &none], "image families");
+    bad(&["sample", "--model", &p(d, "small.dfo"), "-n", "4", "--out", &p(d, "x.png")], "image grid");
+    // A model of 8×8 images refuses 4×4 ones.
+    let small = idx_file(d, "small-images-idx3-ubyte.gz", 10, 4, |k| k as u8);
+    bad(&["eval", "--model", &p(d, "glow.dfo"), "--data", &small], "column");
+    assert!(!Path::new(&none).exists());
+}
