@@ -172,3 +172,42 @@ fn image_families_need_images_they_can_squeeze() {
     assert!(err(architecture_for(&glow, EventShape::image(1, 8, 8), 0)).contains("--levels"));
 }
 
+
+/// The fused convolution (CPU) against burn's composed `conv2d` + `relu`: values and the
+/// gradients of `Σ y ⊙ r` with respect to input, weights and bias.
+#[test]
+fn fused_convolution_matches_the_composed_reference() {
+    use diffeo::nn::conv::{composed, conv_same};
+    let ad = device().autodiff();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut random = |shape: Vec<usize>| -> Vec<f64> { (0..shape.iter().product::<usize>()).map(|_| rand::Rng::random_range(&mut rng, -1.0..1.0)).collect() };
+    for (n, c_in, c_out, h, w, k) in [(3, 2, 4, 5, 4, 3), (2, 3, 2, 3, 3, 1), (1, 1, 3, 4, 6, 3), (4, 5, 3, 2, 2, 3), (2, 2, 2, 1, 1, 3)] {
+        for relu in [false, true] {
+            let tensors = |seed_values: &[Vec<f64>]| {
+                let x = Tensor::<1>::from_floats(seed_values[0].as_slice(), &ad).reshape([n, c_in, h, w]).require_grad();
+                let wt = Tensor::<1>::from_floats(seed_values[1].as_slice(), &ad).reshape([c_out, c_in, k, k]).require_grad();
+                let b = Tensor::<1>::from_floats(seed_values[2].as_slice(), &ad).require_grad();
+                (x, wt, b)
+            };
+            let values = vec![random(vec![n, c_in, h, w]), random(vec![c_out, c_in, k, k]), random(vec![c_out]), random(vec![n, c_out, h, w])];
+            let r = Tensor::<1>::from_floats(values[3].as_slice(), &ad).reshape([n, c_out, h, w]);
+            let mut results = Vec::new();
+            for fused in [true, false] {
+                let (x, wt, b) = tensors(&values);
+                assert!(diffeo::nn::conv::supported(&x), "the fused convolution serves the f64 CPU device");
+                let y = if fused { conv_same(x.clone(), wt.clone(), b.clone(), relu) } else { composed(x.clone(), wt.clone(), b.clone(), relu) };
+                let grads = y.clone().mul(r.clone()).sum().backward();
+                let flat = |t: Tensor<4>| to_vec(t.reshape([-1]).unsqueeze_dim::<2>(0)).unwrap();
+                let gx = to_vec(x.grad(&grads).unwrap().reshape([1, n * c_in * h * w])).unwrap();
+                let gw = to_vec(wt.grad(&grads).unwrap().reshape([1, c_out * c_in * k * k])).unwrap();
+                let gb = to_vec(b.grad(&grads).unwrap().unsqueeze_dim::<2>(0)).unwrap();
+                results.push([flat(y.inner()), gx, gw, gb]);
+            }
+            for (what, (a, b)) in ["y", "∂x", "∂W", "∂b"].iter().zip(results[0].iter().zip(&results[1])) {
+                assert_eq!(a.len(), b.len());
+                let worst = a.iter().zip(b).map(|(u, v)| (u - v).abs()).fold(0.0, f64::max);
+                assert!(worst < 1e-12, "{what} differs by {worst} (n {n}, c {c_in}→{c_out}, {h}×{w}, k {k}, relu {relu})");
+            }
+        }
+    }
+}

@@ -15,8 +15,6 @@
 //! per-channel bias after the first convolution (class-conditional models).
 
 use burn::module::{Module, Param};
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -226,9 +224,9 @@ impl Conv {
         Self { weight: Param::from_tensor(weight), bias: Param::from_tensor(vector(b, device)) }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let k = self.weight.val().dims()[2];
-        conv2d(x, self.weight.val(), Some(self.bias.val()), ConvOptions::new([1, 1], [k / 2, k / 2], [1, 1], 1))
+    /// `act(W ⋆ x + b)` (fused on the CPU, see [`crate::nn::conv`]).
+    fn forward(&self, x: Tensor<4>, relu: bool) -> Tensor<4> {
+        crate::nn::conv::conv_same(x, self.weight.val(), self.bias.val(), relu)
     }
 }
 
@@ -268,13 +266,15 @@ impl ConvCoupling {
         let (n, d) = dims2(&input);
         let (h, w) = (self.height, self.width);
         let x = input.reshape([n, d / (h * w), h, w]);
-        let mut z = self.first.forward(x);
-        if let (Some(dense), Some(c)) = (&self.context, call.context()) {
-            z = z.add(dense.forward(c.clone()).unsqueeze_dim::<3>(2).unsqueeze_dim(3));
-        }
-        let z = burn::tensor::activation::relu(z);
-        let z = burn::tensor::activation::relu(self.middle.forward(z));
-        let out = self.last.forward(z);
+        let z = match (&self.context, call.context()) {
+            (Some(dense), Some(c)) => {
+                let z = self.first.forward(x, false);
+                burn::tensor::activation::relu(z.add(dense.forward(c.clone()).unsqueeze_dim::<3>(2).unsqueeze_dim(3)))
+            }
+            _ => self.first.forward(x, true),
+        };
+        let z = self.middle.forward(z, true);
+        let out = self.last.forward(z, false);
         let [_, c, _, _] = out.dims();
         out.reshape([n, c * h * w])
     }

@@ -124,7 +124,7 @@ impl<B: Backend + DenseBackend + DenseGrad, C: CheckpointStrategy> DenseBackend 
 }
 
 /// What the kernels need of their float types (f32 and f64).
-trait Real:
+pub(crate) trait Real:
     Copy
     + Send
     + Sync
@@ -178,7 +178,7 @@ impl Real for f64 {
 }
 
 /// A contiguous row-major view of a 1-D or 2-D tensor (copied only if it is not contiguous).
-fn values<T: Real>(t: &FlexTensor) -> std::borrow::Cow<'_, [T]> {
+pub(crate) fn values<T: Real>(t: &FlexTensor) -> std::borrow::Cow<'_, [T]> {
     match t.as_slice::<T>() {
         Some(s) => std::borrow::Cow::Borrowed(s),
         None => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<T>().map(<[T]>::to_vec).unwrap_or_default()),
@@ -190,7 +190,7 @@ fn shape2(t: &FlexTensor) -> (usize, usize) {
     (s[0], s[1])
 }
 
-fn tensor<T: Real>(v: Vec<T>, shape: Vec<usize>) -> FlexTensor {
+pub(crate) fn tensor<T: Real>(v: Vec<T>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape))
 }
 
@@ -201,7 +201,7 @@ fn gemm<T: Real>(mnk: (usize, usize, usize), dst: &mut [T], lhs: &[T], ls: (usiz
 }
 
 /// [`gemm_with`] on this thread.
-fn gemm_serial<T: Real>(mnk: (usize, usize, usize), dst: &mut [T], lhs: &[T], ls: (usize, usize), rhs: &[T], rs: (usize, usize)) {
+pub(crate) fn gemm_serial<T: Real>(mnk: (usize, usize, usize), dst: &mut [T], lhs: &[T], ls: (usize, usize), rhs: &[T], rs: (usize, usize)) {
     gemm_with(mnk, dst, lhs, ls, rhs, rs, false);
 }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::tensor::{matrix, vector};
 
+pub mod conv;
 pub mod fused;
 
 /// Hidden-layer nonlinearity.
