@@ -117,6 +117,11 @@ impl Progress {
     }
 }
 
+/// The validation interval: the flag, else the family's default.
+fn eval_every(a: &FitArgs) -> usize {
+    a.eval_every.map_or_else(|| diffeo::families::default_eval_every(&a.flow), |k| k as usize)
+}
+
 fn request(a: &FitArgs) -> FitRequest {
     let mut family = FamilySettings::new(&a.flow);
     family.transforms = a.transforms.map(|k| k as usize);
@@ -145,7 +150,7 @@ fn request(a: &FitArgs) -> FitRequest {
         .with_learning_rate(a.lr.unwrap_or_else(|| diffeo::families::default_learning_rate(&a.flow)))
         .with_steps(steps)
         .with_batch_size(a.batch.map_or_else(|| diffeo::families::default_batch_size(&a.flow), |b| b as usize))
-        .with_eval_every(a.eval_every as usize)
+        .with_eval_every(eval_every(a))
         .with_seed(a.seed)
         .with_schedule(a.schedule.into());
     train.epochs = a.epochs.map(|e| e as usize);
@@ -187,7 +192,7 @@ pub fn fit(a: FitArgs) -> Result<()> {
     let mut observer = |e: &FitEvent| {
         let p = progress.get_or_insert_with(|| {
             let total = if let FitEvent::Step { total, .. } = e { *total } else { usize::MAX };
-            let mut p = Progress::new(total, a.quiet, a.eval_every as usize);
+            let mut p = Progress::new(total, a.quiet, eval_every(&a));
             p.budget = a.time_budget;
             p
         });

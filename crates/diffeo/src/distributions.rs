@@ -370,6 +370,22 @@ impl Base {
         }
     }
 
+    /// `n` samples `[n, D]` at temperature `t`: the Gaussian bases' spread scaled by `t`
+    /// (`N(μ, t²σ²)`; Glow's reduced-temperature sampling). Other bases only at `t = 1`.
+    pub fn sample_at_temperature(&self, n: usize, rng: &mut StdRng, device: &Device, t: f64) -> Result<Tensor<2>> {
+        if t == 1.0 {
+            return self.sample(n, rng, device);
+        }
+        let d = self.dim();
+        match self {
+            Base::StandardNormal(_) => Ok(normal_noise(n, d, rng, device).mul_scalar(t)),
+            Base::DiagNormal(b) => Ok(normal_noise(n, d, rng, device)
+                .mul(b.log_scale.val().exp().mul_scalar(t).unsqueeze())
+                .add(b.loc.val().unsqueeze())),
+            _ => Err(FlowError::InvalidConfig("sampling at a temperature needs a Gaussian base (standard or diagonal)".into())),
+        }
+    }
+
     /// `n` samples `[n, D]`.
     pub fn sample(&self, n: usize, rng: &mut StdRng, device: &Device) -> Result<Tensor<2>> {
         let d = self.dim();

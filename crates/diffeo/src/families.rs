@@ -471,6 +471,17 @@ pub fn default_batch_size(name: &str) -> usize {
     }
 }
 
+/// The validation interval (steps) of a fit of family `name` when none is given: 100, and 500 for
+/// the image families, whose validation (6,000 MNIST images by default) costs as much as ~25
+/// training steps.
+pub fn default_eval_every(name: &str) -> usize {
+    if IMAGE_FAMILIES.contains(&name) {
+        500
+    } else {
+        100
+    }
+}
+
 /// The family called `name`.
 pub fn family(name: &str) -> Result<&'static Family> {
     FAMILIES.iter().find(|f| f.name == name).ok_or_else(|| {

@@ -465,8 +465,9 @@ impl Flow {
         Ok(self.transform.forward_unchecked(u, &self.inner_call(call.with_optional_context(ctx).with_log_det(false)))?.0)
     }
 
-    /// Samples at temperature `t`: base draws `u ~ N(0, t²I)` pushed through `T` (Glow's
-    /// reduced-temperature samples, `t < 1`, trade diversity for quality). Needs the Gaussian base.
+    /// Samples at temperature `t`: base draws with their spread scaled by `t` (`N(μ, t²σ²)`)
+    /// pushed through `T` (Glow's reduced-temperature samples, `t < 1`, trade diversity for
+    /// quality). Needs a Gaussian base.
     pub fn sample_at_temperature(&self, n: usize, context: Option<&Tensor<2>>, rng: &mut StdRng, temperature: f64, call: Call) -> Result<Tensor<2>> {
         if !(temperature.is_finite() && temperature > 0.0) {
             return Err(FlowError::InvalidConfig(format!("the temperature must be positive and finite, got {temperature}")));
@@ -474,12 +475,9 @@ impl Flow {
         if temperature == 1.0 {
             return self.sample_with(n, context, rng, call);
         }
-        if self.config.base != BaseKind::StandardNormal {
-            return Err(FlowError::InvalidConfig("sampling at a temperature needs the Gaussian base".into()));
-        }
         self.require(Direction::Forward)?;
         let (total, ctx) = self.expand_context(n, context)?;
-        let u = self.base.sample(total, rng, &self.device())?.mul_scalar(temperature);
+        let u = self.base.sample_at_temperature(total, rng, &self.device(), temperature)?;
         Ok(self.transform.forward_unchecked(u, &self.inner_call(call.with_optional_context(ctx).with_log_det(false)))?.0)
     }
 

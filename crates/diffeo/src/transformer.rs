@@ -40,6 +40,12 @@ pub enum Transformer {
     Affine,
     /// `y = x + μ` (NICE). Parameters per dimension: (μ). Volume preserving.
     Additive,
+    /// Glow's affine coupling scale (Kingma & Dhariwal 2018), a sigmoid: data → base
+    /// `x = (y − μ)·s` with `s = σ(a + 2)/σ(2) ∈ (0, 1.135)` — the density direction can shrink
+    /// freely but stretch by at most 13.5% per layer, which keeps deep image flows stable
+    /// (normalized by σ(2) so that `a = 0` is exactly the identity). Base → data
+    /// `y = x/s + μ`, log|dy/dx| = −log s. Parameters per dimension: (μ, a).
+    SigmoidScale,
     /// Monotonic rational-quadratic spline on [−B, B] with `bins` bins (Durkan et al. 2019);
     /// see [`crate::spline`]. Parameters per dimension: `3·bins − 1`, then 2 for affine
     /// [`SplineTails`]. Defaults: 8 bins, B = 5, affine tails.
@@ -113,6 +119,13 @@ impl SplineTails {
     }
 }
 
+/// `log s` of [`Transformer::SigmoidScale`]: `log σ(a + 2) − log σ(2)`, with
+/// `log σ(z) = −softplus(−z)` computed stably.
+fn sigmoid_log_scale(a: Tensor<2>) -> Tensor<2> {
+    let log_sigmoid_2 = -(1.0 + (-2.0f64).exp()).ln();
+    burn::tensor::activation::softplus(a.add_scalar(2.0).neg(), 1.0).neg().sub_scalar(log_sigmoid_2)
+}
+
 fn block(params: &Tensor<2>, p: usize, d: usize) -> Tensor<2> {
     params.clone().narrow(1, p * d, d)
 }
@@ -121,7 +134,7 @@ impl Transformer {
     /// Number of parameters per dimension.
     pub fn params_per_dim(&self) -> usize {
         match self {
-            Transformer::Affine => 2,
+            Transformer::Affine | Transformer::SigmoidScale => 2,
             Transformer::Additive => 1,
             Transformer::RationalQuadratic { bins, tails, .. } => spline::params_per_dim(*bins) + tails.params_per_dim(),
             Transformer::Sigmoidal { components, .. } => 3 * components,
@@ -201,6 +214,7 @@ impl Transformer {
         match self {
             Transformer::Affine => "affine",
             Transformer::Additive => "additive",
+            Transformer::SigmoidScale => "sigmoid-scale",
             Transformer::RationalQuadratic { .. } => "spline",
             Transformer::Sigmoidal { .. } => "sigmoidal",
             Transformer::Umnn { .. } => "umnn",
@@ -241,6 +255,12 @@ impl Transformer {
                 let ld = x.zeros_like();
                 (x.add(shift), ld)
             }
+            Transformer::SigmoidScale => {
+                let shift = block(params, 0, d);
+                let log_scale = sigmoid_log_scale(block(params, 1, d));
+                let y = x.mul(log_scale.clone().neg().exp()).add(shift);
+                (y, log_scale.neg())
+            }
             Transformer::RationalQuadratic { bins, tail_bound, tails } => match tails {
                 SplineTails::Identity => spline::rational_quadratic_packed(x, params, *bins, *tail_bound, false),
                 SplineTails::Affine => {
@@ -273,6 +293,11 @@ impl Transformer {
                 let shift = block(params, 0, d);
                 let ld = y.zeros_like();
                 (y.sub(shift), ld)
+            }
+            Transformer::SigmoidScale => {
+                let shift = block(params, 0, d);
+                let log_scale = sigmoid_log_scale(block(params, 1, d));
+                (y.sub(shift).mul(log_scale.clone().exp()), log_scale)
             }
             Transformer::RationalQuadratic { bins, tail_bound, tails } => match tails {
                 SplineTails::Identity => spline::rational_quadratic_packed(y, params, *bins, *tail_bound, true),

@@ -10,13 +10,15 @@ use crate::distributions::BaseKind;
 use crate::error::{FlowError, Result};
 use crate::event::EventShape;
 use crate::flow::{Flow, FlowConfig};
+use crate::transformer::Transformer;
 
 /// Glow: `levels` levels of (squeeze, `steps` × (ActNorm → invertible 1×1 convolution → affine
-/// coupling with a channel mask)), half of the channels factored out to the base after every
+/// coupling with a channel mask and Glow's sigmoid scale, [`Transformer::SigmoidScale`])), half of the channels factored out to the base after every
 /// level but the last. Density direction (data → base) as listed.
 ///
 /// Defaults: 2 levels, 8 steps per level, 64 hidden channels (normflows' Glow example's sizes),
-/// standard-normal base. Height and width must be divisible by 2^levels.
+/// a learned diagonal Gaussian base (as normflows' Glow: a mean and scale per latent pixel).
+/// Height and width must be divisible by 2^levels.
 #[derive(Config, Debug)]
 pub struct GlowConfig {
     /// Channels C of the images.
@@ -38,7 +40,7 @@ pub struct GlowConfig {
     #[config(default = 0)]
     pub context_dim: usize,
     /// Base density.
-    #[config(default = "BaseKind::StandardNormal")]
+    #[config(default = "BaseKind::DiagNormal")]
     pub base: BaseKind,
     /// Seed of the weights.
     #[config(default = 0)]
@@ -58,6 +60,7 @@ impl GlowConfig {
                 data_side.push(LayerConfig::InvertibleConv1x1(InvertibleConv1x1Config::new(c, h, w)));
                 data_side.push(LayerConfig::ConvCoupling(
                     ConvCouplingConfig::new(c, h, w, ImageMask::Channel)
+                        .with_transformer(Transformer::SigmoidScale)
                         .with_hidden_channels(self.hidden_channels)
                         .with_context_dim(self.context_dim),
                 ));
@@ -81,7 +84,8 @@ impl GlowConfig {
 /// checkerboard masks (alternating), a squeeze, `steps` couplings with channel masks
 /// (alternating) and factors out half of the channels; the last level has `steps + 1`
 /// checkerboard couplings. An ActNorm precedes every coupling (in place of the paper's batch
-/// normalization). Defaults: 2 levels, 3 steps, 64 hidden channels.
+/// normalization). Defaults: 2 levels, 3 steps, 64 hidden channels, a learned diagonal Gaussian
+/// base.
 #[derive(Config, Debug)]
 pub struct RealNvpImageConfig {
     /// Channels C of the images.
@@ -103,7 +107,7 @@ pub struct RealNvpImageConfig {
     #[config(default = 0)]
     pub context_dim: usize,
     /// Base density.
-    #[config(default = "BaseKind::StandardNormal")]
+    #[config(default = "BaseKind::DiagNormal")]
     pub base: BaseKind,
     /// Seed of the weights.
     #[config(default = 0)]
