@@ -3,6 +3,7 @@
 //! ([`crate::train`]), and the [`fit`] wrappers around it.
 
 use rand::rngs::StdRng;
+use rand::Rng;
 use rand::seq::SliceRandom;
 
 pub use crate::data::Dataset;
@@ -19,14 +20,27 @@ pub type FitConfig = TrainConfig;
 /// Maximum likelihood on a data set: the loss of a batch is `−mean log p(x | c)` (evaluated in
 /// training mode), batches walk through the data in a fresh random order each epoch, and the
 /// validation score is the mean log-likelihood of the validation set.
+///
+/// With [`with_fresh_dequantization`](Self::with_fresh_dequantization), every batch draws new
+/// uniform dequantization noise: rows holding `(k + u₀)/s` (an integer k, the noise u₀ drawn
+/// once when the data were read) are trained on as `(k + u)/s` with a fresh `u ~ U[0, 1)`, so
+/// the flow never fits one fixed draw of the noise over many epochs (as Glow and RealNVP train).
 pub struct MaximumLikelihood<'a> {
     data: DataRows<'a>,
+    dequantization: Option<f64>,
 }
 
 impl<'a> MaximumLikelihood<'a> {
     /// On `train`, validated on `validation` when given.
     pub fn new(train: &'a Dataset, validation: Option<&'a Dataset>) -> Self {
-        Self { data: DataRows::new(train, validation) }
+        Self { data: DataRows::new(train, validation), dequantization: None }
+    }
+
+    /// Redraws the dequantization noise of rows `(k + u₀)/scale` at every batch (`scale` 256
+    /// for 8-bit images in [0, 1], 1 for integer data).
+    pub fn with_fresh_dequantization(mut self, scale: f64) -> Self {
+        self.dequantization = Some(scale);
+        self
     }
 }
 
@@ -100,11 +114,23 @@ impl Objective for MaximumLikelihood<'_> {
         self.data.next_batch(batch_size, rng)
     }
 
-    fn loss(&self, model: &Flow, part: &Batch, whole: usize, step: usize, _rng: &mut StdRng) -> Result<StepLoss> {
+    fn loss(&self, model: &Flow, part: &Batch, whole: usize, step: usize, rng: &mut StdRng) -> Result<StepLoss> {
         let Batch::Rows(rows) = part else {
             return Err(FlowError::InvalidConfig("maximum likelihood trains on data rows".into()));
         };
         let (x, c) = self.data.train().batch(rows, &model.device());
+        let x = match self.dequantization {
+            Some(scale) => {
+                let (n, d) = crate::tensor::dims2(&x);
+                let train = &self.data.train().x;
+                let mut fresh = Vec::with_capacity(n * d);
+                for &r in rows {
+                    fresh.extend(train.values[r * d..(r + 1) * d].iter().map(|v| ((v * scale).floor() + rng.random::<f64>()) / scale));
+                }
+                crate::tensor::matrix(fresh, n, d, &model.device())
+            }
+            None => x,
+        };
         // Stochastic log-dets (Hutchinson probes) draw new numbers at every step and part.
         let seed = (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ rows.first().map_or(0, |&r| r as u64);
         let call = Call::training().with_optional_context(c).with_seed(seed);

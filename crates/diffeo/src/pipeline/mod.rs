@@ -18,7 +18,7 @@ use crate::error::{FlowError, Result};
 use crate::event::{Call, EventShape};
 use crate::families::{architecture, architecture_for, vi_architecture, FamilySettings};
 use crate::flow_matching::{FlowMatching, Pairing};
-use crate::fit::{fit_monitored, mean_log_likelihood, FitEvent, FitReport, TrainConfig};
+use crate::fit::{fit_monitored, mean_log_likelihood, FitEvent, FitReport, MaximumLikelihood, TrainConfig};
 use crate::flow::{Flow, FlowConfig, Standardization};
 use crate::model::{Model, ModelMeta, TrainingSummary, ViRecord};
 use crate::tensor::{matrix, to_vec};
@@ -392,6 +392,12 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
         }
     };
     let result = match req.objective {
+        // Dequantized data without a logit: fresh noise at every batch.
+        FitObjective::Likelihood if meta.inputs.dequantize && meta.inputs.logit_alpha.is_none() => {
+            let scale = if meta.inputs.images { 256.0 } else { 1.0 };
+            let mut objective = MaximumLikelihood::new(&train_set, val_set.as_ref()).with_fresh_dequantization(scale);
+            crate::train::train(flow, &mut objective, &req.train, observer, &mut monitor)
+        }
         FitObjective::Likelihood => fit_monitored(flow, &train_set, val_set.as_ref(), &req.train, observer, &mut monitor),
         FitObjective::FlowMatching(pairing) => {
             let mut objective = FlowMatching::new(&train_set, val_set.as_ref(), pairing);
