@@ -5,7 +5,7 @@
 # bench/results/images-speed-TIME.jsonl and prints the rows (bench/images/summary.py).
 # diffeo's training rate is over `diffeo fit` with a 64-image validation set (its final validation
 # is inside the timed fit); its log_prob rate is over the whole `diffeo eval` command on the test
-# images; its sampling rate over `diffeo sample -n 256`.
+# images; its sampling rate over `diffeo sample -n 2000` (normflows draws 2,000 in batches of 64).
 #   bench/images/speed.sh DATA_DIR [--steps N] [--levels L] [--steps-per-level K] [--hidden C]
 #                                  [--batch B] [--eval-n N] [--repeats R]
 # DATA_DIR holds train-images-idx3-ubyte.gz and t10k-images-idx3-ubyte.gz (../shared/data/mnist).
@@ -45,12 +45,12 @@ for r in $(seq "$repeats"); do
     --schedule constant --eval-every "$steps" --out "$out/m.dfo" > "$out/fit.log" 2>&1
   t=$(tr '\r' '\n' < "$out/fit.log" | grep -o '([0-9]* steps, [0-9.]* s)' | tail -1 | sed 's/.*steps, \([0-9.]*\) s)/\1/')
   s=$(date +%s.%N); ev=$("$bin" eval --model "$out/m.dfo" --data "$out/test.npy" --bits-per-dim --json); e=$(echo "$(date +%s.%N) - $s" | bc)
-  s=$(date +%s.%N); "$bin" sample --model "$out/m.dfo" -n 256 --out "$out/s.npy"; sm=$(echo "$(date +%s.%N) - $s" | bc)
+  s=$(date +%s.%N); "$bin" sample --model "$out/m.dfo" -n 2000 --out "$out/s.npy"; sm=$(echo "$(date +%s.%N) - $s" | bc)
   n=$(echo "$ev" | sed 's/.*"n":\([0-9]*\).*/\1/')
   params=$("$bin" info --model "$out/m.dfo" --json | sed 's/.*"parameters":\([0-9]*\).*/\1/')
-  echo "{\"lib\": \"diffeo\", \"model\": \"glow\", \"levels\": $levels, \"steps_per_level\": $k, \"hidden\": $hidden, \"batch\": $batch, \"steps\": $steps, \"train_s\": $t, \"steps_per_s\": $(echo "scale=6; $steps / $t" | bc), \"logprob_per_s\": $(echo "scale=3; $n / $e" | bc), \"sample_per_s\": $(echo "scale=3; 256 / $sm" | bc), \"n_params\": $params, \"eval\": $ev}" >> "$raw"
+  echo "{\"lib\": \"diffeo\", \"model\": \"glow\", \"levels\": $levels, \"steps_per_level\": $k, \"hidden\": $hidden, \"batch\": $batch, \"steps\": $steps, \"train_s\": $t, \"steps_per_s\": $(echo "scale=6; $steps / $t" | bc), \"logprob_per_s\": $(echo "scale=3; $n / $e" | bc), \"sample_per_s\": $(echo "scale=3; 2000 / $sm" | bc), \"n_params\": $params, \"eval\": $ev}" >> "$raw"
   "$py" bench/images/normflows_glow.py --train "$train" --test "$test" --steps "$steps" --levels "$levels" --steps-per-level "$k" \
-    --hidden "$hidden" --batch "$batch" --eval-n "$eval_n" >> "$raw"
+    --hidden "$hidden" --batch "$batch" --eval-n "$eval_n" --samples 2000 >> "$raw"
 done
 "$py" bench/images/summary.py "$raw"
 echo "raw lines: $raw"

@@ -221,6 +221,12 @@ pub fn fit(a: FitArgs) -> Result<()> {
     if !a.quiet {
         let report = &outcome.report;
         let val = match report.best_val_log_likelihood {
+            // 8-bit images modelled in [0, 1]: bits/dim beside the nats.
+            Some(v) if outcome.model.meta.inputs.images && outcome.model.meta.inputs.dequantize => format!(
+                "validation log-likelihood {v:.4} nats ({:.4} bits/dim) at step {}",
+                diffeo::fit::bits_per_dim(v, outcome.model.flow.dim()),
+                report.best_step
+            ),
             Some(v) => format!("validation log-likelihood {v:.4} nats at step {}", report.best_step),
             None => format!("final training loss {:.4}", report.final_train_loss),
         };
@@ -244,12 +250,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let d = m.flow.dim() as f64;
     let n_bad = ll.iter().filter(|v| !v.is_finite()).count();
     let (mean, se) = diffeo::fit::mean_and_stderr(&ll);
-    let bpd = a.bits_per_dim.then(|| {
-        // log p is the density of x = (pixel + U)/256 in [0, 1]^D; the probability of the pixel
-        // values is p·256^−D, so bits/dim = −(log p − D·ln 256)/(D·ln 2) (8 for uniform noise).
-        let f = |v: f64| -(v - d * 256f64.ln()) / (d * std::f64::consts::LN_2);
-        (f(mean), se / (d * std::f64::consts::LN_2))
-    });
+    let bpd = a.bits_per_dim.then(|| (diffeo::fit::bits_per_dim(mean, m.flow.dim()), se / (d * std::f64::consts::LN_2)));
     if a.bits_per_dim && !m.meta.inputs.images {
         eprintln!("warning: bits/dim assumes 8-bit data modelled in [0, 1]; this model was not fit on image data");
     }

@@ -395,7 +395,8 @@ pub struct FitArgs {
     /// sos: degree of each polynomial (default 4).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub degree: Option<u64>,
-    /// Base density: gaussian (N(0, I)) or resampled (LARS: N(0, I) reweighted by a learned
+    /// Base density: gaussian (N(0, I); for glow and realnvp-image a learned diagonal Gaussian)
+    /// or resampled (LARS: N(0, I) reweighted by a learned
     /// acceptance network, truncated rejection sampling; fits multimodal and holed data).
     #[arg(long, value_enum, default_value = "gaussian")]
     pub base: BaseArg,

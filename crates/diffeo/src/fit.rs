@@ -122,12 +122,7 @@ impl Objective for MaximumLikelihood<'_> {
         let x = match self.dequantization {
             Some(scale) => {
                 let (n, d) = crate::tensor::dims2(&x);
-                let train = &self.data.train().x;
-                let mut fresh = Vec::with_capacity(n * d);
-                for &r in rows {
-                    fresh.extend(train.values[r * d..(r + 1) * d].iter().map(|v| ((v * scale).floor() + rng.random::<f64>()) / scale));
-                }
-                crate::tensor::matrix(fresh, n, d, &model.device())
+                crate::tensor::matrix(redequantized(&self.data.train().x.values, d, rows, scale, rng), n, d, &model.device())
             }
             None => x,
         };
@@ -153,6 +148,26 @@ impl Objective for MaximumLikelihood<'_> {
     fn validate(&self, model: &Flow) -> Result<Option<f64>> {
         self.data.validate(model)
     }
+}
+
+/// The rows `rows` of a row-major table of width `d` holding `(k + u₀)/scale` (k an integer,
+/// `u₀ ∈ [0, 1)`), with fresh noise: `(k + u)/scale`, `u ~ U[0, 1)`. (`scale` is a power of two or
+/// 1, so `v·scale` recovers `k + u₀` exactly and its floor is k.)
+pub fn redequantized(values: &[f64], d: usize, rows: &[usize], scale: f64, rng: &mut StdRng) -> Vec<f64> {
+    let mut fresh = Vec::with_capacity(rows.len() * d);
+    for &r in rows {
+        fresh.extend(values[r * d..(r + 1) * d].iter().map(|v| ((v * scale).floor() + rng.random::<f64>()) / scale));
+    }
+    fresh
+}
+
+/// Bits per dimension of 8-bit data modelled in [0, 1] as `x = (pixel + U)/256`: `log p` is the
+/// density of x, the probability of the pixel values `p·256^−D`, so
+/// bits/dim = −(log p − D·ln 256)/(D·ln 2) (8 for uniform noise). A standard error of `log p`
+/// converts with the same scale, `se/(D·ln 2)`.
+pub fn bits_per_dim(log_likelihood: f64, dim: usize) -> f64 {
+    let d = dim as f64;
+    -(log_likelihood - d * 256f64.ln()) / (d * std::f64::consts::LN_2)
 }
 
 /// Fits `flow` to `train` by maximum likelihood; returns the fitted flow (on the inference

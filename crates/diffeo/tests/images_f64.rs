@@ -211,3 +211,28 @@ fn fused_convolution_matches_the_composed_reference() {
         }
     }
 }
+
+/// Fresh dequantization keeps every pixel's integer and redraws its noise.
+#[test]
+fn dequantization_noise_is_redrawn_per_batch() {
+    use diffeo::fit::redequantized;
+    let mut rng = StdRng::seed_from_u64(2);
+    let pixels: Vec<f64> = (0..40).map(|i| ((i * 37) % 256) as f64).collect();
+    let values: Vec<f64> = pixels.iter().map(|k| (k + rand::Rng::random::<f64>(&mut rng)) / 256.0).collect();
+    let rows = [3, 0, 7];
+    let a = redequantized(&values, 4, &rows, 256.0, &mut rng);
+    let b = redequantized(&values, 4, &rows, 256.0, &mut rng);
+    for (j, &r) in rows.iter().enumerate() {
+        for c in 0..4 {
+            let k = pixels[r * 4 + c];
+            for v in [a[j * 4 + c], b[j * 4 + c]] {
+                assert!(v >= k / 256.0 && v < (k + 1.0) / 256.0, "{v} outside pixel {k}'s bin");
+            }
+            assert_ne!(a[j * 4 + c], b[j * 4 + c]);
+        }
+    }
+    // Pixel 0 with noise 0 and pixel 255 with noise just below 1 stay in their bins.
+    let edge = [0.0, (255.0 + (1.0 - f64::EPSILON)) / 256.0];
+    let e = redequantized(&edge, 2, &[0], 256.0, &mut rng);
+    assert!(e[0] < 1.0 / 256.0 && e[1] >= 255.0 / 256.0 && e[1] < 1.0);
+}

@@ -504,8 +504,15 @@ pub fn with_labels(table: &Table, labels: &Table, classes: Option<usize>) -> Res
         values.extend_from_slice(table.row(i));
         values.extend((0..k).map(|c| if c == label as usize { 1.0 } else { 0.0 }));
     }
-    let mut out = Table { values, cols: d + k, ..table.clone() };
-    out.names = table.names.as_ref().map(|n| n.iter().cloned().chain((0..k).map(|c| format!("class{c}"))).collect());
+    let out = Table {
+        values,
+        cols: d + k,
+        names: table.names.as_ref().map(|n| n.iter().cloned().chain((0..k).map(|c| format!("class{c}"))).collect()),
+        source: table.source.clone(),
+        lines: table.lines.clone(),
+        images: table.images,
+        image_shape: table.image_shape,
+    };
     Ok((out, k))
 }
 
