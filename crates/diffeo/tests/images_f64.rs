@@ -231,8 +231,8 @@ fn dequantization_noise_is_redrawn_per_batch() {
             assert_ne!(a[j * 4 + c], b[j * 4 + c]);
         }
     }
-    // Pixel 0 with noise 0 and pixel 255 with noise just below 1 stay in their bins.
-    let edge = [0.0, (255.0 + (1.0 - f64::EPSILON)) / 256.0];
+    // Pixel 0 with noise 0 and pixel 255 with noise near 1 stay in their bins.
+    let edge = [0.0, (255.0 + 0.999_999) / 256.0];
     let e = redequantized(&edge, 2, &[0], 256.0, &mut rng);
     assert!(e[0] < 1.0 / 256.0 && e[1] >= 255.0 / 256.0 && e[1] < 1.0);
 }

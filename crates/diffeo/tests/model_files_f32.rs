@@ -119,3 +119,73 @@ fn version_2_files_with_missing_or_renamed_tensors_are_refused() {
     let err = from_bytes(&renamed, "m", &device).unwrap_err();
     assert!(matches!(err, FlowError::BadModelFile { .. }), "{err}");
 }
+
+fn fixtures_v2() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2")
+}
+
+/// A class-conditional Glow on 4×4 images with generic weights (1×1 permutations and signs and
+/// ActNorm's readiness kept): the image layers' fixture.
+fn image_fixture_flow(device: &Device) -> Flow {
+    use diffeo::bijections::Layer;
+    use burn::module::RunningState;
+    let mut flow = GlowConfig::new(1, 4, 4).with_levels(2).with_steps(1).with_hidden_channels(3).with_context_dim(2).with_seed(7).init(device).unwrap();
+    let fixed: Vec<Option<(Tensor<1>, Tensor<2>)>> = flow
+        .transform
+        .layers
+        .iter()
+        .map(|l| match &l.inner {
+            Layer::InvertibleConv1x1(c) => Some((c.sign.value_sync(), c.permutation.value_sync())),
+            _ => None,
+        })
+        .collect();
+    let mut chain = diffeo::testing::randomize_parameters(flow.transform.clone(), 11, 0.2);
+    for (layer, fixed) in chain.layers.iter_mut().zip(fixed) {
+        match (&mut layer.inner, fixed) {
+            (Layer::InvertibleConv1x1(c), Some((sign, permutation))) => {
+                c.sign = RunningState::new(sign);
+                c.permutation = RunningState::new(permutation);
+            }
+            (Layer::ActNorm(a), _) => a.initialized = RunningState::new(Tensor::ones([1], device)),
+            _ => {}
+        }
+    }
+    flow.transform = chain;
+    flow
+}
+
+/// Writes `tests/fixtures/v2/` (run once, when the fixture is made):
+/// `cargo test --workspace --test model_files_f32 write_image_fixture -- --ignored`.
+#[test]
+#[ignore]
+fn write_image_fixture() {
+    let device = diffeo::cpu();
+    let flow = image_fixture_flow(&device);
+    std::fs::create_dir_all(fixtures_v2()).unwrap();
+    let extra = [("fixture".to_string(), "glow_conditional".to_string())].into_iter().collect();
+    diffeo::io::save(&flow, fixtures_v2().join("glow_conditional.dfo"), &extra).unwrap();
+    let x: Vec<f64> = (0..32).map(|i| ((i * 37 % 256) as f64 + 0.5) / 256.0).collect();
+    // One context row per image (classes 0 and 1 one-hot); two samples per row.
+    let context = vec![1.0, 0.0, 0.0, 1.0];
+    let ct = matrix(context.clone(), 2, 2, &device);
+    let lp = to_vec(flow.log_prob(matrix(x.clone(), 2, 16, &device), Some(&ct)).unwrap()).unwrap();
+    let (s, sl) = flow.sample_and_log_prob(2, Some(&ct), &mut StdRng::seed_from_u64(5)).unwrap();
+    let case = serde_json::json!({"kind": "density", "x": x, "context": context, "log_prob": lp, "sample_seed": 5,
+        "samples": to_vec(s).unwrap(), "sample_log_prob": to_vec(sl).unwrap()});
+    let all = serde_json::json!({ "glow_conditional": case });
+    std::fs::write(fixtures_v2().join("expected.json"), serde_json::to_string_pretty(&all).unwrap()).unwrap();
+}
+
+/// The image layers' model file (squeeze, per-channel ActNorm, 1×1 convolutions with stored
+/// permutations and signs, convolutional couplings with Glow's scale, factor-out, a diagonal
+/// Gaussian base, a context) gives the numbers it gave when it was saved.
+#[test]
+fn image_model_files_keep_their_behaviour() {
+    let device = diffeo::cpu();
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixtures_v2().join("expected.json")).unwrap()).unwrap();
+    for (name, case) in expected.as_object().unwrap() {
+        let loaded = load(fixtures_v2().join(format!("{name}.dfo")), &device).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(loaded.extra.get("fixture").map(String::as_str), Some(name.as_str()));
+        check_case(name, &loaded.flow, case);
+    }
+}
