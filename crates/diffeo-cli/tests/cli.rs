@@ -319,7 +319,7 @@ fn bad_input_is_refused_cleanly() {
     assert!(fitted.status.success(), "{}", text(&fitted.stderr));
     std::fs::remove_file(&out).unwrap();
 
-    bad(&["fit", "--data", &data, "--flow", "glow", "--out", &out], "invalid value 'glow'");
+    bad(&["fit", "--data", &data, "--flow", "flow++", "--out", &out], "invalid value 'flow++'");
     bad(&["fit", "--data", &data, "--flow", "planar", "--out", &out], "no inverse");
     bad(&["fit", "--data", &data, "--steps", "0", "--out", &out], "--steps");
     bad(&["fit", "--data", &data, "--steps", "-5", "--out", &out], "--steps");
