@@ -459,21 +459,15 @@ impl Flow {
     /// count); its context is replaced by `context`, and layers are told that no log-det is
     /// needed.
     pub fn sample_with(&self, n: usize, context: Option<&Tensor<2>>, rng: &mut StdRng, call: Call) -> Result<Tensor<2>> {
-        self.require(Direction::Forward)?;
-        let (total, ctx) = self.expand_context(n, context)?;
-        let u = self.base.sample(total, rng, &self.device())?;
-        Ok(self.transform.forward_unchecked(u, &self.inner_call(call.with_optional_context(ctx).with_log_det(false)))?.0)
+        self.sample_at_temperature(n, context, rng, 1.0, call)
     }
 
     /// Samples at temperature `t`: base draws with their spread scaled by `t` (`N(μ, t²σ²)`)
     /// pushed through `T` (Glow's reduced-temperature samples, `t < 1`, trade diversity for
-    /// quality). Needs a Gaussian base.
+    /// quality). Needs a Gaussian base unless `t = 1` ([`Base::sample_at_temperature`]).
     pub fn sample_at_temperature(&self, n: usize, context: Option<&Tensor<2>>, rng: &mut StdRng, temperature: f64, call: Call) -> Result<Tensor<2>> {
         if !(temperature.is_finite() && temperature > 0.0) {
             return Err(FlowError::InvalidConfig(format!("the temperature must be positive and finite, got {temperature}")));
-        }
-        if temperature == 1.0 {
-            return self.sample_with(n, context, rng, call);
         }
         self.require(Direction::Forward)?;
         let (total, ctx) = self.expand_context(n, context)?;

@@ -11,13 +11,13 @@
 //! - `log|det J_T(x)| = −log|det J_{T⁻¹}(T(x))|` (exact log-dets);
 //! - finite gradients of `Σ y + Σ log|det J|` with respect to the parameters and the inputs.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param, RunningState};
 use burn::tensor::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
-use crate::bijections::{Bijection, Call, Cost, LogDet, Mode, Tolerance};
+use crate::bijections::{Bijection, Call, Chain, Cost, Layer, LogDet, Mode, Tolerance};
 use crate::flow::Flow;
 use crate::tensor::{matrix, repeat_rows, to_vec};
 
@@ -460,6 +460,32 @@ impl burn::module::ModuleMapper for Randomize {
 /// identity-initialised layers become generic maps for testing. Deterministic in `seed`.
 pub fn randomize_parameters<M: Module>(module: M, seed: u64, scale: f64) -> M {
     module.map(&mut Randomize { rng: StdRng::seed_from_u64(seed), scale })
+}
+
+/// [`randomize_parameters`] for a chain, keeping what is not a weight: the fixed permutations and
+/// signs of its invertible 1×1 convolutions (read before the noise, since running states are
+/// shared by clones), and its ActNorm layers marked as having seen their first batch.
+pub fn randomize_chain(chain: Chain, seed: u64, scale: f64) -> Chain {
+    let fixed: Vec<Option<(Tensor<1>, Tensor<2>)>> = chain
+        .layers
+        .iter()
+        .map(|l| match &l.inner {
+            Layer::InvertibleConv1x1(c) => Some((c.sign.value_sync(), c.permutation.value_sync())),
+            _ => None,
+        })
+        .collect();
+    let mut chain = randomize_parameters(chain, seed, scale);
+    for (layer, fixed) in chain.layers.iter_mut().zip(fixed) {
+        match (&mut layer.inner, fixed) {
+            (Layer::InvertibleConv1x1(c), Some((sign, permutation))) => {
+                c.sign = RunningState::new(sign);
+                c.permutation = RunningState::new(permutation);
+            }
+            (Layer::ActNorm(a), _) => a.initialized = RunningState::new(Tensor::ones([1], &a.log_scale.val().device())),
+            _ => {}
+        }
+    }
+    chain
 }
 
 /// Checks that [`Flow::sample_and_log_prob`] agrees with [`Flow::log_prob`] on the samples it

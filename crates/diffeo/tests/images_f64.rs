@@ -8,7 +8,7 @@ use diffeo::bijections::*;
 use diffeo::families::{architecture_for, FamilySettings, GlowConfig, RealNvpImageConfig};
 use diffeo::prelude::*;
 use diffeo::tensor::{matrix, to_vec};
-use diffeo::testing::{check_bijection, check_sample_and_log_prob, randomize_parameters, HarnessConfig};
+use diffeo::testing::{check_bijection, check_sample_and_log_prob, randomize_chain, randomize_parameters, HarnessConfig};
 use diffeo::transformer::Transformer;
 
 fn device() -> Device {
@@ -120,28 +120,8 @@ fn glow_and_realnvp_image_flows_are_densities_of_their_samples() {
     for (config, context) in [(glow, 0), (realnvp, 0), (conditional, 2)] {
         assert_eq!(config.event, Some(match config.dim { 32 => EventShape::image(2, 4, 4), _ => EventShape::image(1, 4, 4) }));
         let mut flow = config.init(&d).unwrap();
-        // Generic weights (ActNorm as if it had seen a batch; 1×1 permutations and signs kept,
-        // read before the noise: running states are shared by clones).
-        let fixed: Vec<Option<(Tensor<1>, Tensor<2>)>> = flow
-            .transform
-            .layers
-            .iter()
-            .map(|l| match &l.inner {
-                Layer::InvertibleConv1x1(c) => Some((c.sign.value_sync(), c.permutation.value_sync())),
-                _ => None,
-            })
-            .collect();
-        let mut chain = randomize_parameters(flow.transform.clone(), 9, 0.2);
-        for (layer, fixed) in chain.layers.iter_mut().zip(fixed) {
-            match (&mut layer.inner, fixed) {
-                (Layer::InvertibleConv1x1(c), Some((sign, permutation))) => {
-                    c.sign = RunningState::new(sign);
-                    c.permutation = RunningState::new(permutation);
-                }
-                (Layer::ActNorm(a), _) => a.initialized = RunningState::new(Tensor::ones([1], &d)),
-                _ => {}
-            }
-        }
+        // Generic weights (ActNorm as if it had seen a batch; 1×1 permutations and signs kept).
+        let chain = randomize_chain(flow.transform.clone(), 9, 0.2);
         check(&chain);
         flow.transform = chain;
         let mut rng = StdRng::seed_from_u64(1);

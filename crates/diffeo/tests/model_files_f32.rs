@@ -127,30 +127,8 @@ fn fixtures_v2() -> PathBuf {
 /// A class-conditional Glow on 4×4 images with generic weights (1×1 permutations and signs and
 /// ActNorm's readiness kept): the image layers' fixture.
 fn image_fixture_flow(device: &Device) -> Flow {
-    use diffeo::bijections::Layer;
-    use burn::module::RunningState;
     let mut flow = GlowConfig::new(1, 4, 4).with_levels(2).with_steps(1).with_hidden_channels(3).with_context_dim(2).with_seed(7).init(device).unwrap();
-    let fixed: Vec<Option<(Tensor<1>, Tensor<2>)>> = flow
-        .transform
-        .layers
-        .iter()
-        .map(|l| match &l.inner {
-            Layer::InvertibleConv1x1(c) => Some((c.sign.value_sync(), c.permutation.value_sync())),
-            _ => None,
-        })
-        .collect();
-    let mut chain = diffeo::testing::randomize_parameters(flow.transform.clone(), 11, 0.2);
-    for (layer, fixed) in chain.layers.iter_mut().zip(fixed) {
-        match (&mut layer.inner, fixed) {
-            (Layer::InvertibleConv1x1(c), Some((sign, permutation))) => {
-                c.sign = RunningState::new(sign);
-                c.permutation = RunningState::new(permutation);
-            }
-            (Layer::ActNorm(a), _) => a.initialized = RunningState::new(Tensor::ones([1], device)),
-            _ => {}
-        }
-    }
-    flow.transform = chain;
+    flow.transform = diffeo::testing::randomize_chain(flow.transform.clone(), 11, 0.2);
     flow
 }
 

@@ -17,7 +17,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use super::lu_linear::solve_triangular;
-use super::{Bijection, Call, EventShape, LayerSpec, Mapped};
+use super::{image_event, Bijection, Call, EventShape, LayerSpec, Mapped};
 use crate::error::{FlowError, Result};
 use crate::tensor::{dims2, matrix, vector};
 
@@ -176,15 +176,6 @@ impl LayerSpec for InvertibleConv1x1Config {
     fn set_seed(&mut self, seed: u64) {
         self.seed = seed;
     }
-}
-
-/// `shape` when it is the image `[C, H, W]` (a flat event of that size is read as the image).
-pub(crate) fn image_event(channels: usize, height: usize, width: usize, shape: &EventShape) -> Result<EventShape> {
-    let image = EventShape::image(channels, height, width);
-    if *shape != image && *shape != EventShape::flat(image.size()) {
-        return Err(FlowError::InvalidConfig(format!("a layer on images {image} cannot act on events of shape {shape}")));
-    }
-    Ok(image)
 }
 
 /// The invertible 1×1 convolution (see the module documentation).

@@ -20,8 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::conv1x1::image_event;
-use super::{Bijection, Call, Cost, Directions, EventShape, LayerSpec, Mapped};
+use super::{image_event, Bijection, Call, Cost, Directions, EventShape, LayerSpec, Mapped};
 use crate::error::{FlowError, Result};
 use crate::nn::{Dense, Init};
 use crate::tensor::{dims2, sum_rows, vector};

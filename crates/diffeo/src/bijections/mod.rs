@@ -251,6 +251,15 @@ pub fn same_size(dim: usize, shape: &EventShape) -> Result<EventShape> {
     Ok(*shape)
 }
 
+/// `shape` when it is the image `[C, H, W]` (a flat event of that size is read as the image).
+pub fn image_event(channels: usize, height: usize, width: usize, shape: &EventShape) -> Result<EventShape> {
+    let image = EventShape::image(channels, height, width);
+    if *shape != image && *shape != EventShape::flat(image.size()) {
+        return Err(FlowError::InvalidConfig(format!("a layer on images {image} cannot act on events of shape {shape}")));
+    }
+    Ok(image)
+}
+
 /// `InvalidConfig` unless `dim ≥ 1`.
 pub(crate) fn require_features(dim: usize, what: &str) -> Result<()> {
     if dim == 0 {

@@ -27,7 +27,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{tensor, values, Real};
+use super::fused::{register_input_weight_bias, serves, tensor, values, Real};
 
 /// `act(W ⋆ x + b)`: `x` `[N, C_in, H, W]`, `w` `[C_out, C_in, k, k]` (k odd), `b` `[C_out]` →
 /// `[N, C_out, H, W]`, stride 1, zero padding k/2.
@@ -53,9 +53,8 @@ pub trait ConvGrad: Backend {
 /// Whether the fused convolution serves tensors like `x` (the CPU device, f32 or f64) and has
 /// not been switched off with `DIFFEO_COMPOSED_CONV=1`.
 pub fn supported(x: &Tensor<4>) -> bool {
-    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let composed = *FORCED.get_or_init(|| std::env::var("DIFFEO_COMPOSED_CONV").is_ok_and(|v| v != "0"));
-    !composed && crate::on_cpu(&x.device()) && matches!(x.dtype(), DType::F32 | DType::F64)
+    static SWITCHED_OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    serves(&x.device(), x.dtype(), &SWITCHED_OFF, "DIFFEO_COMPOSED_CONV")
 }
 
 /// `act(W ⋆ x + b)`, fused on the CPU, composed (burn's `conv2d`, then `relu`) elsewhere.
@@ -111,19 +110,10 @@ impl<B: Backend + ConvBackend + ConvGrad, C: CheckpointStrategy> ConvBackend for
             type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, bool);
 
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let [node_x, node_w, node_b] = ops.parents;
+                let ids = ops.parents.map(|p| p.map(|node| node.id));
                 let g = grads.consume::<B>(&ops.node);
                 let (x, w, y, relu) = ops.state;
-                let (gx, gw, gb) = B::conv_same_backward(x, w, y, g, relu, node_x.is_some());
-                if let (Some(node), Some(gx)) = (node_x, gx) {
-                    grads.register::<B>(node.id, gx);
-                }
-                if let Some(node) = node_w {
-                    grads.register::<B>(node.id, gw);
-                }
-                if let Some(node) = node_b {
-                    grads.register::<B>(node.id, gb);
-                }
+                register_input_weight_bias::<B>(grads, ids, B::conv_same_backward(x, w, y, g, relu, ids[0].is_some()));
             }
         }
 

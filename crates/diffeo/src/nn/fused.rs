@@ -16,11 +16,13 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 use super::Activation;
 
@@ -51,9 +53,33 @@ pub trait DenseGrad: Backend {
 /// Whether the fused layer serves tensors like `x` (the CPU device, f32 or f64) and has not been
 /// switched off with `DIFFEO_COMPOSED_DENSE=1`.
 pub fn supported(x: &Tensor<2>) -> bool {
-    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let composed = *FORCED.get_or_init(|| std::env::var("DIFFEO_COMPOSED_DENSE").is_ok_and(|v| v != "0"));
-    !composed && crate::on_cpu(&x.device()) && matches!(x.dtype(), DType::F32 | DType::F64)
+    static SWITCHED_OFF: OnceLock<bool> = OnceLock::new();
+    serves(&x.device(), x.dtype(), &SWITCHED_OFF, "DIFFEO_COMPOSED_DENSE")
+}
+
+/// Whether a fused CPU kernel serves tensors on `device` of `dtype` (the CPU, f32 or f64), unless
+/// the environment variable `off` — read once into `switched_off` — is set to anything but `0`.
+pub(crate) fn serves(device: &burn::tensor::Device, dtype: DType, switched_off: &OnceLock<bool>, off: &str) -> bool {
+    let composed = *switched_off.get_or_init(|| std::env::var(off).is_ok_and(|v| v != "0"));
+    !composed && crate::on_cpu(device) && matches!(dtype, DType::F32 | DType::F64)
+}
+
+/// Registers the gradients a backward step computed for its parents `(x, w, b)`: `∂x` where `x`
+/// is tracked (and it was computed), `∂w` and `∂b` where those are tracked.
+pub(crate) fn register_input_weight_bias<B: Backend>(
+    grads: &mut Gradients,
+    [x, w, b]: [Option<NodeId>; 3],
+    (gx, gw, gb): (Option<FloatTensor<B>>, FloatTensor<B>, FloatTensor<B>),
+) {
+    if let (Some(id), Some(gx)) = (x, gx) {
+        grads.register::<B>(id, gx);
+    }
+    if let Some(id) = w {
+        grads.register::<B>(id, gw);
+    }
+    if let Some(id) = b {
+        grads.register::<B>(id, gb);
+    }
 }
 
 /// The fused layer on a supported device.
@@ -95,19 +121,10 @@ impl<B: Backend + DenseBackend + DenseGrad, C: CheckpointStrategy> DenseBackend 
             type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, Option<Activation>);
 
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let [node_x, node_w, node_b] = ops.parents;
+                let ids = ops.parents.map(|p| p.map(|node| node.id));
                 let g = grads.consume::<B>(&ops.node);
                 let (x, w, y, activation) = ops.state;
-                let (gx, gw, gb) = B::dense_backward(x, w, y, g, activation, node_x.is_some());
-                if let (Some(node), Some(gx)) = (node_x, gx) {
-                    grads.register::<B>(node.id, gx);
-                }
-                if let Some(node) = node_w {
-                    grads.register::<B>(node.id, gw);
-                }
-                if let Some(node) = node_b {
-                    grads.register::<B>(node.id, gb);
-                }
+                register_input_weight_bias::<B>(grads, ids, B::dense_backward(x, w, y, g, activation, ids[0].is_some()));
             }
         }
 
