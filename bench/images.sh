@@ -5,18 +5,21 @@
 # batch 64, Adam 1e-3) for the same training time. Both report test bits/dim on the whole test set
 # (dequantized once, seeded). Writes bench/results/images-BUDGET-TIME.jsonl, a sample grid per run
 # (docs/images/glow-mnist-BUDGET.png with --grids), and prints the rows.
-#   bench/images.sh DATA_DIR BUDGET_SECONDS [--flow glow] [--grids] [--skip-peer]
+#   bench/images.sh DATA_DIR BUDGET_SECONDS [--flow glow] [--grids] [--skip-peer] [--fit-flags "FLAGS"]
+# --fit-flags adds flags to diffeo's fit (e.g. "--variational-dequantization"); they are recorded in
+# the row and name the model file.
 # DATA_DIR holds train-images-idx3-ubyte.gz and t10k-images-idx3-ubyte.gz (../shared/data/mnist, or
 # any 28×28 or 32×32 grayscale IDX set under those names).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${1:?usage: bench/images.sh DATA_DIR BUDGET_SECONDS [options]}"; budget="${2:?usage: bench/images.sh DATA_DIR BUDGET_SECONDS}"; shift 2
-flow=glow; grids=0; peer=1
+flow=glow; grids=0; peer=1; flags=
 while [ $# -gt 0 ]; do
   case "$1" in
     --flow) flow="$2"; shift 2 ;;
     --grids) grids=1; shift ;;
     --skip-peer) peer=0; shift ;;
+    --fit-flags) flags="$2"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -24,18 +27,20 @@ source bench/common.sh
 train="$dir/train-images-idx3-ubyte.gz"; test="$dir/t10k-images-idx3-ubyte.gz"
 raw="bench/results/images-$budget-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 models="bench/results/models"; mkdir -p "$models"
-model="$models/$flow-$(basename "$dir")-$budget.dfo"
+tag=$(echo "$flags" | tr -c 'a-z0-9\n' '-' | tr -s '-' | sed 's/^-*//; s/-*$//')
+model="$models/$flow${tag:+-$tag}-$(basename "$dir")-$budget.dfo"
 log="${raw%.jsonl}.log"
 s=$(date +%s.%N)
-"$bin" fit --data "$train" --flow "$flow" --dequantize --time-budget "$budget" --out "$model" > "$log" 2>&1
+# shellcheck disable=SC2086  # the extra flags are words
+"$bin" fit --data "$train" --flow "$flow" --dequantize --time-budget "$budget" $flags --out "$model" > "$log" 2>&1
 wall=$(echo "$(date +%s.%N) - $s" | bc)
 ev=$("$bin" eval --model "$model" --data "$test" --bits-per-dim --json)
 params=$("$bin" info --model "$model" --json | sed 's/.*"parameters":\([0-9]*\).*/\1/')
 steps=$(tr '\r' '\n' < "$log" | grep -o '([0-9]* steps, [0-9.]* s)' | tail -1 | sed 's/(\([0-9]*\) steps.*/\1/')
-echo "{\"lib\": \"diffeo\", \"model\": \"$flow\", \"data\": \"$(basename "$dir")\", \"budget_s\": $budget, \"steps\": $steps, \"wall_s\": $wall, \"n_params\": $params, \"eval\": $ev}" >> "$raw"
+echo "{\"lib\": \"diffeo\", \"model\": \"$flow\", \"flags\": \"$flags\", \"data\": \"$(basename "$dir")\", \"budget_s\": $budget, \"steps\": $steps, \"wall_s\": $wall, \"n_params\": $params, \"eval\": $ev}" >> "$raw"
 if [ "$grids" = 1 ]; then
   mkdir -p docs/images
-  "$bin" plot --model "$model" --data "$test" --n 36 --out "docs/images/$flow-$(basename "$dir")-$budget.png"
+  "$bin" plot --model "$model" --data "$test" --n 36 --out "docs/images/$flow${tag:+-$tag}-$(basename "$dir")-$budget.png"
 fi
 if [ "$peer" = 1 ]; then
   "$py" bench/images/normflows_glow.py --train "$train" --test "$test" --budget "$budget" --eval-n 0 --samples 64 >> "$raw"
@@ -46,7 +51,8 @@ for line in open(sys.argv[1]):
     r = json.loads(line)
     if r["lib"] == "diffeo":
         e = r["eval"]
-        print(f"| diffeo {r['model']} | {r['budget_s']} s | {r['steps']} | {e['bits_per_dim']:.3f} ± {e['bits_per_dim_stderr']:.3f} | {r['n_params']:,} |")
+        flags = f" {r['flags']}" if r.get("flags") else ""
+        print(f"| diffeo {r['model']}{flags} | {r['budget_s']} s | {r['steps']} | {e['bits_per_dim']:.3f} ± {e['bits_per_dim_stderr']:.3f} | {r['n_params']:,} |")
     else:
         print(f"| normflows Glow | {r['train_s']:.0f} s | {r['steps']} | {r['test_bpd']:.3f} ± {r['test_bpd_stderr']:.3f} | {r['n_params']:,} |")
 PY

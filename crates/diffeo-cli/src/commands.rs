@@ -57,6 +57,8 @@ struct Progress {
     every: usize,
     val: String,
     budget: Option<f64>,
+    /// Features of 8-bit images: validation scores are shown in bits/dim.
+    bits_per_dim: Option<usize>,
 }
 
 /// A progress bar over `total` steps on a terminal (none when quiet or not a terminal).
@@ -74,7 +76,7 @@ pub(crate) fn progress_bar(total: usize, quiet: bool) -> Option<indicatif::Progr
 impl Progress {
     fn new(total: usize, quiet: bool, every: usize) -> Self {
         let bar = progress_bar(total, quiet);
-        Self { bar, quiet, start: Instant::now(), last_loss: f64::NAN, every, val: String::new(), budget: None }
+        Self { bar, quiet, start: Instant::now(), last_loss: f64::NAN, every, val: String::new(), budget: None, bits_per_dim: None }
     }
 
     fn event(&mut self, e: &FitEvent) {
@@ -96,15 +98,17 @@ impl Progress {
                     eprintln!("step {step}{of}  loss {loss:.4}  {el:.1}s elapsed, ETA {eta:.0}s");
                 }
             }
-            FitEvent::Interval { .. } => {}
+            FitEvent::Interval { .. } | FitEvent::Begin { .. } => {}
             FitEvent::Validation { step, log_likelihood, best } => {
-                self.val = format!("  val {log_likelihood:.4} (best {best:.4})");
+                let (score, unit) = match self.bits_per_dim {
+                    Some(d) => ((diffeo::fit::bits_per_dim(log_likelihood, d), diffeo::fit::bits_per_dim(best, d)), " bits/dim"),
+                    None => ((log_likelihood, best), ""),
+                };
+                self.val = format!("  val {:.4}{unit} (best {:.4})", score.0, score.1);
                 if self.bar.is_none() && !self.quiet {
                     let el = self.start.elapsed().as_secs_f64();
-                    eprintln!(
-                        "step {step}  loss {:.4}  val log-likelihood {log_likelihood:.4}  best {best:.4}  {el:.1}s elapsed",
-                        self.last_loss
-                    );
+                    let what = if self.bits_per_dim.is_some() { "val bits/dim" } else { "val log-likelihood" };
+                    eprintln!("step {step}  loss {:.4}  {what} {:.4}  best {:.4}  {el:.1}s elapsed", self.last_loss, score.0, score.1);
                 }
             }
         }
@@ -165,6 +169,7 @@ fn request(a: &FitArgs) -> FitRequest {
         columns: a.cols.clone(),
         context_columns: a.context_cols.clone(),
         dequantize: a.dequantize,
+        variational_dequantization: a.variational_dequantization,
         logit: a.logit,
         standardize: !a.no_standardize,
         drop_constant: a.drop_constant,
@@ -189,11 +194,19 @@ pub fn fit(a: FitArgs) -> Result<()> {
     let req = request(&a);
     // The progress display starts with the first step, which knows the planned total.
     let mut progress: Option<Progress> = None;
+    // Image families on dequantized pixels: validation in bits/dim.
+    let images = a.dequantize && FamilySettings::new(&a.flow).is_image();
+    let mut dim = None;
     let mut observer = |e: &FitEvent| {
+        if let FitEvent::Begin { dim: d } = e {
+            dim = Some(*d);
+            return;
+        }
         let p = progress.get_or_insert_with(|| {
             let total = if let FitEvent::Step { total, .. } = e { *total } else { usize::MAX };
             let mut p = Progress::new(total, a.quiet, eval_every(&a));
             p.budget = a.time_budget;
+            p.bits_per_dim = dim.filter(|_| images);
             p
         });
         p.event(e);
@@ -223,8 +236,9 @@ pub fn fit(a: FitArgs) -> Result<()> {
         let val = match report.best_val_log_likelihood {
             // 8-bit images modelled in [0, 1]: bits/dim beside the nats.
             Some(v) if outcome.model.meta.inputs.images && outcome.model.meta.inputs.dequantize => format!(
-                "validation log-likelihood {v:.4} nats ({:.4} bits/dim) at step {}",
+                "validation log-likelihood {v:.4} nats ({:.4} bits/dim{}) at step {}",
                 diffeo::fit::bits_per_dim(v, outcome.model.flow.dim()),
+                if outcome.model.flow.dequantizer.is_some() { ", variational bound" } else { "" },
                 report.best_step
             ),
             Some(v) => format!("validation log-likelihood {v:.4} nats at step {}", report.best_step),
@@ -258,6 +272,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         eprintln!("warning: {n_bad} row(s) have zero density under the model (log-likelihood −inf)");
     }
     let estimated = m.flow.log_det(diffeo::bijections::Mode::Evaluation) == diffeo::bijections::LogDet::Estimated;
+    let dequantized = m.flow.dequantizer.is_some();
     if estimated && !a.json {
         eprintln!("note: this model's log-determinants are unbiased stochastic estimates; so is each log-density");
     }
@@ -271,9 +286,17 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         if nfe > 0 {
             o["nfe"] = json!(nfe);
         }
+        if dequantized {
+            o["importance_samples"] = json!(diffeo::dequantization::EVALUATION_SAMPLES);
+        }
         println!("{o}");
     } else {
-        println!("log-likelihood: {mean:.4} ± {se:.4} nats (n = {}, dim = {})", ll.len(), m.flow.dim());
+        let bound = if dequantized {
+            format!(" (importance-weighted bound of the learned dequantization, {} draws per row)", diffeo::dequantization::EVALUATION_SAMPLES)
+        } else {
+            String::new()
+        };
+        println!("log-likelihood: {mean:.4} ± {se:.4} nats (n = {}, dim = {}){bound}", ll.len(), m.flow.dim());
         if let Some((b, s)) = bpd {
             println!("bits/dim: {b:.4} ± {s:.4}");
         }
@@ -422,8 +445,15 @@ pub fn info(a: InfoArgs) -> Result<()> {
     println!("sampling:     {}", dirs.forward.describe());
     println!("log-dets:     {}", format!("{:?}", flow.log_det(diffeo::bijections::Mode::Evaluation)).to_lowercase());
     let mut pre = Vec::new();
-    if inputs.dequantize {
-        pre.push("uniform dequantization".to_string());
+    match &flow.dequantizer {
+        Some(q) => pre.push(format!(
+            "variational dequantization ({} couplings, {} hidden channels, {} parameters)",
+            q.config().couplings,
+            q.config().hidden_channels,
+            q.config().parameter_count()
+        )),
+        None if inputs.dequantize => pre.push("uniform dequantization".to_string()),
+        None => {}
     }
     if inputs.images {
         pre.push("pixels/256".into());

@@ -181,6 +181,7 @@ impl FitArgs {
         if let Some(c) = self.hidden_channels {
             family.hidden_channels = c as usize;
         }
+        family.plain_conv1x1 = self.plain_conv1x1;
         // Monotone transformers.
         let m = &mut family.monotone;
         for (value, field) in [
@@ -416,6 +417,10 @@ pub struct FitArgs {
     /// glow, realnvp-image: hidden channels of the couplings' convolutional networks (default 64).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub hidden_channels: Option<u64>,
+    /// glow: plain 1×1 convolutions (a full C×C matrix whose log-determinant costs O(C³)) instead
+    /// of the LU form (for comparison).
+    #[arg(long)]
+    pub plain_conv1x1: bool,
     /// cnf: steps of the fixed-step solvers (rk4, euler).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..), default_value = "20")]
     pub ode_steps: u64,
@@ -488,6 +493,11 @@ pub struct FitArgs {
     /// Add U[0, 1) noise to integer data (images: (pixel + U)/256).
     #[arg(long)]
     pub dequantize: bool,
+    /// glow, realnvp-image with --dequantize: learn the noise with a conditional flow q(u | x)
+    /// trained with the model (Flow++'s variational dequantization); eval reports the
+    /// importance-weighted bound (16 draws per image).
+    #[arg(long)]
+    pub variational_dequantization: bool,
     /// Model logit(α + (1 − 2α)x) of data in [0, 1] (images); densities stay in data units.
     #[arg(long, value_parser = logit_alpha, value_name = "ALPHA")]
     pub logit: Option<f64>,

@@ -866,6 +866,24 @@ fn image_flows_fit_sample_plot_and_refuse_bad_input() {
         ok(&["sample", "--model", &model, "-n", "3", "--out", &p(d, "s.npy")]);
         ok(&["plot", "--model", &model, "--data", &images, "--n", "9", "--out", &p(d, &format!("{flow}-plot.png"))]);
     }
+    // Learned dequantization noise, plain 1×1 convolutions: the bound with 16 draws per image.
+    let vd = p(d, "vd.dfo");
+    let mut args = vec!["fit", "--data", &images, "--flow", "glow", "--variational-dequantization", "--plain-conv1x1", "--out", &vd];
+    args.extend(sizes);
+    ok(&args);
+    let e = json(&ok(&["eval", "--model", &vd, "--data", &images, "--bits-per-dim", "--json"]));
+    assert_eq!(e["importance_samples"], 16, "{e}");
+    let bpd = e["bits_per_dim"].as_f64().unwrap();
+    assert!(bpd > 0.0 && bpd < 12.0, "variational dequantization: bits/dim {bpd}");
+    assert!(ok(&["info", "--model", &vd]).contains("variational dequantization (4 couplings"));
+    assert!(ok(&["info", "--model", &vd]).contains("PlainConv1x1"));
+    assert_eq!(json(&ok(&["check", "--model", &vd, "--n", "50", "--json"]))["pass"], true);
+    let none = p(d, "none.dfo");
+    bad(&["fit", "--data", &images, "--flow", "glow", "--variational-dequantization", "--out", &none], "--dequantize");
+    let mut args = vec!["fit", "--data", &images, "--flow", "realnvp-image", "--plain-conv1x1", "--out", &none];
+    args.extend(sizes);
+    bad(&args, "no 1×1 convolutions");
+    assert!(!Path::new(&none).exists());
     // Class-conditional: the labels are the context.
     let cond = p(d, "cond.dfo");
     let mut args = vec!["fit", "--data", &images, "--labels", &labels, "--flow", "glow", "--out", &cond];

@@ -134,6 +134,7 @@ impl MafConfig {
             seed: self.seed,
             context_standardization: None,
             event: None,
+            dequantizer: None,
         }
     }
 
@@ -236,6 +237,7 @@ impl RealNvpConfig {
             seed: self.seed,
             context_standardization: None,
             event: None,
+            dequantizer: None,
         }
     }
 
@@ -365,6 +367,8 @@ pub struct FamilySettings {
     pub steps_per_level: Option<usize>,
     /// The image families: hidden channels of the coupling networks.
     pub hidden_channels: usize,
+    /// Glow: plain 1×1 convolutions (a full matrix, O(C³) log-det) instead of the LU form.
+    pub plain_conv1x1: bool,
 }
 
 /// Sizes of the non-affine autoregressive families: the monotone transformers without a
@@ -441,6 +445,7 @@ impl FamilySettings {
             levels: None,
             steps_per_level: None,
             hidden_channels: 64,
+            plain_conv1x1: false,
         }
     }
 
@@ -530,12 +535,20 @@ fn image_layers(s: &FamilySettings, event: EventShape, context_dim: usize) -> Re
     }
     let levels = s.levels.unwrap_or(family(&s.family)?.default_transforms);
     if s.family == "glow" {
-        let mut c = GlowConfig::new(channels, height, width).with_levels(levels).with_hidden_channels(s.hidden_channels).with_context_dim(context_dim).with_seed(s.seed);
+        let mut c = GlowConfig::new(channels, height, width)
+            .with_levels(levels)
+            .with_hidden_channels(s.hidden_channels)
+            .with_lu(!s.plain_conv1x1)
+            .with_context_dim(context_dim)
+            .with_seed(s.seed);
         if let Some(k) = s.steps_per_level {
             c = c.with_steps(k);
         }
         c.flow_config()
     } else {
+        if s.plain_conv1x1 {
+            return Err(FlowError::InvalidConfig(format!("{} has no 1×1 convolutions (--plain-conv1x1 is a setting of glow)", s.family)));
+        }
         let mut c = RealNvpImageConfig::new(channels, height, width).with_levels(levels).with_hidden_channels(s.hidden_channels).with_context_dim(context_dim).with_seed(s.seed);
         if let Some(k) = s.steps_per_level {
             c = c.with_steps(k);
@@ -548,8 +561,8 @@ fn image_layers(s: &FamilySettings, event: EventShape, context_dim: usize) -> Re
 fn family_layers(s: &FamilySettings, dim: usize, context_dim: usize) -> Result<FlowConfig> {
     let f = family(&s.family)?;
     let defaults = FamilySettings::new(f.name);
-    if s.levels.is_some() || s.steps_per_level.is_some() || s.hidden_channels != defaults.hidden_channels {
-        return Err(FlowError::InvalidConfig("--levels, --steps-per-level and --hidden-channels are settings of the image families (glow, realnvp-image)".into()));
+    if s.levels.is_some() || s.steps_per_level.is_some() || s.hidden_channels != defaults.hidden_channels || s.plain_conv1x1 {
+        return Err(FlowError::InvalidConfig("--levels, --steps-per-level, --hidden-channels and --plain-conv1x1 are settings of the image families (glow, realnvp-image)".into()));
     }
     if s.dropout > 0.0 && s.residual_blocks == 0 {
         return Err(FlowError::InvalidConfig("dropout acts inside residual blocks: add residual blocks".into()));

@@ -25,6 +25,11 @@ pub type FitConfig = TrainConfig;
 /// uniform dequantization noise: rows holding `(k + u₀)/s` (an integer k, the noise u₀ drawn
 /// once when the data were read) are trained on as `(k + u)/s` with a fresh `u ~ U[0, 1)`, so
 /// the flow never fits one fixed draw of the noise over many epochs (as Glow and RealNVP train).
+///
+/// A flow with a variational dequantizer ([`crate::dequantization`]) is trained on the rows'
+/// integer parts `k/L` (`L` the dequantizer's levels) with the noise drawn from `q(u | k)`: the loss
+/// is `−mean[log p((k + u)/L) − log q(u | k)]`, minimized over the flow and `q` together, and the
+/// validation score is that bound with one draw per row.
 pub struct MaximumLikelihood<'a> {
     data: DataRows<'a>,
     dequantization: Option<f64>,
@@ -118,19 +123,23 @@ impl Objective for MaximumLikelihood<'_> {
         let Batch::Rows(rows) = part else {
             return Err(FlowError::InvalidConfig("maximum likelihood trains on data rows".into()));
         };
-        let (x, c) = self.data.train().batch(rows, &model.device());
-        let x = match self.dequantization {
-            Some(scale) => {
-                let (n, d) = crate::tensor::dims2(&x);
-                crate::tensor::matrix(redequantized(&self.data.train().x.values, d, rows, scale, rng), n, d, &model.device())
-            }
-            None => x,
-        };
-        // Stochastic log-dets (Hutchinson probes) draw new numbers at every step and part.
+        let device = model.device();
+        let (x, c) = self.data.train().batch(rows, &device);
+        let (n, d) = crate::tensor::dims2(&x);
+        let values = &self.data.train().x.values;
+        // Stochastic log-dets (Hutchinson probes) and dequantization noise draw new numbers at
+        // every step and part.
         let seed = (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ rows.first().map_or(0, |&r| r as u64);
         let call = Call::training().with_optional_context(c).with_seed(seed);
         let penalties = call.clone();
-        let log_p = model.log_prob_with(x, call)?;
+        let log_p = match (&model.dequantizer, self.dequantization) {
+            (Some(q), _) => {
+                let k = crate::tensor::matrix(quantized(values, d, rows, q.levels()), n, d, &device);
+                model.dequantized_log_prob_with(k, 1, call)?
+            }
+            (None, Some(scale)) => model.log_prob_with(crate::tensor::matrix(redequantized(values, d, rows, scale, rng), n, d, &device), call)?,
+            (None, None) => model.log_prob_with(x, call)?,
+        };
         // Regularized layers (a CNF's RNODE terms) add a per-row penalty to −log p.
         let log_p = match penalties.take_penalty() {
             Some(p) => log_p.sub(p),
@@ -159,6 +168,16 @@ pub fn redequantized(values: &[f64], d: usize, rows: &[usize], scale: f64, rng: 
         fresh.extend(values[r * d..(r + 1) * d].iter().map(|v| ((v * scale).floor() + rng.random::<f64>()) / scale));
     }
     fresh
+}
+
+/// The rows `rows` of a row-major table of width `d` holding `(k + u₀)/scale` reduced to their
+/// integer parts, `k/scale` (exact in f32 and f64 for 8-bit data).
+pub fn quantized(values: &[f64], d: usize, rows: &[usize], scale: f64) -> Vec<f64> {
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for &r in rows {
+        out.extend(values[r * d..(r + 1) * d].iter().map(|v| (v * scale).floor() / scale));
+    }
+    out
 }
 
 /// Bits per dimension of 8-bit data modelled in [0, 1] as `x = (pixel + U)/256`: `log p` is the
@@ -221,8 +240,13 @@ pub fn log_likelihoods(flow: &Flow, data: &Dataset) -> Result<Vec<f64>> {
 }
 
 /// [`log_likelihoods`] with the calls of every chunk copied from `call` (its tolerance, random
-/// source and evaluation count: `call.evaluations()` then holds the ODE evaluations).
+/// source and evaluation count: `call.evaluations()` then holds the ODE evaluations). A flow with
+/// a variational dequantizer gives its bound with one draw per row
+/// ([`dequantized_log_likelihoods`] with `samples = 1`).
 pub fn log_likelihoods_with(flow: &Flow, data: &Dataset, call: &Call) -> Result<Vec<f64>> {
+    if flow.dequantizer.is_some() {
+        return dequantized_log_likelihoods(flow, data, 1, call);
+    }
     data.validate_for(flow.dim(), flow.context_dim(), "data")?;
     let device = flow.device();
     let n = data.len();
@@ -234,6 +258,31 @@ pub fn log_likelihoods_with(flow: &Flow, data: &Dataset, call: &Call) -> Result<
         let idx: Vec<usize> = (start..end).collect();
         let (x, c) = data.batch(&idx, &device);
         out.extend(to_vec(flow.log_prob_with(x, call.clone().with_optional_context(c))?)?);
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Per-row importance-weighted bounds of a flow with a variational dequantizer
+/// ([`Flow::dequantized_log_prob_with`], `samples` draws per row) on rows holding
+/// `(k + u₀)/L`: only their integer parts `k` count.
+pub fn dequantized_log_likelihoods(flow: &Flow, data: &Dataset, samples: usize, call: &Call) -> Result<Vec<f64>> {
+    data.validate_for(flow.dim(), flow.context_dim(), "data")?;
+    let Some(q) = &flow.dequantizer else {
+        return Err(FlowError::InvalidConfig("this flow has no variational dequantization".into()));
+    };
+    let (device, d, n) = (flow.device(), flow.dim(), data.len());
+    let chunk = (8192 / samples.max(1)).max(1);
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let end = (start + chunk).min(n);
+        let idx: Vec<usize> = (start..end).collect();
+        let (_, c) = data.batch(&idx, &device);
+        let k = crate::tensor::matrix(quantized(&data.x.values, d, &idx, q.levels()), idx.len(), d, &device);
+        // Fresh noise for every chunk (a copied call would repeat the same draws).
+        let seed = call.with_rng(|r| r.random::<u64>());
+        out.extend(to_vec(flow.dequantized_log_prob_with(k, samples, call.clone().with_optional_context(c).with_seed(seed))?)?);
         start = end;
     }
     Ok(out)

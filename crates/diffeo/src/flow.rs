@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::bijections::{
     Bijection, Call, Chain, ChainConfig, Cost, Directions, ElementwiseConfig, ElementwiseKind, EventShape, LayerConfig, LogDet, Mode,
 };
+use crate::dequantization::{Dequantizer, DequantizerConfig};
 use crate::distributions::{Base, BaseConfig, BaseKind};
 use crate::error::{Direction, FlowError, Result};
 use crate::nn::{Activation, Mlp, MlpConfig, NetworkConfig};
-use crate::tensor::{check_finite, dims2, repeat_rows, vector};
+use crate::tensor::{check_finite, dims2, logsumexp_rows, repeat_rows, vector};
 
 pub use crate::families::{iaf, maf, nice, nsf, nsf_coupling, realnvp, MafConfig, RealNvpConfig};
 
@@ -145,10 +146,16 @@ pub struct FlowConfig {
     /// Shape of a data event (default, and in files written before it existed: flat `[dim]`).
     #[config(default = "None")]
     pub event: Option<EventShape>,
+    /// The noise flow of variational dequantization, trained with the flow (images of discrete
+    /// values; `None`: uniform or no dequantization).
+    #[config(default = "None")]
+    pub dequantizer: Option<DequantizerConfig>,
 }
 
 /// Seed of a flow's context embedding, from the flow's seed.
 const EMBEDDING_SEED: u64 = 0xE3B0_C442;
+/// Seed of a flow's dequantization noise flow, from the flow's seed.
+const DEQUANTIZER_SEED: u64 = 0xDE0A_7152;
 
 impl FlowConfig {
     /// The data event shape.
@@ -192,7 +199,8 @@ impl FlowConfig {
     pub fn parameter_count(&self) -> usize {
         let layers: usize = self.layers.iter().filter_map(LayerConfig::spec).map(|s| s.parameter_count()).sum();
         let embedding = self.embedding.as_ref().map_or(0, |e| self.embedding_network(e).parameter_count());
-        layers + embedding + self.base.parameter_count(self.dim)
+        let dequantizer = self.dequantizer.as_ref().map_or(0, DequantizerConfig::parameter_count);
+        layers + embedding + dequantizer + self.base.parameter_count(self.dim)
     }
 
     /// The spline tail bound of the first layer that has one.
@@ -232,6 +240,16 @@ impl FlowConfig {
                 )));
             }
         }
+        if let Some(q) = &self.dequantizer {
+            q.validate()?;
+            if q.event() != self.event_shape() {
+                return Err(FlowError::InvalidConfig(format!(
+                    "the dequantization flow acts on events {}, the flow's are {}",
+                    q.event(),
+                    self.event_shape()
+                )));
+            }
+        }
         self.chain().base_event()?;
         let cc = self.conditioner_context_dim();
         for (i, l) in self.layers.iter().enumerate() {
@@ -252,7 +270,8 @@ impl FlowConfig {
         let transform = self.chain().init(device)?;
         let base = BaseConfig::new(self.dim, self.base.clone()).with_seed(self.seed).init(device)?;
         let embedding = self.embedding.as_ref().map(|e| self.embedding_network(e).init(device)).transpose()?;
-        Ok(Flow { base, transform, embedding, config: self.clone() })
+        let dequantizer = self.dequantizer.as_ref().map(|q| q.clone().with_seed(self.seed ^ DEQUANTIZER_SEED).init(device)).transpose()?;
+        Ok(Flow { base, transform, embedding, dequantizer, config: self.clone() })
     }
 }
 
@@ -265,6 +284,8 @@ pub struct Flow {
     pub transform: Chain,
     /// Optional context embedding.
     pub embedding: Option<Mlp>,
+    /// The noise flow of variational dequantization, if the flow was built with one.
+    pub dequantizer: Option<Dequantizer>,
     #[module(skip)]
     config: FlowConfig,
 }
@@ -430,6 +451,26 @@ impl Flow {
         let call = self.inner_call(call);
         let (u, ld) = self.transform.inverse_unchecked(x, &call)?;
         Ok(self.base.log_prob_with(u, &call).add(ld))
+    }
+
+    /// The variational-dequantization bound of discrete rows `quantized` (`k/L`, see
+    /// [`crate::dequantization`]) with `samples` draws `u_s ~ q(u | k)` each:
+    /// `log (1/S) Σ_s exp(log p(k/L + u_s/L | c) − log q(u_s | k))`, `[N]` (S = 1: the variational
+    /// bound training maximizes), in the units of `log p`. Needs a flow built with a
+    /// dequantizer; inputs not validated.
+    pub fn dequantized_log_prob_with(&self, quantized: Tensor<2>, samples: usize, call: Call) -> Result<Tensor<1>> {
+        let Some(q) = &self.dequantizer else {
+            return Err(FlowError::InvalidConfig("this flow has no variational dequantization".into()));
+        };
+        if samples == 0 {
+            return Err(FlowError::InvalidConfig("the dequantization bound needs at least one sample".into()));
+        }
+        let (n, _) = dims2(&quantized);
+        let (u, log_q) = q.sample(&quantized, samples, &call)?;
+        let y = repeat_rows(&quantized, samples).add(u.div_scalar(q.levels()));
+        let context = call.context().map(|c| repeat_rows(c, samples));
+        let weights = self.log_prob_with(y, call.with_optional_context(context))?.sub(log_q);
+        Ok(if samples == 1 { weights } else { logsumexp_rows(weights.reshape([n, samples])).sub_scalar((samples as f64).ln()) })
     }
 
     /// `log p(x | c)` in evaluation mode without validating the inputs.

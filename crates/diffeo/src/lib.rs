@@ -38,6 +38,7 @@ pub mod bijections;
 pub mod custom_op;
 pub mod data;
 pub mod datasets;
+pub mod dequantization;
 pub mod distributions;
 pub mod error;
 pub mod event;

@@ -234,6 +234,12 @@ pub trait Objective {
 /// Progress reported to the observer.
 #[derive(Clone, Debug)]
 pub enum FitEvent {
+    /// Before the first step: the flow's features D (front ends convert the validation
+    /// log-likelihoods of image models to bits per dimension with it).
+    Begin {
+        /// Features D.
+        dim: usize,
+    },
     /// After each optimisation step.
     Step {
         /// Step number (1-based).
@@ -501,6 +507,7 @@ pub fn train(
         (None, _) => Some(config.steps),
     };
     let total_reported = total.unwrap_or(usize::MAX);
+    observer(&FitEvent::Begin { dim: model.dim() });
 
     let mut adam = AdamConfig::new().with_epsilon(1e-8);
     if config.weight_decay > 0.0 {

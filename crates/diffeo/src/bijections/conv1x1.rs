@@ -79,7 +79,7 @@ impl InvertibleConv1x1Config {
 
 /// A Haar-random rotation `[C, C]` (row major): Gram–Schmidt on Gaussian columns, with
 /// determinant +1.
-fn random_rotation(c: usize, seed: u64) -> Vec<f64> {
+pub(super) fn random_rotation(c: usize, seed: u64) -> Vec<f64> {
     let rng = &mut StdRng::seed_from_u64(seed);
     let mut q: Vec<Vec<f64>> = Vec::with_capacity(c);
     while q.len() < c {
@@ -120,7 +120,7 @@ fn determinant_sign(m: &[f64], c: usize) -> f64 {
 
 /// LU decomposition with partial pivoting of a square row-major matrix `m`:
 /// `(perm, L, U)` with `m[perm[i], :] = (L·U)[i, :]`, `L` unit lower triangular.
-fn lu_decompose(m: &[f64]) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
+pub(super) fn lu_decompose(m: &[f64]) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
     let c = (m.len() as f64).sqrt().round() as usize;
     let mut a = m.to_vec();
     let mut perm: Vec<usize> = (0..c).collect();

@@ -12,7 +12,10 @@
 //!
 //! The network: conv 3×3 → ReLU → conv 1×1 → ReLU → conv 3×3 (zero-initialised, so the layer
 //! starts as the identity), `hidden_channels` wide; a context vector enters as a learned
-//! per-channel bias after the first convolution (class-conditional models).
+//! per-channel bias after the first convolution (class-conditional models), and an image
+//! context `[C_c, H, W]` ([`ConvCouplingConfig::with_image_context`]) as further input channels
+//! of the first convolution (the noise flow of variational dequantization, conditioned on the
+//! image it dequantizes).
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
@@ -55,6 +58,9 @@ pub struct ConvCouplingConfig {
     /// Context width.
     #[serde(default)]
     pub context_dim: usize,
+    /// Channels of an image context `[C_c, H, W]` (0: the context is a vector).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub context_channels: usize,
     /// The elementwise transformer of the transformed part.
     #[serde(default)]
     pub transformer: Transformer,
@@ -66,7 +72,18 @@ pub struct ConvCouplingConfig {
 impl ConvCouplingConfig {
     /// An affine coupling on images `channels × height × width` with the given mask.
     pub fn new(channels: usize, height: usize, width: usize, mask: ImageMask) -> Self {
-        Self { channels, height, width, hidden_channels: 64, mask, flip: false, context_dim: 0, transformer: Transformer::Affine, seed: 0 }
+        Self {
+            channels,
+            height,
+            width,
+            hidden_channels: 64,
+            mask,
+            flip: false,
+            context_dim: 0,
+            context_channels: 0,
+            transformer: Transformer::Affine,
+            seed: 0,
+        }
     }
 
     /// Channels of the hidden layers.
@@ -81,9 +98,18 @@ impl ConvCouplingConfig {
         self
     }
 
-    /// Conditions on a context of width `context_dim`.
+    /// Conditions on a context vector of width `context_dim`.
     pub fn with_context_dim(mut self, context_dim: usize) -> Self {
         self.context_dim = context_dim;
+        self.context_channels = 0;
+        self
+    }
+
+    /// Conditions on an image context of `channels × H × W` (flattened in C order, width
+    /// `channels·H·W`), fed to the network beside the kept part.
+    pub fn with_image_context(mut self, channels: usize) -> Self {
+        self.context_channels = channels;
+        self.context_dim = channels * self.height * self.width;
         self
     }
 
@@ -99,15 +125,21 @@ impl ConvCouplingConfig {
         self
     }
 
-    /// Channels in and out of the network: (input, transformed).
+    /// Channels in and out of the network: (input, transformed), an image context included.
     fn network_channels(&self) -> (usize, usize) {
-        match self.mask {
+        let (c_in, c_out) = match self.mask {
             ImageMask::Channel => {
                 let kept = self.channels / 2;
                 (kept, self.channels - kept)
             }
             ImageMask::Checkerboard => (self.channels, self.channels),
-        }
+        };
+        (c_in + self.context_channels, c_out)
+    }
+
+    /// Whether the context is a vector (a per-channel bias) rather than an image.
+    fn vector_context(&self) -> bool {
+        self.context_dim > 0 && self.context_channels == 0
     }
 
     /// Builds the layer (identity at the start).
@@ -133,7 +165,7 @@ impl ConvCouplingConfig {
             first: Conv::new(c_in, h, 3, Init::Uniform, rng, device),
             middle: Conv::new(h, h, 1, Init::Uniform, rng, device),
             last: Conv::new(h, p * c_out, 3, Init::Zeros, rng, device),
-            context: (self.context_dim > 0).then(|| Dense::new(self.context_dim, h, Init::Uniform, rng, device)),
+            context: self.vector_context().then(|| Dense::new(self.context_dim, h, Init::Uniform, rng, device)),
             transformer: self.transformer.clone(),
             kept_mask,
             mask: self.mask,
@@ -142,8 +174,13 @@ impl ConvCouplingConfig {
             height: self.height,
             width: self.width,
             context_dim: self.context_dim,
+            context_channels: self.context_channels,
         })
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl LayerSpec for ConvCouplingConfig {
@@ -167,6 +204,16 @@ impl LayerSpec for ConvCouplingConfig {
             }
             _ => {}
         }
+        if self.context_channels > 0 && self.context_dim != self.context_channels * self.height * self.width {
+            return Err(FlowError::InvalidConfig(format!(
+                "an image context of {} channels on {}×{} pixels has {} values, not {}",
+                self.context_channels,
+                self.height,
+                self.width,
+                self.context_channels * self.height * self.width,
+                self.context_dim
+            )));
+        }
         self.transformer.validate()
     }
 
@@ -177,7 +224,7 @@ impl LayerSpec for ConvCouplingConfig {
     fn parameter_count(&self) -> usize {
         let (c_in, c_out) = self.network_channels();
         let (h, p) = (self.hidden_channels, self.transformer.params_per_dim());
-        let context = if self.context_dim > 0 { (self.context_dim + 1) * h } else { 0 };
+        let context = if self.vector_context() { (self.context_dim + 1) * h } else { 0 };
         (9 * c_in + 1) * h + (h + 1) * h + (9 * h + 1) * p * c_out + context
     }
 
@@ -257,6 +304,8 @@ pub struct ConvCoupling {
     pub width: usize,
     /// Context width.
     pub context_dim: usize,
+    /// Channels of an image context (0: a vector context).
+    pub context_channels: usize,
 }
 
 impl ConvCoupling {
@@ -264,7 +313,10 @@ impl ConvCoupling {
     fn params(&self, input: Tensor<2>, call: &Call) -> Tensor<2> {
         let (n, d) = dims2(&input);
         let (h, w) = (self.height, self.width);
-        let x = input.reshape([n, d / (h * w), h, w]);
+        let mut x = input.reshape([n, d / (h * w), h, w]);
+        if let (true, Some(c)) = (self.context_channels > 0, call.context()) {
+            x = Tensor::cat(vec![x, c.clone().reshape([n, self.context_channels, h, w])], 1);
+        }
         let z = match (&self.context, call.context()) {
             (Some(dense), Some(c)) => {
                 let z = self.first.forward(x, false);

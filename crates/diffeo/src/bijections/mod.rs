@@ -407,6 +407,8 @@ registry! {
     bnaf => Bnaf(BnafConfig),
     /// Invertible 1×1 convolution in LU form (Glow): one C×C matrix on every pixel.
     conv1x1 => InvertibleConv1x1(InvertibleConv1x1Config),
+    /// Invertible 1×1 convolution with a full matrix (Glow's plain variant, for comparison).
+    conv1x1_plain => PlainConv1x1(PlainConv1x1Config),
     /// Coupling on images with a convolutional conditioner (channel or checkerboard mask).
     conv_coupling => ConvCoupling(ConvCouplingConfig),
 }

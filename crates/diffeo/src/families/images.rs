@@ -5,7 +5,7 @@
 use burn::config::Config;
 use burn::tensor::Device;
 
-use crate::bijections::{ActNormConfig, ConvCouplingConfig, FactorOutConfig, ImageMask, InvertibleConv1x1Config, LayerConfig, SqueezeConfig};
+use crate::bijections::{ActNormConfig, ConvCouplingConfig, FactorOutConfig, ImageMask, InvertibleConv1x1Config, LayerConfig, PlainConv1x1Config, SqueezeConfig};
 use crate::distributions::BaseKind;
 use crate::error::{FlowError, Result};
 use crate::event::EventShape;
@@ -36,6 +36,10 @@ pub struct GlowConfig {
     /// Hidden channels of the couplings' networks.
     #[config(default = 64)]
     pub hidden_channels: usize,
+    /// The 1×1 convolutions in LU form (`false`: Glow's plain variant with a full matrix,
+    /// [`PlainConv1x1`](crate::bijections::PlainConv1x1), O(C³) per call).
+    #[config(default = true)]
+    pub lu: bool,
     /// Context width (class-conditional models).
     #[config(default = 0)]
     pub context_dim: usize,
@@ -57,7 +61,11 @@ impl GlowConfig {
             (c, h, w) = (4 * c, h / 2, w / 2);
             for _ in 0..self.steps {
                 data_side.push(LayerConfig::ActNorm(ActNormConfig::image(c, h, w)));
-                data_side.push(LayerConfig::InvertibleConv1x1(InvertibleConv1x1Config::new(c, h, w)));
+                data_side.push(if self.lu {
+                    LayerConfig::InvertibleConv1x1(InvertibleConv1x1Config::new(c, h, w))
+                } else {
+                    LayerConfig::PlainConv1x1(PlainConv1x1Config::new(c, h, w))
+                });
                 data_side.push(LayerConfig::ConvCoupling(
                     ConvCouplingConfig::new(c, h, w, ImageMask::Channel)
                         .with_transformer(Transformer::SigmoidScale)

@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use crate::bijections::{Bijection, Cost};
 use crate::data::prepare::{constant_columns, hold_out, logit_layers, logit_transform, minimum_rows, InputSpec};
 use crate::data::{self, builtin, Dataset, Split, Table};
+use crate::dequantization::{DequantizerConfig, EVALUATION_SAMPLES};
 use crate::error::{FlowError, Result};
 use crate::event::{Call, EventShape};
 use crate::families::{architecture, architecture_for, vi_architecture, FamilySettings};
@@ -65,6 +66,9 @@ pub struct FitRequest {
     pub context_columns: Option<String>,
     /// Add U[0, 1) noise to integer data (images: (pixel + U)/256).
     pub dequantize: bool,
+    /// Learn the dequantization noise (images, with `dequantize`): a conditional noise flow
+    /// trained with the model ([`crate::dequantization`]).
+    pub variational_dequantization: bool,
     /// Model `logit(α + (1 − 2α)x)` of data in [0, 1].
     pub logit: Option<f64>,
     /// Standardize the data inside the model.
@@ -109,6 +113,7 @@ impl FitRequest {
             columns: None,
             context_columns: None,
             dequantize: false,
+            variational_dequantization: false,
             logit: None,
             standardize: true,
             drop_constant: false,
@@ -206,7 +211,7 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
     let resumed = req.resume.as_ref().map(|p| crate::model::load(p, &device)).transpose()?;
     let mut meta = match &resumed {
         Some(m) => {
-            if req.columns.is_some() || req.context_columns.is_some() || req.dequantize || req.logit.is_some() {
+            if req.columns.is_some() || req.context_columns.is_some() || req.dequantize || req.variational_dequantization || req.logit.is_some() {
                 notice(Notice::Warning(
                     "--resume keeps the model's columns and preprocessing; column and preprocessing flags are ignored".into(),
                 ));
@@ -214,6 +219,12 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
             m.meta.clone()
         }
         None => {
+            if req.variational_dequantization && !(req.dequantize && table.images && req.family.is_image()) {
+                let not_image = if req.family.is_image() { String::new() } else { format!("; {} is not one", req.family.family) };
+                return Err(FlowError::InvalidConfig(format!(
+                    "variational dequantization learns the noise of 8-bit images: it needs --dequantize, image data and an image family (glow, realnvp-image){not_image}"
+                )));
+            }
             let mut inputs = InputSpec::select(&table, req.columns.as_deref(), context_columns.as_deref())?;
             inputs.classes = classes;
             inputs.dequantize = req.dequantize;
@@ -316,7 +327,11 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
                 })?;
                 // Pixels in [0, 1] go in as they are: ActNorm normalizes per channel.
                 meta.inputs.standardized = false;
-                architecture_for(&req.family, shape, cdim)?
+                let mut config = architecture_for(&req.family, shape, cdim)?;
+                if let (true, EventShape::Image { channels, height, width }) = (req.variational_dequantization, shape) {
+                    config.dequantizer = Some(DequantizerConfig::new(channels, height, width));
+                }
+                config
             } else {
                 architecture(&req.family, dim, cdim)?
             };
@@ -442,7 +457,11 @@ pub fn log_likelihoods_labelled(
         )));
     }
     let call = Call::new();
-    let ll = crate::fit::log_likelihoods_with(&model.flow, &set, &call)?;
+    let ll = if model.flow.dequantizer.is_some() {
+        crate::fit::dequantized_log_likelihoods(&model.flow, &set, EVALUATION_SAMPLES, &call)?
+    } else {
+        crate::fit::log_likelihoods_with(&model.flow, &set, &call)?
+    };
     Ok((ll, dropped, call.evaluations()))
 }
 
