@@ -107,7 +107,7 @@ fn log_det_and_inverse(w: &[f64], c: usize) -> Result<(f64, Vec<f64>)> {
     let (perm, lower, upper) = lu_decompose(w);
     let scale = w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let pivots: Vec<f64> = (0..c).map(|i| upper[i * c + i]).collect();
-    if pivots.iter().any(|p| !(p.abs() > 1e-12 * scale) || !p.is_finite()) {
+    if pivots.iter().any(|p| !p.is_finite() || p.abs() <= 1e-12 * scale) {
         return Err(FlowError::InvalidConfig(format!(
             "the plain 1×1 convolution's matrix is singular or not finite (pivots {pivots:?}); use the LU form, whose determinant cannot vanish"
         )));
