@@ -146,19 +146,28 @@ pub(super) fn lu_decompose(m: &[f64]) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
     (perm, lower, a)
 }
 
+/// `InvalidConfig` unless C, H, W ≥ 1 (both 1×1 convolutions).
+pub(super) fn check_image(channels: usize, height: usize, width: usize) -> Result<()> {
+    if channels == 0 || height == 0 || width == 0 {
+        return Err(FlowError::InvalidConfig(format!("a 1×1 convolution needs images with C, H, W ≥ 1, got [{channels}, {height}, {width}]")));
+    }
+    Ok(())
+}
+
+/// `M·x[:, h, w]` for every pixel of the batch `[N, C·H·W]` (`M` `[C, C]`).
+pub(super) fn per_pixel(m: Tensor<2>, x: Tensor<2>, c: usize) -> Tensor<2> {
+    let (n, d) = dims2(&x);
+    let x = x.reshape([n, c, d / c]);
+    m.unsqueeze_dim::<3>(0).expand([n, c, c]).matmul(x).reshape([n, d])
+}
+
 impl LayerSpec for InvertibleConv1x1Config {
     fn dim(&self) -> usize {
         self.channels * self.height * self.width
     }
 
     fn validate(&self) -> Result<()> {
-        if self.channels == 0 || self.height == 0 || self.width == 0 {
-            return Err(FlowError::InvalidConfig(format!(
-                "a 1×1 convolution needs images with C, H, W ≥ 1, got [{}, {}, {}]",
-                self.channels, self.height, self.width
-            )));
-        }
-        Ok(())
+        check_image(self.channels, self.height, self.width)
     }
 
     fn parameter_count(&self) -> usize {
@@ -214,14 +223,6 @@ impl InvertibleConv1x1 {
         self.upper.val().mul(self.upper_mask.clone()).add(diag)
     }
 
-    /// `M·x[:, h, w]` for every pixel of the batch `[N, C·H·W]`.
-    fn per_pixel(&self, m: Tensor<2>, x: Tensor<2>) -> Tensor<2> {
-        let (n, d) = dims2(&x);
-        let c = self.channels;
-        let x = x.reshape([n, c, d / c]);
-        m.unsqueeze_dim::<3>(0).expand([n, c, c]).matmul(x).reshape([n, d])
-    }
-
     fn log_det(&self, n: usize) -> Tensor<1> {
         self.log_diag.val().sum().mul_scalar((self.height * self.width) as f64).expand([n])
     }
@@ -249,14 +250,14 @@ impl Bijection for InvertibleConv1x1 {
         let l_inv = solve_triangular(self.l(), eye.clone(), true).transpose();
         let u_inv = solve_triangular(self.u(), eye, false).transpose();
         let w_inv = u_inv.matmul(l_inv).matmul(self.permutation.value_sync().transpose());
-        Ok((self.per_pixel(w_inv, u), self.log_det(n).neg()))
+        Ok((per_pixel(w_inv, u, self.channels), self.log_det(n).neg()))
     }
 
     /// Density: `u = W·x` per pixel.
     fn inverse_unchecked(&self, x: Tensor<2>, _call: &Call) -> Result<Mapped> {
         let (n, _) = dims2(&x);
         let w = self.permutation.value_sync().matmul(self.l()).matmul(self.u());
-        Ok((self.per_pixel(w, x), self.log_det(n)))
+        Ok((per_pixel(w, x, self.channels), self.log_det(n)))
     }
 }
 

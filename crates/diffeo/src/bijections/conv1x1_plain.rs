@@ -13,7 +13,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::conv1x1::{lu_decompose, random_rotation};
+use super::conv1x1::{check_image, lu_decompose, per_pixel, random_rotation};
 use super::{image_event, Bijection, Call, EventShape, LayerSpec, Mapped};
 use crate::error::{FlowError, Result};
 use crate::tensor::{dims2, matrix, to_vec};
@@ -63,13 +63,7 @@ impl LayerSpec for PlainConv1x1Config {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.channels == 0 || self.height == 0 || self.width == 0 {
-            return Err(FlowError::InvalidConfig(format!(
-                "a 1×1 convolution needs images with C, H, W ≥ 1, got [{}, {}, {}]",
-                self.channels, self.height, self.width
-            )));
-        }
-        Ok(())
+        check_image(self.channels, self.height, self.width)
     }
 
     fn parameter_count(&self) -> usize {
@@ -131,14 +125,6 @@ fn log_det_and_inverse(w: &[f64], c: usize) -> Result<(f64, Vec<f64>)> {
 }
 
 impl PlainConv1x1 {
-    /// `M·x[:, h, w]` for every pixel of the batch `[N, C·H·W]`.
-    fn per_pixel(&self, m: Tensor<2>, x: Tensor<2>) -> Tensor<2> {
-        let (n, d) = dims2(&x);
-        let c = self.channels;
-        let x = x.reshape([n, c, d / c]);
-        m.unsqueeze_dim::<3>(0).expand([n, c, c]).matmul(x).reshape([n, d])
-    }
-
     /// `(log|det W|` as a `[1]` tensor, `W⁻¹)`, both carrying their first-order gradients.
     fn log_det_and_inverse(&self) -> Result<(Tensor<1>, Tensor<2>)> {
         let c = self.channels;
@@ -175,14 +161,14 @@ impl Bijection for PlainConv1x1 {
     fn forward_unchecked(&self, u: Tensor<2>, _call: &Call) -> Result<Mapped> {
         let (n, _) = dims2(&u);
         let (log_det, inverse) = self.log_det_and_inverse()?;
-        Ok((self.per_pixel(inverse, u), self.log_det(log_det, n).neg()))
+        Ok((per_pixel(inverse, u, self.channels), self.log_det(log_det, n).neg()))
     }
 
     /// Density: `u = W·x` per pixel.
     fn inverse_unchecked(&self, x: Tensor<2>, _call: &Call) -> Result<Mapped> {
         let (n, _) = dims2(&x);
         let (log_det, _) = self.log_det_and_inverse()?;
-        Ok((self.per_pixel(self.weight.val(), x), self.log_det(log_det, n)))
+        Ok((per_pixel(self.weight.val(), x, self.channels), self.log_det(log_det, n)))
     }
 }
 
