@@ -7,6 +7,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 pub use crate::data::Dataset;
+use crate::data::gather_rows;
 use crate::error::{FlowError, Result};
 use crate::event::Call;
 use crate::flow::Flow;
@@ -124,9 +125,10 @@ impl Objective for MaximumLikelihood<'_> {
             return Err(FlowError::InvalidConfig("maximum likelihood trains on data rows".into()));
         };
         let device = model.device();
-        let (x, c) = self.data.train().batch(rows, &device);
-        let (n, d) = crate::tensor::dims2(&x);
-        let values = &self.data.train().x.values;
+        let train = self.data.train();
+        let (n, d) = (rows.len(), train.dim());
+        let values = &train.x.values;
+        let c = train.context_batch(rows, &device);
         // Stochastic log-dets (Hutchinson probes) and dequantization noise draw new numbers at
         // every step and part.
         let seed = (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ rows.first().map_or(0, |&r| r as u64);
@@ -138,7 +140,7 @@ impl Objective for MaximumLikelihood<'_> {
                 model.dequantized_log_prob_with(k, 1, call)?
             }
             (None, Some(scale)) => model.log_prob_with(crate::tensor::matrix(redequantized(values, d, rows, scale, rng), n, d, &device), call)?,
-            (None, None) => model.log_prob_with(x, call)?,
+            (None, None) => model.log_prob_with(train.x.rows_tensor(rows, &device), call)?,
         };
         // Regularized layers (a CNF's RNODE terms) add a per-row penalty to −log p.
         let log_p = match penalties.take_penalty() {
@@ -163,21 +165,13 @@ impl Objective for MaximumLikelihood<'_> {
 /// `u₀ ∈ [0, 1)`), with fresh noise: `(k + u)/scale`, `u ~ U[0, 1)`. (`scale` is a power of two or
 /// 1, so `v·scale` recovers `k + u₀` exactly and its floor is k.)
 pub fn redequantized(values: &[f64], d: usize, rows: &[usize], scale: f64, rng: &mut StdRng) -> Vec<f64> {
-    let mut fresh = Vec::with_capacity(rows.len() * d);
-    for &r in rows {
-        fresh.extend(values[r * d..(r + 1) * d].iter().map(|v| ((v * scale).floor() + rng.random::<f64>()) / scale));
-    }
-    fresh
+    gather_rows(values, d, rows, |v| ((v * scale).floor() + rng.random::<f64>()) / scale)
 }
 
 /// The rows `rows` of a row-major table of width `d` holding `(k + u₀)/scale` reduced to their
 /// integer parts, `k/scale` (exact in f32 and f64 for 8-bit data).
 pub fn quantized(values: &[f64], d: usize, rows: &[usize], scale: f64) -> Vec<f64> {
-    let mut out = Vec::with_capacity(rows.len() * d);
-    for &r in rows {
-        out.extend(values[r * d..(r + 1) * d].iter().map(|v| (v * scale).floor() / scale));
-    }
-    out
+    gather_rows(values, d, rows, |v| (v * scale).floor() / scale)
 }
 
 /// Bits per dimension of 8-bit data modelled in [0, 1] as `x = (pixel + U)/256`: `log p` is the
@@ -242,47 +236,41 @@ pub fn log_likelihoods(flow: &Flow, data: &Dataset) -> Result<Vec<f64>> {
 /// [`log_likelihoods`] with the calls of every chunk copied from `call` (its tolerance, random
 /// source and evaluation count: `call.evaluations()` then holds the ODE evaluations). A flow with
 /// a variational dequantizer gives its bound with one draw per row
-/// ([`dequantized_log_likelihoods`] with `samples = 1`).
+/// ([`log_likelihoods_drawn`] with one draw).
 pub fn log_likelihoods_with(flow: &Flow, data: &Dataset, call: &Call) -> Result<Vec<f64>> {
-    if flow.dequantizer.is_some() {
-        return dequantized_log_likelihoods(flow, data, 1, call);
-    }
-    data.validate_for(flow.dim(), flow.context_dim(), "data")?;
-    let device = flow.device();
-    let n = data.len();
-    let mut out = Vec::with_capacity(n);
-    let chunk = 8192;
-    let mut start = 0;
-    while start < n {
-        let end = (start + chunk).min(n);
-        let idx: Vec<usize> = (start..end).collect();
-        let (x, c) = data.batch(&idx, &device);
-        out.extend(to_vec(flow.log_prob_with(x, call.clone().with_optional_context(c))?)?);
-        start = end;
-    }
-    Ok(out)
+    log_likelihoods_drawn(flow, data, 1, call)
 }
 
-/// Per-row importance-weighted bounds of a flow with a variational dequantizer
-/// ([`Flow::dequantized_log_prob_with`], `samples` draws per row) on rows holding
-/// `(k + u₀)/L`: only their integer parts `k` count.
-pub fn dequantized_log_likelihoods(flow: &Flow, data: &Dataset, samples: usize, call: &Call) -> Result<Vec<f64>> {
+/// [`log_likelihoods_with`], with `draws` importance samples per row for a flow with a
+/// variational dequantizer: the bound of [`Flow::dequantized_log_prob_with`] on rows holding
+/// `(k + u₀)/L`, of which only the integer parts `k` count. Other flows' log-likelihoods are
+/// exact and draw nothing (`draws` is unused).
+pub fn log_likelihoods_drawn(flow: &Flow, data: &Dataset, draws: usize, call: &Call) -> Result<Vec<f64>> {
     data.validate_for(flow.dim(), flow.context_dim(), "data")?;
-    let Some(q) = &flow.dequantizer else {
-        return Err(FlowError::InvalidConfig("this flow has no variational dequantization".into()));
-    };
-    let (device, d, n) = (flow.device(), flow.dim(), data.len());
-    let chunk = (8192 / samples.max(1)).max(1);
+    let device = flow.device();
+    match &flow.dequantizer {
+        None => in_chunks(data.len(), 8192, |idx| {
+            let (x, c) = data.batch(idx, &device);
+            to_vec(flow.log_prob_with(x, call.clone().with_optional_context(c))?)
+        }),
+        Some(q) => in_chunks(data.len(), (8192 / draws.max(1)).max(1), |idx| {
+            let d = flow.dim();
+            let k = crate::tensor::matrix(quantized(&data.x.values, d, idx, q.levels()), idx.len(), d, &device);
+            // Fresh noise for every chunk (a copied call would repeat the same draws).
+            let seed = call.with_rng(|r| r.random::<u64>());
+            let call = call.clone().with_optional_context(data.context_batch(idx, &device)).with_seed(seed);
+            to_vec(flow.dequantized_log_prob_with(k, draws, call)?)
+        }),
+    }
+}
+
+/// `f` on the row indices `0..n` in chunks of at most `chunk`, its values concatenated.
+fn in_chunks(n: usize, chunk: usize, mut f: impl FnMut(&[usize]) -> Result<Vec<f64>>) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(n);
     let mut start = 0;
     while start < n {
         let end = (start + chunk).min(n);
-        let idx: Vec<usize> = (start..end).collect();
-        let (_, c) = data.batch(&idx, &device);
-        let k = crate::tensor::matrix(quantized(&data.x.values, d, &idx, q.levels()), idx.len(), d, &device);
-        // Fresh noise for every chunk (a copied call would repeat the same draws).
-        let seed = call.with_rng(|r| r.random::<u64>());
-        out.extend(to_vec(flow.dequantized_log_prob_with(k, samples, call.clone().with_optional_context(c).with_seed(seed))?)?);
+        out.extend(f(&(start..end).collect::<Vec<usize>>())?);
         start = end;
     }
     Ok(out)

@@ -62,6 +62,11 @@ impl Table {
         self.values.len().checked_div(self.cols).unwrap_or(0)
     }
 
+    /// Rows `idx` as a tensor `[idx.len(), cols]` on `device`.
+    pub fn rows_tensor(&self, idx: &[usize], device: &Device) -> Tensor<2> {
+        matrix(gather_rows(&self.values, self.cols, idx, |v| v), idx.len(), self.cols, device)
+    }
+
     /// Row `i`.
     pub fn row(&self, i: usize) -> &[f64] {
         &self.values[i * self.cols..(i + 1) * self.cols]
@@ -235,16 +240,22 @@ impl Dataset {
 
     /// Rows `idx` as tensors on `device`.
     pub fn batch(&self, idx: &[usize], device: &Device) -> (Tensor<2>, Option<Tensor<2>>) {
-        let gather = |t: &Table| {
-            let d = t.cols;
-            let mut out = Vec::with_capacity(idx.len() * d);
-            for &i in idx {
-                out.extend_from_slice(&t.values[i * d..(i + 1) * d]);
-            }
-            matrix(out, idx.len(), d, device)
-        };
-        (gather(&self.x), self.context.as_ref().map(gather))
+        (self.x.rows_tensor(idx, device), self.context_batch(idx, device))
     }
+
+    /// The context of rows `idx` as a tensor on `device`, if the set has one.
+    pub fn context_batch(&self, idx: &[usize], device: &Device) -> Option<Tensor<2>> {
+        self.context.as_ref().map(|c| c.rows_tensor(idx, device))
+    }
+}
+
+/// Rows `idx` of a row-major table of `cols` columns, with `f` applied to every value.
+pub fn gather_rows(values: &[f64], cols: usize, idx: &[usize], mut f: impl FnMut(f64) -> f64) -> Vec<f64> {
+    let mut out = Vec::with_capacity(idx.len() * cols);
+    for &i in idx {
+        out.extend(values[i * cols..(i + 1) * cols].iter().map(|&v| f(v)));
+    }
+    out
 }
 
 pub(crate) fn open(path: &Path) -> Result<Box<dyn Read>> {

@@ -457,11 +457,7 @@ pub fn log_likelihoods_labelled(
         )));
     }
     let call = Call::new();
-    let ll = if model.flow.dequantizer.is_some() {
-        crate::fit::dequantized_log_likelihoods(&model.flow, &set, EVALUATION_SAMPLES, &call)?
-    } else {
-        crate::fit::log_likelihoods_with(&model.flow, &set, &call)?
-    };
+    let ll = crate::fit::log_likelihoods_drawn(&model.flow, &set, EVALUATION_SAMPLES, &call)?;
     Ok((ll, dropped, call.evaluations()))
 }
 
