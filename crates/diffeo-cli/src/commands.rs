@@ -121,12 +121,24 @@ impl Progress {
     }
 }
 
-/// The validation interval: the flag, else the family's default.
-fn eval_every(a: &FitArgs) -> usize {
-    a.eval_every.map_or_else(|| diffeo::families::default_eval_every(&a.flow), |k| k as usize)
+/// The family whose defaults (batch, learning rate, validation interval) a fit takes: the
+/// resumed model's, else `--flow`. (An unreadable model falls back to `--flow`; the fit then
+/// reports the file's error.)
+/// Also whether the data are dequantized (the resumed model's preprocessing, else the flag).
+fn defaults_family(a: &FitArgs) -> (String, bool) {
+    a.resume
+        .as_ref()
+        .and_then(|p| pipeline::load_model(p).ok())
+        .and_then(|m| Some((m.meta.family.split_whitespace().next()?.to_string(), m.meta.inputs.dequantize)))
+        .unwrap_or_else(|| (a.flow.clone(), a.dequantize))
 }
 
-fn request(a: &FitArgs) -> FitRequest {
+/// The validation interval: the flag, else the family's default.
+fn eval_every(a: &FitArgs, family: &str) -> usize {
+    a.eval_every.map_or_else(|| diffeo::families::default_eval_every(family), |k| k as usize)
+}
+
+fn request(a: &FitArgs, defaults: &str) -> FitRequest {
     let mut family = FamilySettings::new(&a.flow);
     family.transforms = a.transforms.map(|k| k as usize);
     if let Some(h) = &a.hidden {
@@ -151,10 +163,10 @@ fn request(a: &FitArgs) -> FitRequest {
         _ => 2000,
     };
     let mut train = FitConfig::new()
-        .with_learning_rate(a.lr.unwrap_or_else(|| diffeo::families::default_learning_rate(&a.flow)))
+        .with_learning_rate(a.lr.unwrap_or_else(|| diffeo::families::default_learning_rate(defaults)))
         .with_steps(steps)
-        .with_batch_size(a.batch.map_or_else(|| diffeo::families::default_batch_size(&a.flow), |b| b as usize))
-        .with_eval_every(eval_every(a))
+        .with_batch_size(a.batch.map_or_else(|| diffeo::families::default_batch_size(defaults), |b| b as usize))
+        .with_eval_every(eval_every(a, defaults))
         .with_seed(a.seed)
         .with_schedule(a.schedule.into());
     train.epochs = a.epochs.map(|e| e as usize);
@@ -191,11 +203,12 @@ pub fn fit(a: FitArgs) -> Result<()> {
     if let Some(p) = &a.curve {
         lib(diffeo::data::check_output(p, &["csv"]))?;
     }
-    let req = request(&a);
+    let (defaults, dequantized) = defaults_family(&a);
+    let req = request(&a, &defaults);
     // The progress display starts with the first step, which knows the planned total.
     let mut progress: Option<Progress> = None;
     // Image families on dequantized pixels: validation in bits/dim.
-    let images = a.dequantize && FamilySettings::new(&a.flow).is_image();
+    let images = dequantized && FamilySettings::new(&defaults).is_image();
     let mut dim = None;
     let mut observer = |e: &FitEvent| {
         if let FitEvent::Begin { dim: d } = e {
@@ -204,7 +217,7 @@ pub fn fit(a: FitArgs) -> Result<()> {
         }
         let p = progress.get_or_insert_with(|| {
             let total = if let FitEvent::Step { total, .. } = e { *total } else { usize::MAX };
-            let mut p = Progress::new(total, a.quiet, eval_every(&a));
+            let mut p = Progress::new(total, a.quiet, eval_every(&a, &defaults));
             p.budget = a.time_budget;
             p.bits_per_dim = dim.filter(|_| images);
             p

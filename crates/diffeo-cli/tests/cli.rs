@@ -866,6 +866,12 @@ fn image_flows_fit_sample_plot_and_refuse_bad_input() {
         ok(&["sample", "--model", &model, "-n", "3", "--out", &p(d, "s.npy")]);
         ok(&["plot", "--model", &model, "--data", &images, "--n", "9", "--out", &p(d, &format!("{flow}-plot.png"))]);
     }
+    // A resumed image model keeps its family's defaults (not --flow's): validation in bits/dim.
+    let resumed = p(d, "resumed.dfo");
+    let out = diffeo(&["fit", "--data", &images, "--resume", &p(d, "glow.dfo"), "--steps", "4", "--out", &resumed]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("val bits/dim"), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("bits/dim"), "{}", text(&out.stdout));
     // Learned dequantization noise, plain 1×1 convolutions: the bound with 16 draws per image.
     let vd = p(d, "vd.dfo");
     let mut args = vec!["fit", "--data", &images, "--flow", "glow", "--variational-dequantization", "--plain-conv1x1", "--out", &vd];
