@@ -121,10 +121,9 @@ impl Progress {
     }
 }
 
-/// The family whose defaults (batch, learning rate, validation interval) a fit takes: the
-/// resumed model's, else `--flow`. (An unreadable model falls back to `--flow`; the fit then
-/// reports the file's error.)
-/// Also whether the data are dequantized (the resumed model's preprocessing, else the flag).
+/// The family whose defaults (batch, learning rate, validation interval) a fit takes, and
+/// whether its data are dequantized: the resumed model's, else `--flow` and `--dequantize`. (An
+/// unreadable model falls back to the flags; the fit then reports the file's error.)
 fn defaults_family(a: &FitArgs) -> (String, bool) {
     a.resume
         .as_ref()
