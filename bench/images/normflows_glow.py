@@ -6,15 +6,19 @@ convolution, affine coupling with a sigmoid scale and a 3x3/1x1/3x3 convolutiona
 diagonal Gaussian after each level (MultiscaleFlow). Data: x = (pixel + U)/256; Adam, constant rate;
 torch on 2 threads, f32. Prints one JSON line: steps_per_s (after 3 warm-up steps), logprob_per_s and
 sample_per_s (images per second, no gradients), test bits/dim (on --eval-n test images, or all with
---eval-n 0), n_params.
+--eval-n 0), n_params. With --curve-every K, also a curve: test bits/dim on the first 2,000 test
+images every K steps (its time is not counted against the budget), to compare per step with
+diffeo's validation curve.
 
   python bench/images/normflows_glow.py --train train-images-idx3-ubyte.gz --test t10k-images-idx3-ubyte.gz \
-      [--steps N | --budget SECONDS] [--levels 2] [--steps-per-level 8] [--hidden 64] [--batch 64]
+      [--steps N | --budget SECONDS] [--levels 2] [--steps-per-level 8] [--hidden 64] [--batch 64] \
+      [--seed S] [--curve-every K]
 """
 import argparse
 import gzip
 import json
 import math
+import sys
 import time
 
 import numpy as np
@@ -59,6 +63,7 @@ def main():
     p.add_argument("--eval-n", type=int, default=2000)
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--curve-every", type=int, default=0)
     a = p.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(a.seed)
@@ -73,11 +78,19 @@ def main():
     model = glow(shape, a.levels, a.steps_per_level, a.hidden)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     n_params = sum(q.numel() for q in model.parameters())
+    curve_x = test[:2000]
+    curve, paused = [], 0.0
+
+    def bits_per_dim(x):
+        with torch.no_grad():
+            lp = torch.cat([model.log_prob(x[i:i + 500], None) for i in range(0, len(x), 500)]).double()
+        return float((-(lp - d * math.log(256)) / (d * math.log(2))).mean())
+
     steps, t0, t_warm = 0, time.perf_counter(), None
     while True:
         if a.steps and steps >= a.steps:
             break
-        if a.budget and time.perf_counter() - t0 >= a.budget:
+        if a.budget and time.perf_counter() - t0 - paused >= a.budget:
             break
         idx = torch.from_numpy(rng.integers(0, len(train), a.batch))
         x = (train[idx] + torch.rand(a.batch, *shape)) / 256.0
@@ -88,8 +101,15 @@ def main():
         steps += 1
         if steps == 3:
             t_warm = time.perf_counter()
-    t_train = time.perf_counter() - t0
-    steady = (steps - 3) / (time.perf_counter() - t_warm) if t_warm and steps > 3 else float("nan")
+        if a.curve_every and steps % a.curve_every == 0:
+            tc = time.perf_counter()
+            model.eval()
+            curve.append([steps, round(tc - t0 - paused, 1), bits_per_dim(curve_x)])
+            model.train()
+            paused += time.perf_counter() - tc
+            print(json.dumps({"step": curve[-1][0], "seconds": curve[-1][1], "test_bpd_2000": curve[-1][2]}), file=sys.stderr, flush=True)
+    t_train = time.perf_counter() - t0 - paused
+    steady = (steps - 3) / (time.perf_counter() - t_warm - paused) if t_warm and steps > 3 else float("nan")
     model.eval()
     with torch.no_grad():
         t = time.perf_counter()
@@ -109,7 +129,7 @@ def main():
         "batch": a.batch, "steps": steps, "train_s": t_train, "steps_per_s": steps / t_train, "steady_steps_per_s": steady,
         "logprob_per_s": logprob_per_s, "sample_per_s": sample_per_s, "test_bpd": float(bpd.mean()),
         "test_bpd_stderr": float(bpd.std() / math.sqrt(len(bpd))), "test_n": int(len(lp)), "nonfinite": int(len(lp) - len(finite)),
-        "n_params": n_params,
+        "n_params": n_params, "seed": a.seed, **({"curve": curve} if curve else {}),
     }))
 
 

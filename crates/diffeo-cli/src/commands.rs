@@ -171,6 +171,7 @@ fn request(a: &FitArgs, defaults: &str) -> FitRequest {
     train.epochs = a.epochs.map(|e| e as usize);
     train.patience = a.patience.map(|p| p as usize);
     train.grad_clip_norm = a.clip_grad;
+    train.average_decay = a.average_decay;
     train.time_budget = a.time_budget;
     FitRequest {
         data: a.data.data.clone(),

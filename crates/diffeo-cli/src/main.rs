@@ -481,6 +481,10 @@ pub struct FitArgs {
     /// Clip the global gradient norm.
     #[arg(long, allow_hyphen_values = true, value_parser = positive_f64)]
     pub clip_grad: Option<f64>,
+    /// Validate and keep the Polyak average of the weights, w̄ ← d·w̄ + (1 − d)·w after every
+    /// step, with this decay d (e.g. 0.999).
+    #[arg(long, value_name = "D", allow_hyphen_values = true, value_parser = unit_interval)]
+    pub average_decay: Option<f64>,
     /// Seed for weights, data order, hold-out split and dequantization.
     #[arg(long, default_value = "0")]
     pub seed: u64,

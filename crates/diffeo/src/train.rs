@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use burn::config::Config;
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{decay::WeightDecayConfig, AdamConfig, GradientsParams};
 use burn::tensor::Tensor;
 use rand::rngs::StdRng;
@@ -101,6 +101,13 @@ pub struct TrainConfig {
     /// or random draws would change); other devices and `1`: one pass over the whole batch.
     #[config(default = 0)]
     pub shards: usize,
+    /// Polyak averaging of the weights: `w̄` starts at the weights after the first step, then
+    /// after step `t + 1` becomes `d·w̄ + (1 − d)·w` with `d = min(decay, (1 + t)/(10 + t))`
+    /// (early averages do not cling to the first steps); validation, the best model and the
+    /// returned model use `w̄` (as Glow's code evaluates with its Polyak average). `None`: the
+    /// last weights.
+    #[config(default = "None")]
+    pub average_decay: Option<f64>,
 }
 
 impl TrainConfig {
@@ -136,6 +143,11 @@ impl TrainConfig {
         if let Some(b) = self.time_budget {
             if !(b > 0.0 && b.is_finite()) {
                 return bad("time budget must be positive");
+            }
+        }
+        if let Some(d) = self.average_decay {
+            if !(0.0..1.0).contains(&d) {
+                return bad("the weight-averaging decay must lie in [0, 1)");
             }
         }
         Ok(())
@@ -311,6 +323,68 @@ pub(crate) struct ParamIds(pub(crate) Vec<(ParamId, usize)>);
 impl ModuleVisitor for ParamIds {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         self.0.push((param.id, D));
+    }
+}
+
+/// The Polyak average `w̄` of a model's weights ([`TrainConfig::average_decay`]), one flat tensor
+/// per parameter in the order burn visits them, on the inference device.
+struct WeightAverage {
+    decay: f64,
+    updates: usize,
+    weights: Vec<Tensor<1>>,
+}
+
+impl WeightAverage {
+    /// `w̄ ← d·w̄ + (1 − d)·w` with the weights `w` of `model` (autodiff or not).
+    fn update(&mut self, model: &Flow) {
+        let d = self.decay.min((1.0 + self.updates as f64) / (10.0 + self.updates as f64));
+        let mut visit = AverageUpdate { average: self, decay: d, next: 0 };
+        model.valid().visit(&mut visit);
+        self.updates += 1;
+    }
+
+    /// An inference copy of `model` carrying the averaged weights.
+    fn apply(&self, model: &Flow) -> Result<Flow> {
+        let mut map = AverageApply { weights: &self.weights, next: 0 };
+        let averaged = model.valid().map(&mut map);
+        crate::bijections::Bijection::settle(&averaged.transform)?;
+        averaged.base.settle()?;
+        Ok(averaged)
+    }
+}
+
+struct AverageUpdate<'a> {
+    average: &'a mut WeightAverage,
+    decay: f64,
+    next: usize,
+}
+
+impl ModuleVisitor for AverageUpdate<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let w = param.val();
+        let flat: Tensor<1> = w.clone().reshape([w.shape().num_elements()]);
+        let weights = &mut self.average.weights;
+        match weights.get_mut(self.next) {
+            Some(avg) => *avg = avg.clone().mul_scalar(self.decay).add(flat.mul_scalar(1.0 - self.decay)),
+            None => weights.push(flat),
+        }
+        self.next += 1;
+    }
+}
+
+struct AverageApply<'a> {
+    weights: &'a [Tensor<1>],
+    next: usize,
+}
+
+impl ModuleMapper for AverageApply<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let avg = self.weights.get(self.next).cloned();
+        self.next += 1;
+        match avg {
+            Some(avg) => param.map(|t| avg.reshape(t.shape())),
+            None => param,
+        }
     }
 }
 
@@ -530,6 +604,7 @@ pub fn train(
     let mut steps_done = 0;
     let mut paused = 0.0;
     let mut shards = None;
+    let mut average = config.average_decay.map(|decay| WeightAverage { decay, updates: 0, weights: Vec::new() });
 
     let mut step = 0;
     while total.is_none_or(|t| step < t) {
@@ -545,6 +620,9 @@ pub fn train(
         }
         let lr = config.lr_decay_factor.powi(decays as i32) * config.lr_at(step - 1, total, start.elapsed().as_secs_f64() - paused);
         model = optim.step(lr, model, grads);
+        if let Some(avg) = average.as_mut() {
+            avg.update(&model);
+        }
         steps_done = step;
         interval_loss += loss_value;
         interval_count += 1;
@@ -561,7 +639,10 @@ pub fn train(
             interval_count = 0;
             interval_metrics.clear();
             observer(&FitEvent::Interval { step, total: total_reported, train_loss, metrics: means.clone() });
-            let candidate = inference_copy(&model)?;
+            let candidate = match &average {
+                Some(avg) => avg.apply(&model)?,
+                None => inference_copy(&model)?,
+            };
             let score = objective.validate(&candidate)?;
             let t0 = Instant::now();
             monitor(step, start.elapsed().as_secs_f64() - paused, &candidate);
@@ -601,7 +682,14 @@ pub fn train(
 
     let (flow, best_step, best_ll) = match best {
         Some((ll, s, f)) => (f, s, Some(ll)),
-        None => (inference_copy(&model)?, steps_done, None),
+        None => (
+            match &average {
+                Some(avg) => avg.apply(&model)?,
+                None => inference_copy(&model)?,
+            },
+            steps_done,
+            None,
+        ),
     };
     let report = FitReport {
         steps: steps_done,

@@ -268,6 +268,58 @@ fn spline_round_trip_in_f32() {
     }
 }
 
+/// All weights of a model, in the order burn visits them.
+fn weights(flow: &Flow) -> Vec<f64> {
+    struct Collect(Vec<f64>);
+    impl burn::module::ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::tensor::Tensor<D>>) {
+            self.0.extend(to_vec(p.val()).unwrap());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    burn::module::Module::visit(flow, &mut c);
+    c.0
+}
+
+#[test]
+fn weight_averaging_returns_the_polyak_average_of_the_trajectory() {
+    // Averaging does not change the trajectory (same seed, same steps), so the weights seen with
+    // and without it give the expected average: w̄₁ = w₁, w̄ₜ₊₁ = dₜ·w̄ₜ + (1 − dₜ)·wₜ₊₁ with
+    // dₜ = min(d, (1 + t)/(10 + t)).
+    let device = diffeo::cpu();
+    let mut rng = StdRng::seed_from_u64(7);
+    let train = Dataset::new(two_moons(512, &mut rng), 2);
+    let run = |average: Option<f64>| {
+        let flow = maf(2, 2, vec![8]).init(&device).unwrap();
+        let cfg = FitConfig::new().with_steps(40).with_batch_size(64).with_eval_every(1).with_average_decay(average);
+        let mut seen = Vec::new();
+        let (last, _) =
+            diffeo::fit::fit_monitored(flow, &train, None, &cfg, &mut quiet, &mut |_, _, m| seen.push(weights(m)))
+                .unwrap();
+        (seen, weights(&last))
+    };
+    let (raw, raw_last) = run(None);
+    let (averaged, averaged_last) = run(Some(0.8));
+    assert_eq!(raw.len(), 40);
+    assert_eq!(raw_last, raw[39]);
+    let mut expected = raw[0].clone();
+    for (t, (w, got)) in raw.iter().zip(&averaged).enumerate() {
+        if t > 0 {
+            let d = 0.8f64.min((1.0 + t as f64) / (10.0 + t as f64));
+            expected = expected.iter().zip(w).map(|(a, w)| d * a + (1.0 - d) * w).collect();
+        }
+        for (e, g) in expected.iter().zip(got) {
+            assert!((e - g).abs() < 1e-5 * (1.0 + e.abs()), "step {}: {e} vs {g}", t + 1);
+        }
+    }
+    assert_eq!(averaged_last, averaged[39]);
+    assert_ne!(averaged_last, raw_last);
+    // Decay 0: the average is the last weights.
+    assert_eq!(run(Some(0.0)).1, raw_last);
+    let bad = FitConfig::new().with_average_decay(Some(1.0)).validate();
+    assert!(bad.is_err());
+}
+
 #[test]
 fn a_time_budget_stops_training() {
     let device = diffeo::cpu();
