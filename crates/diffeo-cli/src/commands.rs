@@ -174,10 +174,10 @@ fn request(a: &FitArgs, defaults: &str) -> FitRequest {
     train.average_decay = a.average_decay;
     train.time_budget = a.time_budget;
     FitRequest {
-        data: a.data.data.clone(),
+        data: a.data.data.as_str().into(),
         data_root: a.data.data_root.clone(),
         drop_nonfinite: a.data.drop_nonfinite,
-        val: a.val.clone(),
+        val: a.val.as_deref().map(Into::into),
         columns: a.cols.clone(),
         context_columns: a.context_cols.clone(),
         dequantize: a.dequantize,
@@ -408,36 +408,7 @@ pub fn info(a: InfoArgs) -> Result<()> {
     let dirs = flow.directions();
     let inputs = &m.meta.inputs;
     if a.json {
-        let mut o = json!({
-            "family": m.meta.family,
-            "dim": flow.dim(),
-            "context_dim": flow.context_dim(),
-            "parameters": params,
-            "layers": layers,
-            "base": format!("{:?}", flow.config().base),
-            "event": flow.event().to_string(),
-            "log_det": format!("{:?}", flow.log_det(diffeo::bijections::Mode::Evaluation)).to_lowercase(),
-            "columns": inputs.columns,
-            "context_columns": inputs.context_columns,
-            "column_names": inputs.column_names,
-            "data_source": m.meta.data_source,
-            "standardized": inputs.standardized,
-            "dequantize": inputs.dequantize,
-            "logit_alpha": inputs.logit_alpha,
-            "training": m.summary.as_ref().map(|s| json!({
-                "steps": s.steps_total, "runs": s.runs, "seconds": s.seconds_total,
-                "train_rows": s.train_rows, "val_rows": s.val_rows,
-                "best_val_log_likelihood": s.best_val_log_likelihood, "final_train_loss": s.final_train_loss,
-            })),
-        });
-        // Keys only for posterior models (JSON outputs keep their keys).
-        if let Some(p) = &m.posterior {
-            o["posterior"] = json!({
-                "prior": p.prior.spec(), "support": p.support, "observation": p.observation, "rounds": p.rounds,
-                "simulations": p.simulations, "dropped_nonfinite": p.dropped_nonfinite, "dropped_outside": p.dropped_outside,
-                "ensemble": 1 + m.members.len(),
-            });
-        }
+        let o = pipeline::info(&m);
         println!("{o}");
         return Ok(());
     }

@@ -258,7 +258,7 @@ pub fn npe(a: NpeArgs) -> Result<()> {
         lib(diffeo::data::check_output(p, &["csv"]))?;
     }
     let req = NpeRequest {
-        data: a.data.clone(),
+        data: a.data.as_deref().map(Into::into),
         theta_columns: a.theta_cols.clone(),
         x_columns: a.x_cols.clone(),
         prior: a.prior.clone(),

@@ -1,13 +1,14 @@
-//! The command line only parses arguments, calls the library and prints: it holds no tensor code
-//! and names no burn type (docs/architecture.md).
+//! The command line and the Python package only parse arguments, call the library and print or
+//! convert: they hold no tensor code and name no burn type (docs/architecture.md).
 
 use std::path::PathBuf;
 
 #[test]
-fn the_command_line_names_no_tensor_type() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+fn the_front_ends_name_no_tensor_type() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
+    let files = [root.join("src"), root.join("../diffeo-py/src")].into_iter().flat_map(|dir| std::fs::read_dir(dir).unwrap());
+    for entry in files {
         let path = entry.unwrap().path();
         let code: String = std::fs::read_to_string(&path)
             .unwrap()
@@ -20,5 +21,5 @@ fn the_command_line_names_no_tensor_type() {
         }
         checked += 1;
     }
-    assert!(checked >= 5);
+    assert!(checked >= 11);
 }

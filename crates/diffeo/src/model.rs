@@ -92,7 +92,7 @@ impl TrainingSummary {
 }
 
 /// A flow with its metadata.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Model {
     /// The flow.
     pub flow: Flow,

@@ -10,6 +10,7 @@
 //! the flow's own seed. A non-finite loss stops training with [`FlowError::NonFiniteLoss`]; no NaN
 //! model is ever returned.
 
+use std::cell::Cell;
 use std::time::Instant;
 
 use burn::config::Config;
@@ -310,12 +311,27 @@ pub struct FitReport {
     pub best_val_log_likelihood: Option<f64>,
     /// Mean training loss over the last interval.
     pub final_train_loss: f64,
-    /// Whether early stopping (patience or the time budget) ended the fit.
+    /// Whether early stopping (patience, the time budget or an interruption) ended the fit.
     pub stopped_early: bool,
+    /// Whether [`stop_current_fit`] ended the fit.
+    #[serde(default)]
+    pub interrupted: bool,
     /// Loss curve.
     pub history: Vec<EvalRecord>,
     /// Wall-clock seconds (without the monitor's time).
     pub seconds: f64,
+}
+
+thread_local! {
+    /// Set by [`stop_current_fit`]; cleared when a fit starts on this thread.
+    static STOP_REQUESTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Asks the fit running on this thread (called from its observer, e.g. when a front end's user
+/// presses Ctrl-C) to stop after the current step as if its time budget were spent: a last
+/// validation, then the best model so far, with [`FitReport::interrupted`] set.
+pub fn stop_current_fit() {
+    STOP_REQUESTED.with(|s| s.set(true));
 }
 
 pub(crate) struct ParamIds(pub(crate) Vec<(ParamId, usize)>);
@@ -565,6 +581,7 @@ pub fn train(
     monitor: &mut dyn FnMut(usize, f64, &Flow),
 ) -> Result<(Flow, FitReport)> {
     let start = Instant::now();
+    STOP_REQUESTED.with(|s| s.set(false));
     config.validate()?;
     objective.check(&flow)?;
     let device = flow.device();
@@ -601,6 +618,7 @@ pub fn train(
     let mut interval_metrics: Vec<(&'static str, f64)> = Vec::new();
     let mut last_interval_loss = f64::NAN;
     let mut stopped_early = false;
+    let mut interrupted = false;
     let mut steps_done = 0;
     let mut paused = 0.0;
     let mut shards = None;
@@ -629,7 +647,8 @@ pub fn train(
         add_metrics(&mut interval_metrics, metrics);
         observer(&FitEvent::Step { step, total: total_reported, loss: loss_value, learning_rate: lr });
 
-        let out_of_time = config.time_budget.is_some_and(|b| start.elapsed().as_secs_f64() - paused >= b);
+        interrupted = STOP_REQUESTED.with(Cell::get);
+        let out_of_time = interrupted || config.time_budget.is_some_and(|b| start.elapsed().as_secs_f64() - paused >= b);
         if step % config.eval_every == 0 || Some(step) == total || out_of_time {
             let count = interval_count.max(1) as f64;
             let train_loss = interval_loss / count;
@@ -675,7 +694,7 @@ pub fn train(
             }
         }
         if out_of_time {
-            stopped_early = total.is_some();
+            stopped_early = total.is_some() || interrupted;
             break;
         }
     }
@@ -697,6 +716,7 @@ pub fn train(
         best_val_log_likelihood: best_ll,
         final_train_loss: last_interval_loss,
         stopped_early,
+        interrupted,
         history,
         seconds: start.elapsed().as_secs_f64() - paused,
     };

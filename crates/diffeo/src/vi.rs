@@ -13,6 +13,8 @@
 //! - [`diagnostics`]: ELBO, importance-sampling log Z with its standard error, Kish effective
 //!   sample size, Pareto k̂ of the log-weights (PSIS), and KL(q‖p) when log Z is known.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use burn::config::Config;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
@@ -25,7 +27,7 @@ use crate::error::{FlowError, Result};
 use crate::event::{Call, Mode};
 use crate::fit::mean_and_stderr;
 use crate::flow::Flow;
-use crate::tensor::{indices, matrix, scalar, to_vec, LN_2PI};
+use crate::tensor::{dims2, indices, matrix, scalar, to_vec, vector, LN_2PI};
 use crate::train::{train, Batch, FitEvent, Objective, Schedule, StepLoss, TrainConfig};
 
 /// An unnormalized log-density `log p̃(x) = −U(x)` of a batch `[N, D]` → `[N]`.
@@ -37,6 +39,11 @@ pub trait Target: Sync {
     fn dim(&self) -> usize;
     /// `log p̃(x)` per row.
     fn log_density(&self, x: Tensor<2>) -> Tensor<1>;
+    /// [`log_density`](Self::log_density) for targets that can fail (a host function, a
+    /// program): what the fits and diagnostics call.
+    fn try_log_density(&self, x: Tensor<2>) -> Result<Tensor<1>> {
+        Ok(self.log_density(x))
+    }
     /// `log Z = log ∫ p̃`, when known (enables KL(q‖p) in the diagnostics).
     fn log_normalizer(&self) -> Option<f64> {
         None
@@ -81,6 +88,143 @@ impl<F: Fn(Tensor<2>) -> Tensor<1> + Sync> Target for FnTarget<F> {
     }
     fn log_normalizer(&self) -> Option<f64> {
         self.log_z
+    }
+}
+
+/// What a host function returns for a batch of points: `log p̃` per row and, when it knows it,
+/// the gradient `∇ log p̃` per row (row-major `[N, D]`).
+pub type HostDensity = (Vec<f64>, Option<Vec<f64>>);
+
+/// A target evaluated off the tensor graph by a host function of row-major points `[N·D]` (a
+/// Python callable, a program): `f(points, n) → (log p̃ [N], ∇ log p̃ [N·D] if known)`.
+///
+/// Its gradient reaches the flow through the first-order surrogate
+/// `log p̃(x₀) + ∇log p̃(x₀)·(x − x₀)`, whose value and gradient at the drawn points x₀ are exact.
+/// When `f` gives no gradient and one is needed (during a fit), it comes from central differences
+/// `(log p̃(x₀ + h eⱼ) − log p̃(x₀ − h eⱼ)) / 2h`, `h = 10⁻⁵·max(1, |x₀ⱼ|)`: once the first call
+/// has shown that, each step makes one call, with the N points followed by their 2·D·N shifted
+/// copies.
+pub struct HostTarget<F> {
+    dim: usize,
+    f: F,
+    log_z: Option<f64>,
+    name: String,
+    /// Whether `f` was seen to give no gradient (then differences are taken).
+    differences: AtomicBool,
+}
+
+impl<F: Fn(&[f64], usize) -> Result<HostDensity> + Sync> HostTarget<F> {
+    /// The target `f` on `dim` features.
+    pub fn new(dim: usize, f: F) -> Self {
+        Self { dim, f, log_z: None, name: "host function".into(), differences: AtomicBool::new(false) }
+    }
+
+    /// Declares the exact log normalizer.
+    pub fn with_log_normalizer(mut self, log_z: f64) -> Self {
+        self.log_z = Some(log_z);
+        self
+    }
+
+    /// Names the target in messages.
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// `f` at `n` points, its output checked: `n` values and, if given, `n·D` gradients.
+    fn call(&self, points: &[f64], n: usize) -> Result<HostDensity> {
+        let (values, gradient) = (self.f)(points, n)?;
+        if values.len() != n {
+            return Err(FlowError::InvalidConfig(format!("the target {} returned {} values for {n} points", self.name, values.len())));
+        }
+        if let Some(g) = &gradient {
+            if g.len() != n * self.dim {
+                return Err(FlowError::InvalidConfig(format!(
+                    "the target {} returned a gradient of {} values for {n} points of {} features",
+                    self.name,
+                    g.len(),
+                    self.dim
+                )));
+            }
+        }
+        Ok((values, gradient))
+    }
+
+    /// Values and gradients at `points` (`n` rows), the gradient by central differences when
+    /// `f` gives none: after a first call shows that, the points and their shifted copies go in
+    /// one call.
+    fn values_and_gradient(&self, points: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+        let d = self.dim;
+        if !self.differences.load(Ordering::Relaxed) {
+            let (values, gradient) = self.call(points, n)?;
+            if let Some(g) = gradient {
+                return Ok((values, g));
+            }
+            self.differences.store(true, Ordering::Relaxed);
+            let (shifted, h) = shifted_copies(points, n, d);
+            let (plus_minus, _) = self.call(&shifted, 2 * d * n)?;
+            return Ok((values, central_differences(&plus_minus, &h, n, d)));
+        }
+        let (shifted, h) = shifted_copies(points, n, d);
+        let mut all = points.to_vec();
+        all.extend_from_slice(&shifted);
+        let (out, _) = self.call(&all, (2 * d + 1) * n)?;
+        Ok((out[..n].to_vec(), central_differences(&out[n..], &h, n, d)))
+    }
+}
+
+/// The 2·D copies of `n` points shifted by `±h eⱼ` (all `+h e₀` rows, then `+h e₁`, …, then
+/// the `−h eⱼ` blocks), and the steps `h = 10⁻⁵·max(1, |x|)` per coordinate.
+fn shifted_copies(points: &[f64], n: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
+    let h: Vec<f64> = points.iter().map(|v| 1e-5 * v.abs().max(1.0)).collect();
+    let mut out = Vec::with_capacity(2 * d * points.len());
+    for sign in [1.0, -1.0] {
+        for j in 0..d {
+            for i in 0..n {
+                let row = &points[i * d..(i + 1) * d];
+                out.extend(row.iter().enumerate().map(|(k, v)| if k == j { v + sign * h[i * d + k] } else { *v }));
+            }
+        }
+    }
+    (out, h)
+}
+
+/// Gradients `[N, D]` from the values at [`shifted_copies`].
+fn central_differences(values: &[f64], h: &[f64], n: usize, d: usize) -> Vec<f64> {
+    let mut g = vec![0.0; n * d];
+    for j in 0..d {
+        for i in 0..n {
+            g[i * d + j] = (values[j * n + i] - values[(d + j) * n + i]) / (2.0 * h[i * d + j]);
+        }
+    }
+    g
+}
+
+impl<F: Fn(&[f64], usize) -> Result<HostDensity> + Sync> Target for HostTarget<F> {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn log_density(&self, x: Tensor<2>) -> Tensor<1> {
+        let (n, device) = (dims2(&x).0, x.device());
+        self.try_log_density(x).unwrap_or_else(|_| vector(vec![f64::NAN; n], &device))
+    }
+    fn try_log_density(&self, x: Tensor<2>) -> Result<Tensor<1>> {
+        let (n, d) = dims2(&x);
+        let device = x.device();
+        let x0 = x.clone().detach();
+        let points = to_vec(x0.clone())?;
+        if !x.is_autodiff() {
+            return Ok(vector(self.call(&points, n)?.0, &device));
+        }
+        let (values, gradient) = self.values_and_gradient(&points, n)?;
+        let slope = matrix(gradient, n, d, &device);
+        Ok(vector(values, &device).add(x.sub(x0).mul(slope).sum_dim(1).reshape([n])))
+    }
+    fn log_normalizer(&self) -> Option<f64> {
+        self.log_z
+    }
+    fn name(&self) -> String {
+        self.name.clone()
     }
 }
 
@@ -395,6 +539,8 @@ pub struct ReverseKlReport {
     pub seconds: f64,
     /// [`diagnostics`] of the fitted flow (`diagnostic_samples` draws, seed + 1).
     pub diagnostics: Option<ViDiagnostics>,
+    /// Whether [`crate::train::stop_current_fit`] ended the fit early.
+    pub interrupted: bool,
 }
 
 struct Detach;
@@ -478,7 +624,7 @@ impl Objective for ReverseKl<'_> {
         } else {
             log_q
         };
-        let log_p = self.target.log_density(x);
+        let log_p = self.target.try_log_density(x)?;
         let (log_q, log_p, dropped) = drop_nonfinite(log_q, log_p)?;
         let beta = self.config.beta_at(step);
         let elbo = scalar(log_p.clone().sub(log_q.clone()).mean())?;
@@ -529,6 +675,7 @@ pub fn fit_reverse_kl(
     report.dropped = dropped.round() as usize;
     report.steps = trained.steps;
     report.seconds = trained.seconds;
+    report.interrupted = trained.interrupted;
     if config.diagnostic_samples >= 2 {
         report.diagnostics = Some(diagnostics(&fitted, target, config.diagnostic_samples, config.seed.wrapping_add(1))?);
     }
@@ -578,7 +725,7 @@ pub fn diagnostics(flow: &Flow, target: &dyn Target, samples: usize, seed: u64) 
         let n = left.min(4096);
         left -= n;
         let (x, log_q) = flow.sample_and_log_prob(n, None, &mut rng)?;
-        let log_p = to_vec(target.log_density(x))?;
+        let log_p = to_vec(target.try_log_density(x)?)?;
         for (p, q) in log_p.iter().zip(to_vec(log_q)?) {
             let w = p - q;
             if w.is_finite() {
@@ -681,5 +828,5 @@ fn gpd_shape(x: &[f64]) -> f64 {
 pub fn log_density_at(target: &dyn Target, points: &[f64]) -> Result<Vec<f64>> {
     let d = target.dim();
     let t = matrix(points.to_vec(), points.len() / d.max(1), d, &crate::cpu());
-    to_vec(target.log_density(t))
+    to_vec(target.try_log_density(t)?)
 }

@@ -44,6 +44,40 @@ pub fn read_source(spec: &str, default_split: Split, root: Option<&Path>) -> Res
     }
 }
 
+/// Where rows come from: a file or built-in data set, or rows already in memory (the Python
+/// package's arrays).
+#[derive(Clone, Debug)]
+pub enum DataSource {
+    /// A file or `builtin:NAME[:SPLIT]`.
+    Spec(String),
+    /// Rows in memory.
+    Rows(Table),
+}
+
+impl DataSource {
+    /// The rows (a file is read; `default_split` for a built-in set named without one).
+    pub fn read(&self, default_split: Split, root: Option<&Path>) -> Result<Table> {
+        match self {
+            DataSource::Spec(spec) => read_source(spec, default_split, root),
+            DataSource::Rows(table) => Ok(table.clone()),
+        }
+    }
+
+    /// The name of a built-in data set with its own validation split, if this is one.
+    fn builtin_with_validation(&self) -> Option<&str> {
+        let DataSource::Spec(spec) = self else { return None };
+        spec.strip_prefix("builtin:")
+            .map(|s| s.split(':').next().unwrap_or_default())
+            .filter(|name| builtin::BUILTINS.iter().any(|b| b.name == *name && b.file.is_some()))
+    }
+}
+
+impl From<&str> for DataSource {
+    fn from(spec: &str) -> Self {
+        DataSource::Spec(spec.to_string())
+    }
+}
+
 /// Loads a model on the CPU.
 pub fn load_model(path: &Path) -> Result<Model> {
     crate::model::load(path, &crate::cpu())
@@ -52,14 +86,14 @@ pub fn load_model(path: &Path) -> Result<Model> {
 /// What `diffeo fit` asks for.
 #[derive(Clone, Debug)]
 pub struct FitRequest {
-    /// Data file or `builtin:NAME`.
-    pub data: String,
+    /// Data: a file, `builtin:NAME`, or rows in memory.
+    pub data: DataSource,
     /// Folder of the real data sets.
     pub data_root: Option<PathBuf>,
     /// Drop rows with NaN/inf instead of refusing them.
     pub drop_nonfinite: bool,
-    /// Validation file (default: the data set's own split, else 10% held out).
-    pub val: Option<String>,
+    /// Validation rows (default: the data set's own split, else 10% held out).
+    pub val: Option<DataSource>,
     /// Data columns (default: all but the context).
     pub columns: Option<String>,
     /// Context columns.
@@ -103,10 +137,11 @@ pub enum FitObjective {
 }
 
 impl FitRequest {
-    /// A request with `diffeo fit`'s defaults for the data `data`.
-    pub fn new(data: &str, family: &str) -> Self {
+    /// A request with `diffeo fit`'s defaults for the data `data` (a file or `builtin:NAME`, or
+    /// a [`DataSource`]).
+    pub fn new(data: impl Into<DataSource>, family: &str) -> Self {
         Self {
-            data: data.to_string(),
+            data: data.into(),
             data_root: None,
             drop_nonfinite: false,
             val: None,
@@ -190,13 +225,20 @@ pub fn check_memory(config: &FlowConfig, batch_size: usize) -> Result<()> {
 /// dequantization, logit), splits off validation data, builds the family's architecture (with
 /// the data standardization inside the model) or resumes a saved model, and trains it.
 pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn FnMut(&FitEvent)) -> Result<FitOutcome> {
+    let resumed = req.resume.as_ref().map(|p| crate::model::load(p, &crate::cpu())).transpose()?;
+    fit_model(req, resumed, notice, observer)
+}
+
+/// [`fit`], continuing the training of `resumed` when given (a model in memory: its columns,
+/// preprocessing and architecture are kept, `req.resume` is not read).
+pub fn fit_model(req: &FitRequest, resumed: Option<Model>, notice: &mut dyn FnMut(Notice), observer: &mut dyn FnMut(&FitEvent)) -> Result<FitOutcome> {
     let device = crate::cpu();
     let root = req.data_root.as_deref();
-    let mut table = read_source(&req.data, Split::Train, root)?;
+    let mut table = req.data.read(Split::Train, root)?;
     let mut context_columns = req.context_columns.clone();
     let mut classes = None;
     if let Some(labels) = &req.labels {
-        if req.resume.is_some() || req.context_columns.is_some() || req.val.is_some() || req.test.is_some() {
+        if resumed.is_some() || req.context_columns.is_some() || req.val.is_some() || req.test.is_some() {
             return Err(FlowError::InvalidConfig(
                 "--labels makes the labels the context: it takes no --context-cols, --val, --test or --resume (validation is held out of the labelled rows)".into(),
             ));
@@ -208,7 +250,6 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
     }
 
     // Columns and preprocessing: from the resumed model, or from the request.
-    let resumed = req.resume.as_ref().map(|p| crate::model::load(p, &device)).transpose()?;
     let mut meta = match &resumed {
         Some(m) => {
             if req.columns.is_some() || req.context_columns.is_some() || req.dequantize || req.variational_dequantization || req.logit.is_some() {
@@ -286,15 +327,10 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
     }
 
     // Validation data: `val`, else the data set's own split, else 10% held out.
-    let builtin_val = req
-        .data
-        .strip_prefix("builtin:")
-        .map(|s| s.split(':').next().unwrap_or_default())
-        .filter(|name| builtin::BUILTINS.iter().any(|b| b.name == *name && b.file.is_some()));
     let (train_set, val_set) = if let Some(v) = &req.val {
-        let t = read_source(v, Split::Val, root)?;
+        let t = v.read(Split::Val, root)?;
         (all, Some(meta.inputs.inputs(&t, req.drop_nonfinite, &mut rng)?.0))
-    } else if let Some(name) = builtin_val {
+    } else if let Some(name) = req.data.builtin_with_validation() {
         let t = builtin::load_builtin(&format!("{name}:val"), Split::Val, root)?;
         (all, Some(meta.inputs.inputs(&t, false, &mut rng)?.0))
     } else if all.len() >= 20 {
@@ -425,6 +461,17 @@ pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn 
     let (flow, report) = result?;
     let summary = TrainingSummary::after(&prior, &report, train_rows, val_rows);
     Ok(FitOutcome { model: Model { flow, members: Vec::new(), meta, summary: Some(summary), vi: None, posterior: None }, report, train_rows, val_rows, curve })
+}
+
+/// A model of family `family` before any fit, on events of `shape` with `context_dim` context
+/// values: its architecture with the family's initialization and no preprocessing (a fit from
+/// data builds its own, with the data's standardization).
+pub fn untrained(family: &FamilySettings, shape: EventShape, context_dim: usize) -> Result<Model> {
+    let config = architecture_for(family, shape, context_dim)?;
+    config.validate()?;
+    let flow = config.init(&crate::cpu())?;
+    let meta = ModelMeta { family: family.family.clone(), data_source: "untrained".into(), inputs: InputSpec::plain(shape.size(), context_dim) };
+    Ok(Model { flow, members: Vec::new(), meta, summary: None, vi: None, posterior: None })
 }
 
 /// Per-row log-likelihoods of a data source under a model (its columns and preprocessing, the
@@ -591,13 +638,74 @@ pub fn sample_at_temperature(model: &Model, n: usize, context: Option<&Table>, s
     Ok((t, call.evaluations()))
 }
 
-/// Log-densities of a model at points `[N, D]` (row-major), with one context row for all.
+/// `n` samples of a model per context row (in row order) and their log-densities, in one pass:
+/// `log q(x) = log p_u(u) − log|det J_T(u)|`.
+pub fn sample_and_log_density(model: &Model, n: usize, context: Option<&Table>, seed: u64) -> Result<(Table, Vec<f64>)> {
+    let rows = context.map_or(1, Table::rows);
+    if n.saturating_mul(rows) > MAX_SAMPLES {
+        return Err(FlowError::InvalidConfig(format!("{} samples requested; the limit is 50 million per call", n.saturating_mul(rows))));
+    }
+    let device = model.flow.device();
+    let ct = context.map(|c| matrix(c.values.clone(), c.rows(), c.cols, &device));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (x, lp) = model.flow.sample_and_log_prob(n, ct.as_ref(), &mut rng)?;
+    let mut t = Table::new(to_vec(x)?, model.flow.dim(), "samples");
+    t.names = model.meta.inputs.column_names.clone();
+    Ok((t, to_vec(lp)?))
+}
+
+/// Log-densities of a model at points `[N, D]` (row-major), with one context row for all or one
+/// per point.
 pub fn log_density(model: &Model, points: &[f64], context: Option<&Table>) -> Result<Vec<f64>> {
     let d = model.flow.dim();
     let n = points.len() / d.max(1);
     let device = model.flow.device();
-    let ct = context.map(|c| crate::tensor::repeat_rows(&matrix(c.values.clone(), c.rows(), c.cols, &device), n));
+    let ct = match context {
+        Some(c) if c.rows() == 1 => Some(crate::tensor::repeat_rows(&matrix(c.values.clone(), 1, c.cols, &device), n)),
+        Some(c) if c.rows() == n => Some(matrix(c.values.clone(), n, c.cols, &device)),
+        Some(c) => return Err(FlowError::Data(format!("{} context rows for {n} points: give one row, or one per point", c.rows()))),
+        None => None,
+    };
     to_vec(model.flow.log_prob(matrix(points.to_vec(), n, d, &device), ct.as_ref())?)
+}
+
+/// What `diffeo info --json` prints of a model (and `Flow.info()` returns in Python): family,
+/// sizes, layers, base, event, log-det kind, columns, preprocessing, training totals, and for a
+/// posterior its prior and simulations.
+pub fn info(m: &Model) -> serde_json::Value {
+    let flow = &m.flow;
+    let inputs = &m.meta.inputs;
+    let mut o = serde_json::json!({
+        "family": m.meta.family,
+        "dim": flow.dim(),
+        "context_dim": flow.context_dim(),
+        "parameters": flow.parameter_count(),
+        "layers": flow.layer_names(),
+        "base": format!("{:?}", flow.config().base),
+        "event": flow.event().to_string(),
+        "log_det": format!("{:?}", flow.log_det(crate::bijections::Mode::Evaluation)).to_lowercase(),
+        "columns": inputs.columns,
+        "context_columns": inputs.context_columns,
+        "column_names": inputs.column_names,
+        "data_source": m.meta.data_source,
+        "standardized": inputs.standardized,
+        "dequantize": inputs.dequantize,
+        "logit_alpha": inputs.logit_alpha,
+        "training": m.summary.as_ref().map(|s| serde_json::json!({
+            "steps": s.steps_total, "runs": s.runs, "seconds": s.seconds_total,
+            "train_rows": s.train_rows, "val_rows": s.val_rows,
+            "best_val_log_likelihood": s.best_val_log_likelihood, "final_train_loss": s.final_train_loss,
+        })),
+    });
+    // Keys only for posterior models (JSON outputs keep their keys).
+    if let Some(p) = &m.posterior {
+        o["posterior"] = serde_json::json!({
+            "prior": p.prior.spec(), "support": p.support, "observation": p.observation, "rounds": p.rounds,
+            "simulations": p.simulations, "dropped_nonfinite": p.dropped_nonfinite, "dropped_outside": p.dropped_outside,
+            "ensemble": 1 + m.members.len(),
+        });
+    }
+    o
 }
 
 /// Self-checks a saved model in f64 (see [`crate::testing::self_check`]).
@@ -631,16 +739,25 @@ pub struct ViOutcome {
 /// Fits a flow to a built-in target by reverse KL; the model records the target and diagnostics.
 pub fn vi(req: &ViRequest, observer: &mut dyn FnMut(&ReverseKlProgress)) -> Result<ViOutcome> {
     req.target.validate()?;
-    let config = vi_architecture(&req.family, req.target.dim(), req.target.support())?;
+    vi_to(&req.target, Some(&req.target), &req.target_name, &req.family, &req.fit, observer)
+}
+
+/// Fits a flow of `family` to any target (a host function, say) by reverse KL; the model records
+/// `builtin` and the diagnostics when the target is a built-in one.
+pub fn vi_to(
+    target: &dyn Target,
+    builtin: Option<&StandardTarget>,
+    target_name: &str,
+    family: &FamilySettings,
+    fit: &ReverseKlConfig,
+    observer: &mut dyn FnMut(&ReverseKlProgress),
+) -> Result<ViOutcome> {
+    let config = vi_architecture(family, target.dim(), target.support())?;
     let flow = config.init(&crate::cpu())?;
-    let (flow, report) = fit_reverse_kl(flow, &req.target, &req.fit, observer)?;
+    let (flow, report) = fit_reverse_kl(flow, target, fit, observer)?;
     let diagnostics = report.diagnostics.clone().ok_or_else(|| FlowError::InvalidConfig("the fit reported no diagnostics".into()))?;
-    let d = req.target.dim();
-    let meta = ModelMeta {
-        family: format!("{} (vi)", req.family.family),
-        data_source: format!("target:{}", req.target_name),
-        inputs: InputSpec::plain(d, 0),
-    };
+    let d = target.dim();
+    let meta = ModelMeta { family: format!("{} (vi)", family.family), data_source: format!("target:{target_name}"), inputs: InputSpec::plain(d, 0) };
     let summary = TrainingSummary {
         steps_total: report.steps,
         runs: 1,
@@ -650,6 +767,6 @@ pub fn vi(req: &ViRequest, observer: &mut dyn FnMut(&ReverseKlProgress)) -> Resu
         history: report.history.iter().map(|(s, elbo)| (*s, -elbo, None)).collect(),
         ..TrainingSummary::default()
     };
-    let vi = ViRecord { target: req.target.clone(), diagnostics };
-    Ok(ViOutcome { model: Model { flow, members: Vec::new(), meta, summary: Some(summary), vi: Some(vi), posterior: None }, report })
+    let vi = builtin.map(|t| ViRecord { target: t.clone(), diagnostics });
+    Ok(ViOutcome { model: Model { flow, members: Vec::new(), meta, summary: Some(summary), vi, posterior: None }, report })
 }

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{context_rows_named, read_source, Notice};
+use super::{context_rows_named, read_source, DataSource, Notice};
 use crate::data::prepare::InputSpec;
 use crate::data::{self, Split, Table};
 use crate::error::{FlowError, Result};
@@ -43,8 +43,8 @@ pub struct SimulatorRequest {
 /// What `diffeo npe` asks for.
 #[derive(Clone, Debug)]
 pub struct NpeRequest {
-    /// Simulations file or `builtin:NAME` (without a simulator).
-    pub data: Option<String>,
+    /// Simulations: a file, `builtin:NAME` or rows in memory (without a simulator).
+    pub data: Option<DataSource>,
     /// θ columns of the file.
     pub theta_columns: Option<String>,
     /// x columns of the file.
@@ -142,7 +142,7 @@ pub fn npe(req: &NpeRequest, notice: &mut dyn FnMut(Notice), events: &mut dyn Fn
             if req.observation.is_some() {
                 notice(Notice::Warning("--observation only focuses sequential rounds (with --simulator); the posterior from --data is amortized".into()));
             }
-            let table = read_source(source, Split::Train, None)?;
+            let table = source.read(Split::Train, None)?;
             let spec = pair_columns(&table, req.theta_columns.as_deref(), req.x_columns.as_deref())?;
             if spec.dim() != d {
                 return Err(FlowError::Data(format!(
