@@ -233,6 +233,74 @@ fn early_stopping_restores_the_best_model() {
 }
 
 #[test]
+fn a_stop_request_from_the_observer_ends_the_fit_with_the_best_model() {
+    let device = diffeo::cpu();
+    let mut rng = StdRng::seed_from_u64(6);
+    let train = Dataset::new(two_moons(2_000, &mut rng), 2);
+    let val = Dataset::new(two_moons(500, &mut rng), 2);
+    let cfg = FitConfig::new().with_steps(100_000).with_batch_size(64).with_eval_every(10);
+    let (flow, report) = fit(maf(2, 2, vec![16, 16]).init(&device).unwrap(), &train, Some(&val), &cfg, &mut |e| {
+        if let FitEvent::Step { step: 35, .. } = e {
+            diffeo::train::stop_current_fit();
+        }
+    })
+    .unwrap();
+    // The step that asked is the last, and a last validation scores it.
+    assert_eq!(report.steps, 35);
+    assert!(report.interrupted && report.stopped_early);
+    assert_eq!(report.history.last().map(|h| h.step), Some(35));
+    let best = report.history.iter().filter_map(|r| r.val_log_likelihood).fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(report.best_val_log_likelihood, Some(best));
+    assert!((mean_log_likelihood(&flow, &val).unwrap().0 - best).abs() < 1e-6 * best.abs().max(1.0));
+    // The request does not outlive its fit: the next one runs to its end.
+    let (_, again) = fit(maf(2, 2, vec![16, 16]).init(&device).unwrap(), &train, Some(&val), &cfg.clone().with_steps(40), &mut quiet).unwrap();
+    assert!(!again.interrupted && again.steps == 40);
+}
+
+#[test]
+fn the_pipeline_fits_rows_in_memory_and_continues_a_model_in_memory() {
+    use diffeo::data::Table;
+    use diffeo::pipeline::{fit_model, log_density, sample_and_log_density, untrained, DataSource, FitRequest};
+    let mut rng = StdRng::seed_from_u64(9);
+    // x | c ~ N(c, 0.1²) with c ~ U(−1, 1): rows [x, c].
+    let rows: Vec<f64> = (0..3000)
+        .flat_map(|_| {
+            let c: f64 = rng.random_range(-1.0..1.0);
+            let z: f64 = rng.sample(StandardNormal);
+            [c + 0.1 * z, c]
+        })
+        .collect();
+    let mut req = FitRequest::new(DataSource::Rows(Table::new(rows.clone(), 2, "arrays")), "maf");
+    req.columns = Some("0".into());
+    req.context_columns = Some("1".into());
+    req.train = req.train.clone().with_steps(300).with_eval_every(100);
+    let first = fit_model(&req, None, &mut |_| {}, &mut quiet).unwrap();
+    assert_eq!((first.model.flow.dim(), first.model.flow.context_dim()), (1, 1));
+    assert_eq!((first.train_rows, first.val_rows), (2700, 300));
+    // Densities with one context row for all points, or one per point.
+    let points = [0.4, 0.5, 0.6];
+    let one = log_density(&first.model, &points, Some(&Table::new(vec![0.5], 1, "c"))).unwrap();
+    let each = log_density(&first.model, &points, Some(&Table::new(vec![0.5; 3], 1, "c"))).unwrap();
+    assert_eq!(one, each);
+    assert!(one[1] > one[0] && one[1] > one[2] && one[1] > 0.5, "{one:?}");
+    assert!(log_density(&first.model, &points, Some(&Table::new(vec![0.5; 2], 1, "c"))).is_err());
+    let (x, lp) = sample_and_log_density(&first.model, 4, Some(&Table::new(vec![0.5], 1, "c")), 0).unwrap();
+    let again = log_density(&first.model, &x.values, Some(&Table::new(vec![0.5], 1, "c"))).unwrap();
+    assert!(lp.iter().zip(&again).all(|(a, b)| (a - b).abs() < 1e-3), "{lp:?} vs {again:?}");
+    // Continuing: the totals add up, the architecture is kept.
+    let mut more = req.clone();
+    more.train = more.train.clone().with_steps(50);
+    let second = fit_model(&more, Some(first.model.clone()), &mut |_| {}, &mut quiet).unwrap();
+    let summary = second.model.summary.unwrap();
+    assert_eq!((summary.steps_total, summary.runs), (350, 2));
+    // An untrained model is the base density (identity initialization).
+    let fresh = untrained(&diffeo::families::FamilySettings::new("maf"), EventShape::flat(2), 0).unwrap();
+    let lp = log_density(&fresh, &[0.0, 0.0, 1.0, -2.0], None).unwrap();
+    let exact = [-diffeo::tensor::LN_2PI, -diffeo::tensor::LN_2PI - 2.5];
+    assert!(lp.iter().zip(exact).all(|(a, e)| (a - e).abs() < 1e-5), "{lp:?}");
+}
+
+#[test]
 fn spline_round_trip_in_f32() {
     let device = diffeo::cpu();
     let (n, d, k, bound) = (2000, 3, 8, 5.0);
