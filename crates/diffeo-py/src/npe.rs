@@ -144,7 +144,7 @@ pub(crate) fn npe(
         let (mut total, mut last_loss) = (None, f64::NAN);
         let mut events = |e: RoundEvent| match e {
             RoundEvent::Fit(FitEvent::Step { step, total: t, loss, .. }) => {
-                (total, last_loss) = ((t != usize::MAX).then_some(t), *loss);
+                (total, last_loss) = ((*t != usize::MAX).then_some(*t), *loss);
                 watch.tick(*step, total, *loss, None, false);
             }
             RoundEvent::Fit(FitEvent::Validation { step, log_likelihood, best }) => watch.tick(*step, total, last_loss, Some((*log_likelihood, *best)), true),

@@ -225,7 +225,8 @@ pub fn check_memory(config: &FlowConfig, batch_size: usize) -> Result<()> {
 /// dequantization, logit), splits off validation data, builds the family's architecture (with
 /// the data standardization inside the model) or resumes a saved model, and trains it.
 pub fn fit(req: &FitRequest, notice: &mut dyn FnMut(Notice), observer: &mut dyn FnMut(&FitEvent)) -> Result<FitOutcome> {
-    let resumed = req.resume.as_ref().map(|p| crate::model::load(p, &crate::cpu())).transpose()?;
+    // (With labels, `fit_model` refuses the resume before the file is read.)
+    let resumed = req.resume.as_ref().filter(|_| req.labels.is_none()).map(|p| crate::model::load(p, &crate::cpu())).transpose()?;
     fit_model(req, resumed, notice, observer)
 }
 
@@ -238,7 +239,7 @@ pub fn fit_model(req: &FitRequest, resumed: Option<Model>, notice: &mut dyn FnMu
     let mut context_columns = req.context_columns.clone();
     let mut classes = None;
     if let Some(labels) = &req.labels {
-        if resumed.is_some() || req.context_columns.is_some() || req.val.is_some() || req.test.is_some() {
+        if resumed.is_some() || req.resume.is_some() || req.context_columns.is_some() || req.val.is_some() || req.test.is_some() {
             return Err(FlowError::InvalidConfig(
                 "--labels makes the labels the context: it takes no --context-cols, --val, --test or --resume (validation is held out of the labelled rows)".into(),
             ));
