@@ -2,13 +2,19 @@
 //! (θ, x), as `diffeo npe --data` does from a file.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use diffeo::data::Table;
 use diffeo::fit::FitEvent;
 use diffeo::model::Model;
 use diffeo::pipeline::sbi::{self as sbi_pipeline, NpeRequest};
 use diffeo::pipeline::{DataSource, Notice};
-use diffeo::sbi::{NpeConfig, Posterior as PosteriorOf, RoundEvent, SamplingLimits, SupportHandling, XEmbedding};
+use diffeo::sbi::{
+    NpeConfig, Posterior as PosteriorOf, Prior, RoundEvent, SamplingLimits, SequentialConfig, Simulated, SimulationLog, Simulator, SupportHandling,
+    XEmbedding,
+};
+use diffeo::FlowError;
+use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::{PyFileNotFoundError, PyUserWarning, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -46,14 +52,20 @@ fn widths(v: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<usize>> {
 /// kept to the prior's support by rejection (`support="transform"`: by a bijection onto it).
 /// `embedding="mlp"` (or `"deepsets"` with `iid_groups=`) learns a summary of x.
 #[pyfunction]
-#[pyo3(signature = (theta, x, *, prior, flow="nsf", ensemble=5, support="reject", embedding=None, embedding_hidden=None,
-    embedding_dim=16, iid_groups=None, batch=None, lr=None, patience=None, max_epochs=None, clip_grad=None, seed=0, progress=true, **options))]
+#[pyo3(signature = (theta=None, x=None, *, prior, simulator=None, observation=None, rounds=1, simulations=10000, simulation_batch=1000,
+    flow="nsf", ensemble=5, support="reject", embedding=None, embedding_hidden=None, embedding_dim=16, iid_groups=None, batch=None, lr=None,
+    patience=None, max_epochs=None, clip_grad=None, seed=0, progress=true, **options))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn npe(
     py: Python<'_>,
-    theta: &Bound<'_, PyAny>,
-    x: &Bound<'_, PyAny>,
+    theta: Option<&Bound<'_, PyAny>>,
+    x: Option<&Bound<'_, PyAny>>,
     prior: &str,
+    simulator: Option<&Bound<'_, PyAny>>,
+    observation: Option<&Bound<'_, PyAny>>,
+    rounds: usize,
+    simulations: usize,
+    simulation_batch: usize,
     flow: &str,
     ensemble: usize,
     support: &str,
@@ -70,18 +82,6 @@ pub(crate) fn npe(
     progress: bool,
     options: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Posterior> {
-    let (t, n, d) = matrix_of(py, theta, "theta")?;
-    let (xs, m, k) = matrix_of(py, x, "x")?;
-    if n != m {
-        return Err(PyValueError::new_err(format!("theta has {n} rows and x {m}: one x per θ")));
-    }
-    let mut values = Vec::with_capacity(n * (d + k));
-    for i in 0..n {
-        values.extend_from_slice(&t[i * d..(i + 1) * d]);
-        values.extend_from_slice(&xs[i * k..(i + 1) * k]);
-    }
-    let table = Table::new(values, d + k, "arrays");
-
     diffeo::families::family(flow).py()?;
     let mut c = NpeConfig::default();
     c.family.family = flow.to_string();
@@ -128,30 +128,84 @@ pub(crate) fn npe(
     if clip_grad.is_some() {
         c.train.grad_clip_norm = clip_grad;
     }
-    let req = NpeRequest {
-        data: Some(DataSource::Rows(table)),
-        theta_columns: Some((0..d).map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
-        x_columns: Some((d..d + k).map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
-        prior: prior.to_string(),
-        observation: None,
-        simulator: None,
-        npe: c,
-        out: PathBuf::from("posterior.dfo"),
-    };
+    let simulator = simulator.filter(|f| !f.is_none());
+    let observation = observation.filter(|o| !o.is_none()).map(|o| arrays::read(py, o, "observation", false)).transpose()?;
+    if let Some(o) = &observation {
+        if o.shape.len() != 1 {
+            return Err(PyValueError::new_err(format!("observation has shape {:?}; expected one row [K]", o.shape)));
+        }
+    }
     let mut watch = Watch::new(py, progress, "npe")?;
     let mut notices = Vec::new();
-    let result = py.allow_threads(|| {
-        let (mut total, mut last_loss) = (None, f64::NAN);
-        let mut events = |e: RoundEvent| match e {
-            RoundEvent::Fit(FitEvent::Step { step, total: t, loss, .. }) => {
-                (total, last_loss) = ((*t != usize::MAX).then_some(*t), *loss);
-                watch.tick(*step, total, *loss, None, false);
+    let (mut total, mut last_loss) = (None, f64::NAN);
+    let mut events = |e: RoundEvent| match e {
+        RoundEvent::Fit(FitEvent::Step { step, total: t, loss, .. }) => {
+            (total, last_loss) = ((*t != usize::MAX).then_some(*t), *loss);
+            watch.tick(*step, total, *loss, None, false);
+        }
+        RoundEvent::Fit(FitEvent::Validation { step, log_likelihood, best }) => watch.tick(*step, total, last_loss, Some((*log_likelihood, *best)), true),
+        _ => {}
+    };
+    let (result, simulated) = match (theta.filter(|t| !t.is_none()), x.filter(|x| !x.is_none()), simulator) {
+        (Some(theta), Some(x), None) => {
+            if observation.is_some() || rounds > 1 {
+                return Err(PyValueError::new_err("observation= and rounds= go with simulator= (sequential rounds); a posterior from simulations is amortized"));
             }
-            RoundEvent::Fit(FitEvent::Validation { step, log_likelihood, best }) => watch.tick(*step, total, last_loss, Some((*log_likelihood, *best)), true),
-            _ => {}
-        };
-        sbi_pipeline::npe(&req, &mut |n| notices.push(n), &mut events)
-    });
+            let (t, n, d) = matrix_of(py, theta, "theta")?;
+            let (xs, m, k) = matrix_of(py, x, "x")?;
+            if n != m {
+                return Err(PyValueError::new_err(format!("theta has {n} rows and x {m}: one x per θ")));
+            }
+            let mut values = Vec::with_capacity(n * (d + k));
+            for i in 0..n {
+                values.extend_from_slice(&t[i * d..(i + 1) * d]);
+                values.extend_from_slice(&xs[i * k..(i + 1) * k]);
+            }
+            let req = NpeRequest {
+                data: Some(DataSource::Rows(Table::new(values, d + k, "arrays"))),
+                theta_columns: Some((0..d).map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
+                x_columns: Some((d..d + k).map(|i| i.to_string()).collect::<Vec<_>>().join(",")),
+                prior: prior.to_string(),
+                observation: None,
+                simulator: None,
+                npe: c,
+                out: PathBuf::from("posterior.dfo"),
+            };
+            (py.allow_threads(|| sbi_pipeline::npe(&req, &mut |n| notices.push(n), &mut events)), None)
+        }
+        (None, None, Some(f)) => {
+            let prior = Prior::from_arg(prior).py()?;
+            let rounds = SequentialConfig { rounds, simulations, simulation_batch, seed, ..SequentialConfig::default() };
+            let sim = PySimulator { f: f.clone().unbind(), raised: Mutex::new(None) };
+            let mut log = SimulationLog::default();
+            let o = observation.as_ref().map(|o| o.values.clone());
+            let result = py.allow_threads(|| {
+                sbi_pipeline::npe_simulated(&prior, &sim, o.as_deref(), &c, &rounds, &mut log, &mut |_, _, _| Ok(()), "simulator", &mut |n| notices.push(n), &mut events)
+            });
+            let result = match (result, sim.raised.into_inner().unwrap_or_else(|p| p.into_inner())) {
+                (Err(_), Some(raised)) => Err(Raised::Python(raised)),
+                (r, _) => r.map_err(Raised::Library),
+            };
+            let d = prior.dim();
+            let arrays = (log.theta, log.x, d, log.x_dim);
+            match result {
+                Ok(outcome) => (Ok(outcome), Some(arrays)),
+                Err(e) => {
+                    watch.close(py);
+                    let err = match e {
+                        Raised::Python(e) => e,
+                        Raised::Library(e) => crate::py_err(e),
+                    };
+                    // Nothing simulated is lost: the simulations so far travel with the error.
+                    let (theta, x) = simulations_arrays(py, arrays)?;
+                    err.value(py).setattr("simulations", (theta, x))?;
+                    return Err(err);
+                }
+            }
+        }
+        (_, _, Some(_)) => return Err(PyValueError::new_err("give either theta and x (simulations made) or simulator= (simulations to make), not both")),
+        _ => return Err(PyValueError::new_err("give theta and x (simulations), or simulator=")),
+    };
     watch.close(py);
     for n in notices {
         if let Notice::Warning(m) = n {
@@ -159,10 +213,53 @@ pub(crate) fn npe(
         }
     }
     let outcome = result.py()?;
-    let posterior = Posterior { model: outcome.model };
+    let posterior = Posterior { model: outcome.model, simulations: simulated };
     match watch.interrupt {
         Some(e) => Err(e),
         None => Ok(posterior),
+    }
+}
+
+/// A failure of a simulator run: the Python exception the simulator raised, or the library's.
+enum Raised {
+    Python(PyErr),
+    Library(diffeo::FlowError),
+}
+
+/// θ `[M, D]` and x `[M, K]` arrays of simulations.
+fn simulations_arrays<'py>(py: Python<'py>, (theta, x, d, k): Simulated4) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let m = theta.len() / d.max(1);
+    Ok((arrays::output(py, theta, &[m, d], None)?, arrays::output(py, x, &[m, k], None)?))
+}
+
+/// Simulations as `(θ values, x values, D, K)`.
+type Simulated4 = (Vec<f64>, Vec<f64>, usize, usize);
+
+/// A Python simulator: a callable from θ rows `[M, D]` to x rows `[M, K]` (NaN rows are
+/// dropped), called once per batch.
+struct PySimulator {
+    f: Py<PyAny>,
+    raised: Mutex<Option<PyErr>>,
+}
+
+impl Simulator for PySimulator {
+    fn simulate(&self, theta: &[f64], theta_dim: usize, batch: usize) -> diffeo::Result<Simulated> {
+        let n = theta.len() / theta_dim.max(1);
+        Python::with_gil(|py| {
+            let out = PyArray1::from_slice(py, theta).reshape([n, theta_dim]).and_then(|t| self.f.call1(py, (t,))).and_then(|out| {
+                let a = arrays::read(py, out.bind(py), "the simulator's x", false)?;
+                match a.shape.as_slice() {
+                    [m, k] if *m == n && *k > 0 => Ok(Simulated { values: a.values, cols: *k }),
+                    [m] if *m == n => Ok(Simulated { values: a.values, cols: 1 }),
+                    s => Err(PyValueError::new_err(format!("the simulator returned x of shape {s:?} for {n} θ rows"))),
+                }
+            });
+            out.map_err(|e| {
+                let message = e.to_string();
+                *self.raised.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                FlowError::Simulation(format!("batch {batch}: the simulator raised {message}"))
+            })
+        })
     }
 }
 
@@ -171,6 +268,8 @@ pub(crate) fn npe(
 #[pyclass(module = "diffeo")]
 pub struct Posterior {
     model: Model,
+    /// The simulations a simulator made (`simulator=`).
+    simulations: Option<Simulated4>,
 }
 
 impl Posterior {
@@ -240,12 +339,18 @@ impl Posterior {
         }
         let model = py.allow_threads(|| diffeo::pipeline::load_model(&path)).py()?;
         sbi_pipeline::posterior_record(&model).py()?;
-        Ok(Self { model })
+        Ok(Self { model, simulations: None })
     }
 
     /// The model's description (what `diffeo info --json` prints).
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         py.import("json")?.call_method1("loads", (diffeo::pipeline::info(&self.model).to_string(),))
+    }
+
+    /// `(theta [M, D], x [M, K])`: the simulations a `simulator=` made (`None` otherwise).
+    #[getter]
+    fn simulations<'py>(&self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+        self.simulations.clone().map(|s| simulations_arrays(py, s)).transpose()
     }
 
     /// Parameters D.

@@ -136,6 +136,8 @@ class Posterior:
     def x_dim(self) -> int: ...
     @property
     def prior(self) -> str: ...
+    @property
+    def simulations(self) -> Optional[Tuple[NDArray[np.float64], NDArray[np.float64]]]: ...
 
 def vi(
     target: Union[Target, str],
@@ -161,10 +163,15 @@ def vi(
     ``log_z_stderr``, ``ess``, ``khat``, …)."""
 
 def npe(
-    theta: ArrayLike,
-    x: ArrayLike,
+    theta: Optional[ArrayLike] = None,
+    x: Optional[ArrayLike] = None,
     *,
     prior: str,
+    simulator: Optional[Callable[[NDArray[np.float64]], ArrayLike]] = None,
+    observation: Optional[ArrayLike] = None,
+    rounds: int = 1,
+    simulations: int = 10000,
+    simulation_batch: int = 1000,
     flow: str = "nsf",
     ensemble: int = 5,
     support: Literal["reject", "transform"] = "reject",
@@ -182,4 +189,8 @@ def npe(
     **options: Any,
 ) -> Posterior:
     """Neural posterior estimation on simulated pairs ``theta [N, D]``, ``x [N, K]`` drawn
-    from ``prior`` (e.g. ``"uniform:-1:1x2"``)."""
+    from ``prior`` (e.g. ``"uniform:-1:1x2"``), or on ``simulations`` made by ``simulator``
+    (a callable from θ rows ``[M, D]`` to x rows ``[M, K]``, called once per batch of
+    ``simulation_batch``), over ``rounds`` truncated sequential rounds focused on
+    ``observation``. If the simulator raises, its exception carries the simulations made so far
+    as ``.simulations = (theta, x)``; a trained posterior has them in ``.simulations``."""

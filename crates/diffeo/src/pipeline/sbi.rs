@@ -20,9 +20,10 @@ use crate::error::{FlowError, Result};
 use crate::fit::{FitEvent, FitReport};
 use crate::flow::Flow;
 use crate::model::{Model, ModelMeta, TrainingSummary};
+use crate::sbi::simulator::KeepBatch;
 use crate::sbi::{
     calibration, sequential_npe, train_ensemble, Calibration, CalibrationConfig, NpeConfig, Posterior, PosteriorRecord, Prior, ProgramSimulator,
-    RoundEvent, SamplingLimits, SequentialConfig, Simulated, SimulationLog, Simulations, TrainedFlow,
+    RoundEvent, SamplingLimits, SequentialConfig, Simulated, SimulationLog, Simulations, Simulator, TrainedFlow,
 };
 
 /// The simulator of a request.
@@ -197,37 +198,53 @@ pub fn npe(req: &NpeRequest, notice: &mut dyn FnMut(Notice), events: &mut dyn Fn
                 .with_x_dim(observation.as_ref().map(Vec::len).or((log.x_dim > 0).then_some(log.x_dim)));
             let mut file = SimulationFile { path: path.clone(), theta_dim: d };
             let mut keep = |round: usize, theta: &[f64], x: &Simulated| file.append(round, theta, x);
-            let (trained, record, acceptance) =
-                sequential_npe(&prior, &program, observation.as_deref(), &req.npe, &sim.rounds, &mut log, &mut keep, events)?;
-            let (flow, members, report) = ensemble_parts(trained)?;
-            let total = record.simulations + record.dropped_nonfinite + record.dropped_outside;
-            if record.dropped_nonfinite > 0 {
-                notice(Notice::Note(format!("dropped {} of {total} simulation(s) with non-finite x", record.dropped_nonfinite)));
-            }
-            let k = log.x_dim;
-            let inputs = InputSpec {
-                input_columns: d + k + 1,
-                columns: (0..d).collect(),
-                context_columns: (d..d + k).collect(),
-                column_names: Some(simulation_columns(d, 0)),
-                dequantize: false,
-                images: false,
-                logit_alpha: None,
-                standardized: true,
-                classes: None,
-            };
-            let meta = ModelMeta { family: format!("{} (npe)", req.npe.family.family), data_source: path.display().to_string(), inputs };
-            let model = Model {
-                flow,
-                members,
-                meta,
-                summary: Some(summary_of(&report, &req.npe, record.simulations)),
-                vi: None,
-                posterior: Some(record),
-            };
-            Ok(NpeOutcome { model, report, truncation_acceptance: acceptance, simulations_file: Some(path) })
+            let source = path.display().to_string();
+            let rounds = &sim.rounds;
+            let outcome = npe_simulated(&prior, &program, observation.as_deref(), &req.npe, rounds, &mut log, &mut keep, &source, notice, events)?;
+            Ok(NpeOutcome { simulations_file: Some(path), ..outcome })
         }
     }
+}
+
+/// Trains a posterior on simulations of `simulator` for one round or sequential rounds at
+/// `observation`: `log` holds the simulations of a resumed run and receives every new batch,
+/// which also goes to `keep` before the next starts (so a failure loses nothing). The model
+/// records `source` as its data source.
+#[allow(clippy::too_many_arguments)]
+pub fn npe_simulated(
+    prior: &Prior,
+    simulator: &dyn Simulator,
+    observation: Option<&[f64]>,
+    npe: &NpeConfig,
+    rounds: &SequentialConfig,
+    log: &mut SimulationLog,
+    keep: &mut KeepBatch,
+    source: &str,
+    notice: &mut dyn FnMut(Notice),
+    events: &mut dyn FnMut(RoundEvent),
+) -> Result<NpeOutcome> {
+    let d = prior.dim();
+    let (trained, record, acceptance) = sequential_npe(prior, simulator, observation, npe, rounds, log, keep, events)?;
+    let (flow, members, report) = ensemble_parts(trained)?;
+    let total = record.simulations + record.dropped_nonfinite + record.dropped_outside;
+    if record.dropped_nonfinite > 0 {
+        notice(Notice::Note(format!("dropped {} of {total} simulation(s) with non-finite x", record.dropped_nonfinite)));
+    }
+    let k = log.x_dim;
+    let inputs = InputSpec {
+        input_columns: d + k + 1,
+        columns: (0..d).collect(),
+        context_columns: (d..d + k).collect(),
+        column_names: Some(simulation_columns(d, 0)),
+        dequantize: false,
+        images: false,
+        logit_alpha: None,
+        standardized: true,
+        classes: None,
+    };
+    let meta = ModelMeta { family: format!("{} (npe)", npe.family.family), data_source: source.to_string(), inputs };
+    let model = Model { flow, members, meta, summary: Some(summary_of(&report, npe, record.simulations)), vi: None, posterior: Some(record) };
+    Ok(NpeOutcome { model, report, truncation_acceptance: acceptance, simulations_file: None })
 }
 
 /// The first flow, the other members, and one report for all: steps and seconds summed, the
