@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use diffeo::data::builtin;
 use diffeo::data::Table;
 use diffeo::families::FamilySettings;
-use diffeo::fit::{FitConfig, FitEvent};
+use diffeo::fit::FitEvent;
 use diffeo::pipeline::{self, FitRequest, Notice};
 use serde_json::json;
 
@@ -121,22 +121,6 @@ impl Progress {
     }
 }
 
-/// The family whose defaults (batch, learning rate, validation interval) a fit takes, and
-/// whether its data are dequantized: the resumed model's, else `--flow` and `--dequantize`. (An
-/// unreadable model falls back to the flags; the fit then reports the file's error.)
-fn defaults_family(a: &FitArgs) -> (String, bool) {
-    a.resume
-        .as_ref()
-        .and_then(|p| pipeline::load_model(p).ok())
-        .and_then(|m| Some((m.meta.family.split_whitespace().next()?.to_string(), m.meta.inputs.dequantize)))
-        .unwrap_or_else(|| (a.flow.clone(), a.dequantize))
-}
-
-/// The validation interval: the flag, else the family's default.
-fn eval_every(a: &FitArgs, family: &str) -> usize {
-    a.eval_every.map_or_else(|| diffeo::families::default_eval_every(family), |k| k as usize)
-}
-
 fn request(a: &FitArgs, defaults: &str) -> FitRequest {
     let mut family = FamilySettings::new(&a.flow);
     family.transforms = a.transforms.map(|k| k as usize);
@@ -161,13 +145,16 @@ fn request(a: &FitArgs, defaults: &str) -> FitRequest {
         (None, None, Some(_)) => 0,
         _ => 2000,
     };
-    let mut train = FitConfig::new()
-        .with_learning_rate(a.lr.unwrap_or_else(|| diffeo::families::default_learning_rate(defaults)))
-        .with_steps(steps)
-        .with_batch_size(a.batch.map_or_else(|| diffeo::families::default_batch_size(defaults), |b| b as usize))
-        .with_eval_every(eval_every(a, defaults))
-        .with_seed(a.seed)
-        .with_schedule(a.schedule.into());
+    let mut train = diffeo::families::default_fit_config(defaults).with_steps(steps).with_seed(a.seed).with_schedule(a.schedule.into());
+    if let Some(lr) = a.lr {
+        train.learning_rate = lr;
+    }
+    if let Some(b) = a.batch {
+        train.batch_size = b as usize;
+    }
+    if let Some(k) = a.eval_every {
+        train.eval_every = k as usize;
+    }
     train.epochs = a.epochs.map(|e| e as usize);
     train.patience = a.patience.map(|p| p as usize);
     train.grad_clip_norm = a.clip_grad;
@@ -203,7 +190,16 @@ pub fn fit(a: FitArgs) -> Result<()> {
     if let Some(p) = &a.curve {
         lib(diffeo::data::check_output(p, &["csv"]))?;
     }
-    let (defaults, dequantized) = defaults_family(&a);
+    // The resumed model, read once: its family gives the defaults (batch, learning rate,
+    // validation interval). (With --labels the pipeline refuses the resume before any file.)
+    let resumed = match &a.resume {
+        Some(p) if a.data.labels.is_none() => Some(lib(pipeline::load_model(p))?),
+        _ => None,
+    };
+    let (defaults, dequantized) = match &resumed {
+        Some(m) => (m.meta.family_name().to_string(), m.meta.inputs.dequantize),
+        None => (a.flow.clone(), a.dequantize),
+    };
     let req = request(&a, &defaults);
     // The progress display starts with the first step, which knows the planned total.
     let mut progress: Option<Progress> = None;
@@ -217,14 +213,14 @@ pub fn fit(a: FitArgs) -> Result<()> {
         }
         let p = progress.get_or_insert_with(|| {
             let total = if let FitEvent::Step { total, .. } = e { *total } else { usize::MAX };
-            let mut p = Progress::new(total, a.quiet, eval_every(&a, &defaults));
+            let mut p = Progress::new(total, a.quiet, req.train.eval_every);
             p.budget = a.time_budget;
             p.bits_per_dim = dim.filter(|_| images);
             p
         });
         p.event(e);
     };
-    let result = pipeline::fit(&req, &mut print_notice, &mut observer);
+    let result = pipeline::fit_model(&req, resumed, &mut print_notice, &mut observer);
     if let Some(p) = &progress {
         p.finish();
     }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use diffeo::data::Table;
 use diffeo::event::EventShape;
-use diffeo::families::{default_batch_size, default_eval_every, default_learning_rate, FamilySettings};
-use diffeo::fit::{FitConfig, FitEvent};
+use diffeo::families::{default_fit_config, FamilySettings};
+use diffeo::fit::FitEvent;
 use diffeo::model::Model;
 use diffeo::pipeline::{self, DataSource, FitRequest, Notice};
 use diffeo::train::Schedule;
@@ -133,7 +133,7 @@ impl Flow {
 
     /// A flow around a model read from a file.
     pub(crate) fn of_model(model: Model) -> Self {
-        let family = model.meta.family.split_whitespace().next().unwrap_or("custom").to_string();
+        let family = model.meta.family_name().to_string();
         let (event, context_dim) = (model.flow.event(), model.flow.context_dim());
         Self { settings: FamilySettings::new(&family), event, context_dim, model: Some(model), trained: true }
     }
@@ -222,10 +222,11 @@ impl Flow {
     /// validation score's. A first fit builds the model from the data (standardized inside the
     /// model, as on the command line); later fits continue training it. Defaults as on the
     /// command line: 2000 steps (with `time_budget` alone: until it is spent), batch 256 (image
-    /// families 64), Adam at 1e-3 with a cosine schedule. Ctrl-C stops after the current step,
-    /// keeps the best model so far and raises `KeyboardInterrupt`.
+    /// families 64), Adam at 1e-3 with a cosine schedule. `average_decay` (e.g. 0.999) validates
+    /// and keeps the Polyak average of the weights. Ctrl-C stops after the current step, keeps
+    /// the best model so far and raises `KeyboardInterrupt`.
     #[pyo3(signature = (x, *, context=None, val=None, val_context=None, steps=None, epochs=None, batch=None, lr=None,
-        schedule="cosine", patience=None, eval_every=None, clip_grad=None, time_budget=None, dequantize=false, seed=None, progress=true))]
+        schedule="cosine", patience=None, eval_every=None, clip_grad=None, average_decay=None, time_budget=None, dequantize=false, seed=None, progress=true))]
     #[allow(clippy::too_many_arguments)]
     fn fit(
         &mut self,
@@ -242,6 +243,7 @@ impl Flow {
         patience: Option<usize>,
         eval_every: Option<usize>,
         clip_grad: Option<f64>,
+        average_decay: Option<f64>,
         time_budget: Option<f64>,
         dequantize: bool,
         seed: Option<u64>,
@@ -276,6 +278,9 @@ impl Flow {
         if lr.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
             return Err(PyValueError::new_err("lr must be positive"));
         }
+        if average_decay.is_some_and(|d| !(0.0..1.0).contains(&d)) {
+            return Err(PyValueError::new_err("average_decay must lie in [0, 1)"));
+        }
         if time_budget.is_some_and(|b| !(b.is_finite() && b > 0.0)) {
             return Err(PyValueError::new_err("time_budget must be a positive number of seconds"));
         }
@@ -294,13 +299,11 @@ impl Flow {
             (None, None, Some(_)) => 0,
             _ => 2000,
         };
-        let mut train = FitConfig::new()
-            .with_learning_rate(lr.unwrap_or_else(|| default_learning_rate(&family)))
-            .with_steps(steps)
-            .with_batch_size(batch.unwrap_or_else(|| default_batch_size(&family)))
-            .with_eval_every(eval_every.unwrap_or_else(|| default_eval_every(&family)))
-            .with_seed(seed)
-            .with_schedule(schedule);
+        let mut train = default_fit_config(&family).with_steps(steps).with_seed(seed).with_schedule(schedule);
+        train.learning_rate = lr.unwrap_or(train.learning_rate);
+        train.batch_size = batch.unwrap_or(train.batch_size);
+        train.eval_every = eval_every.unwrap_or(train.eval_every);
+        train.average_decay = average_decay;
         train.epochs = epochs;
         train.patience = patience;
         train.grad_clip_norm = clip_grad;

@@ -487,6 +487,16 @@ pub fn default_eval_every(name: &str) -> usize {
     }
 }
 
+/// The training settings of a fit of family `name` where none are given: its
+/// [`default_learning_rate`], [`default_batch_size`] and [`default_eval_every`], the other
+/// settings [`FitConfig`](crate::fit::FitConfig)'s defaults.
+pub fn default_fit_config(name: &str) -> crate::fit::FitConfig {
+    crate::fit::FitConfig::new()
+        .with_learning_rate(default_learning_rate(name))
+        .with_batch_size(default_batch_size(name))
+        .with_eval_every(default_eval_every(name))
+}
+
 /// The family called `name`.
 pub fn family(name: &str) -> Result<&'static Family> {
     FAMILIES.iter().find(|f| f.name == name).ok_or_else(|| {

@@ -48,6 +48,12 @@ impl ModelMeta {
     pub fn plain(dim: usize, context_dim: usize) -> Self {
         Self { family: "custom".into(), data_source: "unknown".into(), inputs: InputSpec::plain(dim, context_dim) }
     }
+
+    /// The family's name without its settings (`family` reads e.g. `"nsf (8 bins)"`): the key of
+    /// [`crate::families::family`] and of its training defaults.
+    pub fn family_name(&self) -> &str {
+        self.family.split_whitespace().next().unwrap_or("custom")
+    }
 }
 
 /// Training summary stored with a model.

@@ -79,6 +79,7 @@ class Flow:
         patience: Optional[int] = None,
         eval_every: Optional[int] = None,
         clip_grad: Optional[float] = None,
+        average_decay: Optional[float] = None,
         time_budget: Optional[float] = None,
         dequantize: bool = False,
         seed: Optional[int] = None,
