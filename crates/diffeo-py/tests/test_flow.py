@@ -99,6 +99,18 @@ def test_conditional_flow_takes_one_or_per_row_contexts():
         flow.log_prob(points, np.zeros((3, 1)))
 
 
+def test_weight_averaging_is_the_last_weights_at_decay_zero(gaussian):
+    draw, _ = gaussian
+    x, probe = draw(1000), draw(20)
+    plain, averaged = diffeo.Flow.maf(2, transforms=2), diffeo.Flow.maf(2, transforms=2)
+    plain.fit(x, steps=30, val=x[:200], progress=False)
+    averaged.fit(x, steps=30, val=x[:200], average_decay=0.0, progress=False)
+    np.testing.assert_array_equal(plain.log_prob(probe), averaged.log_prob(probe))
+    smoothed = diffeo.Flow.maf(2, transforms=2)
+    smoothed.fit(x, steps=30, val=x[:200], average_decay=0.9, progress=False)
+    assert not np.array_equal(plain.log_prob(probe), smoothed.log_prob(probe))
+
+
 def test_bad_inputs_raise_value_errors(gaussian, tmp_path):
     draw, _ = gaussian
     flow = diffeo.Flow.maf(2)
@@ -122,6 +134,8 @@ def test_bad_inputs_raise_value_errors(gaussian, tmp_path):
         diffeo.Flow.build("nope", 2)
     with pytest.raises(ValueError, match="schedule"):
         flow.fit(draw(100), steps=5, schedule="linear", progress=False)
+    with pytest.raises(ValueError, match="average_decay"):
+        flow.fit(draw(100), steps=5, average_decay=1.0, progress=False)
     with pytest.raises(FileNotFoundError):
         diffeo.Flow.load(tmp_path / "missing.dfo")
     corrupt = tmp_path / "corrupt.dfo"
