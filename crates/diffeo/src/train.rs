@@ -362,10 +362,7 @@ impl WeightAverage {
     /// An inference copy of `model` carrying the averaged weights.
     fn apply(&self, model: &Flow) -> Result<Flow> {
         let mut map = AverageApply { weights: &self.weights, next: 0 };
-        let averaged = model.valid().map(&mut map);
-        crate::bijections::Bijection::settle(&averaged.transform)?;
-        averaged.base.settle()?;
-        Ok(averaged)
+        settled(model.valid().map(&mut map))
     }
 }
 
@@ -559,7 +556,11 @@ pub(crate) fn clip_global_norm(grads: &mut GradientsParams, ids: &[(ParamId, usi
 /// An inference copy of a model: no autodiff, dropout off, state kept with the weights settled
 /// ([`Bijection::settle`](crate::bijections::Bijection::settle)).
 pub(crate) fn inference_copy(model: &Flow) -> Result<Flow> {
-    let copy = model.valid();
+    settled(model.valid())
+}
+
+/// `copy` (an inference copy) with its state settled.
+fn settled(copy: Flow) -> Result<Flow> {
     crate::bijections::Bijection::settle(&copy.transform)?;
     copy.base.settle()?;
     Ok(copy)

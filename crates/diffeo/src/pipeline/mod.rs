@@ -621,38 +621,42 @@ pub fn sample_at_temperature(model: &Model, n: usize, context: Option<&Table>, s
             "this model cannot be sampled: {layer} has no base-to-data direction (such a model can evaluate densities only)"
         )));
     }
+    let ct = sample_context(model, n, context)?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let call = Call::new();
+    let x = model.flow.sample_at_temperature(n, ct.as_ref(), &mut rng, temperature, call.clone())?;
+    Ok((samples_table(model, to_vec(x)?), call.evaluations()))
+}
+
+/// The context rows of a request for `n` samples per row, on the model's device, or why the
+/// request is too large.
+fn sample_context(model: &Model, n: usize, context: Option<&Table>) -> Result<Option<burn::tensor::Tensor<2>>> {
     let rows = context.map_or(1, Table::rows);
     if n.saturating_mul(rows) > MAX_SAMPLES {
         return Err(FlowError::InvalidConfig(format!("{} samples requested; the limit is 50 million per call", n.saturating_mul(rows))));
     }
     let device = model.flow.device();
-    let ct = context.map(|c| matrix(c.values.clone(), c.rows(), c.cols, &device));
-    let mut rng = StdRng::seed_from_u64(seed);
-    let call = Call::new();
-    let x = model.flow.sample_at_temperature(n, ct.as_ref(), &mut rng, temperature, call.clone())?;
-    let mut t = Table::new(to_vec(x)?, model.flow.dim(), "samples");
+    Ok(context.map(|c| matrix(c.values.clone(), c.rows(), c.cols, &device)))
+}
+
+/// Samples as a table: the model's column names, and its image shape for an image model.
+fn samples_table(model: &Model, values: Vec<f64>) -> Table {
+    let mut t = Table::new(values, model.flow.dim(), "samples");
     if let EventShape::Image { .. } = model.flow.event() {
         t.image_shape = Some(model.flow.event());
         t.images = model.meta.inputs.images;
     }
     t.names = model.meta.inputs.column_names.clone();
-    Ok((t, call.evaluations()))
+    t
 }
 
 /// `n` samples of a model per context row (in row order) and their log-densities, in one pass:
 /// `log q(x) = log p_u(u) − log|det J_T(u)|`.
 pub fn sample_and_log_density(model: &Model, n: usize, context: Option<&Table>, seed: u64) -> Result<(Table, Vec<f64>)> {
-    let rows = context.map_or(1, Table::rows);
-    if n.saturating_mul(rows) > MAX_SAMPLES {
-        return Err(FlowError::InvalidConfig(format!("{} samples requested; the limit is 50 million per call", n.saturating_mul(rows))));
-    }
-    let device = model.flow.device();
-    let ct = context.map(|c| matrix(c.values.clone(), c.rows(), c.cols, &device));
+    let ct = sample_context(model, n, context)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let (x, lp) = model.flow.sample_and_log_prob(n, ct.as_ref(), &mut rng)?;
-    let mut t = Table::new(to_vec(x)?, model.flow.dim(), "samples");
-    t.names = model.meta.inputs.column_names.clone();
-    Ok((t, to_vec(lp)?))
+    Ok((samples_table(model, to_vec(x)?), to_vec(lp)?))
 }
 
 /// Log-densities of a model at points `[N, D]` (row-major), with one context row for all or one
