@@ -145,7 +145,10 @@ fn request(a: &FitArgs, defaults: &str) -> FitRequest {
         (None, None, Some(_)) => 0,
         _ => 2000,
     };
-    let mut train = diffeo::families::default_fit_config(defaults).with_steps(steps).with_seed(a.seed).with_schedule(a.schedule.into());
+    let mut train = diffeo::families::default_fit_config(defaults).with_steps(steps).with_seed(a.seed);
+    if let Some(schedule) = a.schedule {
+        train.schedule = schedule.into();
+    }
     if let Some(lr) = a.lr {
         train.learning_rate = lr;
     }
@@ -158,7 +161,7 @@ fn request(a: &FitArgs, defaults: &str) -> FitRequest {
     train.epochs = a.epochs.map(|e| e as usize);
     train.patience = a.patience.map(|p| p as usize);
     train.grad_clip_norm = a.clip_grad;
-    train.average_decay = a.average_decay;
+    train.average_decay = a.average_decay.or(train.average_decay);
     train.time_budget = a.time_budget;
     FitRequest {
         data: a.data.data.as_str().into(),

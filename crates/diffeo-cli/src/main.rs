@@ -238,6 +238,7 @@ pub enum GradientArg {
 pub enum ScheduleArg {
     Constant,
     Cosine,
+    Cooldown,
 }
 
 impl From<ScheduleArg> for diffeo::fit::Schedule {
@@ -245,6 +246,7 @@ impl From<ScheduleArg> for diffeo::fit::Schedule {
         match s {
             ScheduleArg::Constant => diffeo::fit::Schedule::Constant,
             ScheduleArg::Cosine => diffeo::fit::Schedule::Cosine,
+            ScheduleArg::Cooldown => diffeo::fit::Schedule::Cooldown,
         }
     }
 }
@@ -468,21 +470,23 @@ pub struct FitArgs {
     /// Adam learning rate (default 1e-3; bnaf 1e-2).
     #[arg(long, allow_hyphen_values = true, value_parser = positive_f64)]
     pub lr: Option<f64>,
-    /// Learning-rate schedule.
-    #[arg(long, value_enum, default_value = "cosine")]
-    pub schedule: ScheduleArg,
+    /// Learning-rate schedule: cosine (from the rate to 0 over the run, or over the time budget),
+    /// constant, or cooldown (constant for 80 % of the run, then a cosine to 0). Default cosine;
+    /// image families cooldown.
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
     /// Stop after this many validations without improvement (default: never).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub patience: Option<u64>,
-    /// Validate every this many steps (default 100; image families 500: a validation of 6,000
-    /// images costs about 25 training steps).
+    /// Validate every this many steps (default 100; image families 1000: a validation of 6,000
+    /// images costs about 30 training steps).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub eval_every: Option<u64>,
     /// Clip the global gradient norm.
     #[arg(long, allow_hyphen_values = true, value_parser = positive_f64)]
     pub clip_grad: Option<f64>,
     /// Validate and keep the Polyak average of the weights, w̄ ← d·w̄ + (1 − d)·w after every
-    /// step, with this decay d (e.g. 0.999).
+    /// step, with this decay d (e.g. 0.999; image families 0.999 by default, 0 turns it off).
     #[arg(long, value_name = "D", allow_hyphen_values = true, value_parser = unit_interval)]
     pub average_decay: Option<f64>,
     /// Seed for weights, data order, hold-out split and dequantization.

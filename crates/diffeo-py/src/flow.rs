@@ -9,7 +9,6 @@ use diffeo::families::{default_fit_config, FamilySettings};
 use diffeo::fit::FitEvent;
 use diffeo::model::Model;
 use diffeo::pipeline::{self, DataSource, FitRequest, Notice};
-use diffeo::train::Schedule;
 use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyUserWarning, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -222,11 +221,13 @@ impl Flow {
     /// validation score's. A first fit builds the model from the data (standardized inside the
     /// model, as on the command line); later fits continue training it. Defaults as on the
     /// command line: 2000 steps (with `time_budget` alone: until it is spent), batch 256 (image
-    /// families 64), Adam at 1e-3 with a cosine schedule. `average_decay` (e.g. 0.999) validates
-    /// and keeps the Polyak average of the weights. Ctrl-C stops after the current step, keeps
+    /// families 64), Adam at 1e-3 with a cosine schedule (`schedule="cosine"`, `"constant"` or
+    /// `"cooldown"`: the full rate for 80 % of the run, then a cosine to 0). `average_decay`
+    /// (e.g. 0.999) validates and keeps the Polyak average of the weights. Image families default
+    /// to the cooldown, averaging at 0.999 and validation every 1,000 steps. Ctrl-C stops after the current step, keeps
     /// the best model so far and raises `KeyboardInterrupt`.
     #[pyo3(signature = (x, *, context=None, val=None, val_context=None, steps=None, epochs=None, batch=None, lr=None,
-        schedule="cosine", patience=None, eval_every=None, clip_grad=None, average_decay=None, time_budget=None, dequantize=false, seed=None, progress=true))]
+        schedule=None, patience=None, eval_every=None, clip_grad=None, average_decay=None, time_budget=None, dequantize=false, seed=None, progress=true))]
     #[allow(clippy::too_many_arguments)]
     fn fit(
         &mut self,
@@ -239,7 +240,7 @@ impl Flow {
         epochs: Option<usize>,
         batch: Option<usize>,
         lr: Option<f64>,
-        schedule: &str,
+        schedule: Option<&str>,
         patience: Option<usize>,
         eval_every: Option<usize>,
         clip_grad: Option<f64>,
@@ -270,11 +271,7 @@ impl Flow {
             (_, Some(vc)) if !vc.is_none() => return Err(PyValueError::new_err("val_context= goes with val=")),
             _ => None,
         };
-        let schedule = match schedule {
-            "cosine" => Schedule::Cosine,
-            "constant" => Schedule::Constant,
-            other => return Err(PyValueError::new_err(format!("schedule={other:?}: expected \"cosine\" or \"constant\""))),
-        };
+        let schedule = schedule.map(crate::vi::schedule_of).transpose()?;
         if lr.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
             return Err(PyValueError::new_err("lr must be positive"));
         }
@@ -299,11 +296,12 @@ impl Flow {
             (None, None, Some(_)) => 0,
             _ => 2000,
         };
-        let mut train = default_fit_config(&family).with_steps(steps).with_seed(seed).with_schedule(schedule);
+        let mut train = default_fit_config(&family).with_steps(steps).with_seed(seed);
+        train.schedule = schedule.unwrap_or(train.schedule);
         train.learning_rate = lr.unwrap_or(train.learning_rate);
         train.batch_size = batch.unwrap_or(train.batch_size);
         train.eval_every = eval_every.unwrap_or(train.eval_every);
-        train.average_decay = average_decay;
+        train.average_decay = average_decay.or(train.average_decay);
         train.epochs = epochs;
         train.patience = patience;
         train.grad_clip_norm = clip_grad;

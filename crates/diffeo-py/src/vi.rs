@@ -40,12 +40,8 @@ fn host_density(py: Python<'_>, out: &Bound<'_, PyAny>, n: usize, d: usize) -> P
     Ok((v.values, g))
 }
 
-fn schedule_of(name: &str) -> PyResult<Schedule> {
-    match name {
-        "cosine" => Ok(Schedule::Cosine),
-        "constant" => Ok(Schedule::Constant),
-        other => Err(PyValueError::new_err(format!("schedule={other:?}: expected \"cosine\" or \"constant\""))),
-    }
+pub(crate) fn schedule_of(name: &str) -> PyResult<Schedule> {
+    name.parse().map_err(|_: diffeo::FlowError| PyValueError::new_err(format!("schedule={name:?}: expected \"cosine\", \"constant\" or \"cooldown\"")))
 }
 
 /// The diagnostics of a fit as a dict.

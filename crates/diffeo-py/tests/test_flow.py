@@ -77,6 +77,13 @@ def test_sampling_shapes_seeds_and_consistency(gaussian):
     assert x.shape == (300, 2) and lp.shape == (300,)
     np.testing.assert_allclose(flow.log_prob(x), lp, atol=2e-3, rtol=1e-4)
 
+    # A density-only model (BNAF has no base-to-data direction) refuses both with the same line.
+    bnaf = diffeo.Flow.build("bnaf", 2)
+    bnaf.fit(draw(500), steps=3, progress=False)
+    for call in (lambda: bnaf.sample(5), lambda: bnaf.sample_and_log_prob(5)):
+        with pytest.raises(ValueError, match="evaluate densities only"):
+            call()
+
 
 def test_conditional_flow_takes_one_or_per_row_contexts():
     rng = np.random.default_rng(2)

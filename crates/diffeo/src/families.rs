@@ -476,25 +476,34 @@ pub fn default_batch_size(name: &str) -> usize {
     }
 }
 
-/// The validation interval (steps) of a fit of family `name` when none is given: 100, and 500 for
-/// the image families, whose validation (6,000 MNIST images by default) costs as much as ~25
+/// The validation interval (steps) of a fit of family `name` when none is given: 100, and 1,000
+/// for the image families, whose validation (6,000 MNIST images by default) costs as much as ~30
 /// training steps.
 pub fn default_eval_every(name: &str) -> usize {
     if IMAGE_FAMILIES.contains(&name) {
-        500
+        1000
     } else {
         100
     }
 }
 
 /// The training settings of a fit of family `name` where none are given: its
-/// [`default_learning_rate`], [`default_batch_size`] and [`default_eval_every`], the other
-/// settings [`FitConfig`](crate::fit::FitConfig)'s defaults.
+/// [`default_learning_rate`], [`default_batch_size`] and [`default_eval_every`], a cosine
+/// schedule, the other settings [`FitConfig`](crate::fit::FitConfig)'s defaults. The image
+/// families instead keep the full rate for 80 % of the run with a cosine cooldown at the end
+/// ([`Schedule::Cooldown`](crate::fit::Schedule::Cooldown)) and validate and return the Polyak
+/// average of the weights (decay 0.999): on Fashion-MNIST at 30 minutes 3.453 bits/dim against
+/// the cosine's 3.495 (docs/images.md).
 pub fn default_fit_config(name: &str) -> crate::fit::FitConfig {
-    crate::fit::FitConfig::new()
+    let config = crate::fit::FitConfig::new()
         .with_learning_rate(default_learning_rate(name))
         .with_batch_size(default_batch_size(name))
-        .with_eval_every(default_eval_every(name))
+        .with_eval_every(default_eval_every(name));
+    if IMAGE_FAMILIES.contains(&name) {
+        config.with_schedule(crate::fit::Schedule::Cooldown).with_average_decay(Some(0.999))
+    } else {
+        config.with_schedule(crate::fit::Schedule::Cosine)
+    }
 }
 
 /// The family called `name`.

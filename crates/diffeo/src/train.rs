@@ -34,6 +34,27 @@ pub enum Schedule {
     Constant,
     /// `lr · ½(1 + cos(π t / T))`, from the base rate to 0 (as in the NSF paper).
     Cosine,
+    /// The base rate for the first 80 % of the run, then a cosine from it to 0 over the last 20 %
+    /// (warmup-free "warmup–stable–decay": the annealing of [`Schedule::Cosine`] at the end, the
+    /// full rate for longer).
+    Cooldown,
+}
+
+/// The fraction of a [`Schedule::Cooldown`] run spent decaying.
+pub const COOLDOWN_FRACTION: f64 = 0.2;
+
+impl std::str::FromStr for Schedule {
+    type Err = FlowError;
+
+    /// `constant`, `cosine` or `cooldown` (front ends' spelling).
+    fn from_str(name: &str) -> Result<Schedule> {
+        match name {
+            "constant" => Ok(Schedule::Constant),
+            "cosine" => Ok(Schedule::Cosine),
+            "cooldown" => Ok(Schedule::Cooldown),
+            other => Err(FlowError::InvalidConfig(format!("unknown schedule {other:?} (expected constant, cosine or cooldown)"))),
+        }
+    }
 }
 
 impl Schedule {
@@ -42,6 +63,10 @@ impl Schedule {
         match self {
             Schedule::Constant => base,
             Schedule::Cosine => base * 0.5 * (1.0 + (std::f64::consts::PI * t.clamp(0.0, 1.0)).cos()),
+            Schedule::Cooldown => {
+                let into = ((t - (1.0 - COOLDOWN_FRACTION)) / COOLDOWN_FRACTION).clamp(0.0, 1.0);
+                base * 0.5 * (1.0 + (std::f64::consts::PI * into).cos())
+            }
         }
     }
 }
@@ -98,8 +123,9 @@ pub struct TrainConfig {
     /// Gradient shards per step: the batch is split into this many parts whose gradients are
     /// computed in parallel and summed (the gradient of the whole batch, up to rounding). `0`
     /// (the default): one shard per thread of the CPU's pool, for batches of at least 256 rows,
-    /// objectives that allow it and flows without batch norm or dropout (whose batch statistics
-    /// or random draws would change); other devices and `1`: one pass over the whole batch.
+    /// objectives that allow it and flows without batch norm, ActNorm or dropout (whose batch
+    /// statistics or random draws would change); other devices and `1`: one pass over the whole
+    /// batch. Such flows take one pass whatever is asked.
     #[config(default = 0)]
     pub shards: usize,
     /// Polyak averaging of the weights: `w̄` starts at the weights after the first step, then
@@ -403,14 +429,14 @@ impl ModuleMapper for AverageApply<'_> {
 
 /// Shards per step for [`TrainConfig::shards`] (`requested`, 0 = automatic).
 fn shard_count(requested: usize, flow: &Flow, batch: usize, shardable: bool) -> usize {
-    if !shardable {
+    if !shardable || flow.config().batch_dependent() {
         return 1;
     }
     if requested > 0 {
         return requested.min(batch).max(1);
     }
     let threads = rayon::current_num_threads();
-    if threads < 2 || batch < 256 || !crate::on_cpu(&flow.device()) || flow.config().batch_dependent() {
+    if threads < 2 || batch < 256 || !crate::on_cpu(&flow.device()) {
         return 1;
     }
     threads.min(batch / 128)
@@ -501,33 +527,39 @@ fn add_gradients(acc: &mut GradientsParams, mut other: GradientsParams, ids: &[(
             1 => add::<1>(acc, &mut other, id),
             2 => add::<2>(acc, &mut other, id),
             3 => add::<3>(acc, &mut other, id),
+            4 => add::<4>(acc, &mut other, id),
+            5 => add::<5>(acc, &mut other, id),
             _ => {}
         }
     }
 }
 
-/// Scales the gradients so that their global norm is at most `max_norm`.
+/// Scales the gradients so that their global norm `‖g‖ = √(Σ_p Σ g_p²)`, over the parameters of
+/// every rank (vectors, matrices, convolution kernels), is at most `max_norm`.
 pub(crate) fn clip_global_norm(grads: &mut GradientsParams, ids: &[(ParamId, usize)], max_norm: f64) -> Result<()> {
+    fn squares<const D: usize>(grads: &GradientsParams, id: ParamId) -> Option<Tensor<1>> {
+        grads.get::<D>(id).map(|g| g.square().sum())
+    }
+    fn scale<const D: usize>(grads: &mut GradientsParams, id: ParamId, f: f64) {
+        if let Some(g) = grads.remove::<D>(id) {
+            grads.register(id, g.mul_scalar(f));
+        }
+    }
     let mut total: Option<Tensor<1>> = None;
-    let mut add = |t: Tensor<1>| {
-        total = Some(match total.take() {
-            Some(a) => a.add(t),
-            None => t,
-        })
-    };
     for &(id, rank) in ids {
-        match rank {
-            1 => {
-                if let Some(g) = grads.get::<1>(id) {
-                    add(g.square().sum());
-                }
-            }
-            2 => {
-                if let Some(g) = grads.get::<2>(id) {
-                    add(g.square().sum());
-                }
-            }
-            _ => {}
+        let part = match rank {
+            1 => squares::<1>(grads, id),
+            2 => squares::<2>(grads, id),
+            3 => squares::<3>(grads, id),
+            4 => squares::<4>(grads, id),
+            5 => squares::<5>(grads, id),
+            _ => None,
+        };
+        if let Some(part) = part {
+            total = Some(match total.take() {
+                Some(a) => a.add(part),
+                None => part,
+            });
         }
     }
     let Some(total) = total else { return Ok(()) };
@@ -536,16 +568,11 @@ pub(crate) fn clip_global_norm(grads: &mut GradientsParams, ids: &[(ParamId, usi
         let f = max_norm / norm;
         for &(id, rank) in ids {
             match rank {
-                1 => {
-                    if let Some(g) = grads.remove::<1>(id) {
-                        grads.register(id, g.mul_scalar(f));
-                    }
-                }
-                2 => {
-                    if let Some(g) = grads.remove::<2>(id) {
-                        grads.register(id, g.mul_scalar(f));
-                    }
-                }
+                1 => scale::<1>(grads, id, f),
+                2 => scale::<2>(grads, id, f),
+                3 => scale::<3>(grads, id, f),
+                4 => scale::<4>(grads, id, f),
+                5 => scale::<5>(grads, id, f),
                 _ => {}
             }
         }

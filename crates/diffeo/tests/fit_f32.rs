@@ -403,6 +403,24 @@ fn a_time_budget_stops_training() {
     assert!(calls >= 1 && calls == report.history.len());
 }
 
+/// The schedules' rates: constant, cosine from the rate to 0, and the cooldown (the full rate for
+/// 80 % of the run, then half the rate at 90 % and 0 at the end); their names parse.
+#[test]
+fn learning_rate_schedules_follow_their_formulas() {
+    for t in [0.0, 0.3, 0.8, 1.0] {
+        assert_eq!(Schedule::Constant.rate(2.0, t), 2.0);
+    }
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    assert!(close(Schedule::Cosine.rate(2.0, 0.0), 2.0) && close(Schedule::Cosine.rate(2.0, 0.5), 1.0) && close(Schedule::Cosine.rate(2.0, 1.0), 0.0));
+    for (t, r) in [(0.0, 2.0), (0.5, 2.0), (0.8, 2.0), (0.9, 1.0), (1.0, 0.0), (1.5, 0.0)] {
+        assert!(close(Schedule::Cooldown.rate(2.0, t), r), "cooldown at {t}: {}", Schedule::Cooldown.rate(2.0, t));
+    }
+    for (name, s) in [("constant", Schedule::Constant), ("cosine", Schedule::Cosine), ("cooldown", Schedule::Cooldown)] {
+        assert_eq!(name.parse::<Schedule>().unwrap(), s);
+    }
+    assert!("linear".parse::<Schedule>().is_err());
+}
+
 mod cnf {
     use super::*;
     use diffeo::bijections::{CnfConfig, LayerConfig};

@@ -614,13 +614,6 @@ pub fn sample_counted(model: &Model, n: usize, context: Option<&Table>, seed: u6
 
 /// [`sample_counted`] with base draws at temperature `t` (`u ~ N(0, t²I)`; Gaussian base only).
 pub fn sample_at_temperature(model: &Model, n: usize, context: Option<&Table>, seed: u64, temperature: f64) -> Result<(Table, usize)> {
-    if model.flow.directions().forward == Cost::Unavailable {
-        let layer = model.flow.transform.layers.iter().find(|l| l.directions().forward == Cost::Unavailable).map(|l| l.name());
-        let layer = layer.unwrap_or_else(|| "a layer".into());
-        return Err(FlowError::InvalidConfig(format!(
-            "this model cannot be sampled: {layer} has no base-to-data direction (such a model can evaluate densities only)"
-        )));
-    }
     let ct = sample_context(model, n, context)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let call = Call::new();
@@ -629,8 +622,15 @@ pub fn sample_at_temperature(model: &Model, n: usize, context: Option<&Table>, s
 }
 
 /// The context rows of a request for `n` samples per row, on the model's device, or why the
-/// request is too large.
+/// request cannot be met: a model without a base-to-data direction, or too many samples.
 fn sample_context(model: &Model, n: usize, context: Option<&Table>) -> Result<Option<burn::tensor::Tensor<2>>> {
+    if model.flow.directions().forward == Cost::Unavailable {
+        let layer = model.flow.transform.layers.iter().find(|l| l.directions().forward == Cost::Unavailable).map(|l| l.name());
+        let layer = layer.unwrap_or_else(|| "a layer".into());
+        return Err(FlowError::InvalidConfig(format!(
+            "this model cannot be sampled: {layer} has no base-to-data direction (such a model can evaluate densities only)"
+        )));
+    }
     let rows = context.map_or(1, Table::rows);
     if n.saturating_mul(rows) > MAX_SAMPLES {
         return Err(FlowError::InvalidConfig(format!("{} samples requested; the limit is 50 million per call", n.saturating_mul(rows))));
