@@ -271,7 +271,7 @@ impl Flow {
             (_, Some(vc)) if !vc.is_none() => return Err(PyValueError::new_err("val_context= goes with val=")),
             _ => None,
         };
-        let schedule = schedule.map(crate::vi::schedule_of).transpose()?;
+        let schedule = schedule.map(crate::schedule_of).transpose()?;
         if lr.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
             return Err(PyValueError::new_err("lr must be positive"));
         }

@@ -54,6 +54,11 @@ pub(crate) fn fresh_seed() -> u64 {
     std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
+/// A learning-rate schedule by its Python name (`schedule=` of `Flow.fit` and `vi`).
+pub(crate) fn schedule_of(name: &str) -> PyResult<diffeo::train::Schedule> {
+    name.parse().map_err(|_: FlowError| PyValueError::new_err(format!("schedule={name:?}: expected \"cosine\", \"constant\" or \"cooldown\"")))
+}
+
 /// The flow families as `(name, description)` pairs.
 #[pyfunction]
 fn families() -> Vec<(String, String)> {

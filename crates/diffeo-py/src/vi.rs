@@ -5,7 +5,6 @@ use std::sync::Mutex;
 
 use diffeo::families::FamilySettings;
 use diffeo::pipeline::{self, ViOutcome, ViRequest};
-use diffeo::train::Schedule;
 use diffeo::vi::{HostDensity, HostTarget, ReverseKlConfig, ReverseKlProgress, StandardTarget};
 use diffeo::FlowError;
 use numpy::{PyArray1, PyArrayMethods};
@@ -38,10 +37,6 @@ fn host_density(py: Python<'_>, out: &Bound<'_, PyAny>, n: usize, d: usize) -> P
         None => None,
     };
     Ok((v.values, g))
-}
-
-pub(crate) fn schedule_of(name: &str) -> PyResult<Schedule> {
-    name.parse().map_err(|_: diffeo::FlowError| PyValueError::new_err(format!("schedule={name:?}: expected \"cosine\", \"constant\" or \"cooldown\"")))
 }
 
 /// The diagnostics of a fit as a dict.
@@ -102,7 +97,7 @@ pub(crate) fn vi<'py>(
         .with_steps(steps)
         .with_batch_size(samples)
         .with_learning_rate(lr)
-        .with_schedule(schedule_of(schedule)?)
+        .with_schedule(crate::schedule_of(schedule)?)
         .with_sticking_the_landing(stl)
         .with_annealing_steps(anneal.unwrap_or(0))
         .with_grad_clip_norm(clip_grad)

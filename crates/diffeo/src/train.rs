@@ -511,6 +511,22 @@ fn add_metrics(sums: &mut Vec<(&'static str, f64)>, metrics: Vec<(&'static str, 
     }
 }
 
+/// `f::<D>(args…)` for a parameter of rank `D` (as [`ParamIds`] records it), else `otherwise`:
+/// the one dispatch from a recorded rank to burn's typed gradient access, so that every
+/// per-parameter pass (summing shards, clipping) reaches the same parameters.
+macro_rules! by_rank {
+    ($rank:expr, $f:ident($($arg:expr),*), $otherwise:expr) => {
+        match $rank {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            _ => $otherwise,
+        }
+    };
+}
+
 /// `acc += other`, parameter by parameter.
 fn add_gradients(acc: &mut GradientsParams, mut other: GradientsParams, ids: &[(ParamId, usize)]) {
     fn add<const D: usize>(acc: &mut GradientsParams, other: &mut GradientsParams, id: ParamId) {
@@ -523,14 +539,7 @@ fn add_gradients(acc: &mut GradientsParams, mut other: GradientsParams, ids: &[(
         }
     }
     for &(id, rank) in ids {
-        match rank {
-            1 => add::<1>(acc, &mut other, id),
-            2 => add::<2>(acc, &mut other, id),
-            3 => add::<3>(acc, &mut other, id),
-            4 => add::<4>(acc, &mut other, id),
-            5 => add::<5>(acc, &mut other, id),
-            _ => {}
-        }
+        by_rank!(rank, add(acc, &mut other, id), ());
     }
 }
 
@@ -547,15 +556,7 @@ pub(crate) fn clip_global_norm(grads: &mut GradientsParams, ids: &[(ParamId, usi
     }
     let mut total: Option<Tensor<1>> = None;
     for &(id, rank) in ids {
-        let part = match rank {
-            1 => squares::<1>(grads, id),
-            2 => squares::<2>(grads, id),
-            3 => squares::<3>(grads, id),
-            4 => squares::<4>(grads, id),
-            5 => squares::<5>(grads, id),
-            _ => None,
-        };
-        if let Some(part) = part {
+        if let Some(part) = by_rank!(rank, squares(grads, id), None) {
             total = Some(match total.take() {
                 Some(a) => a.add(part),
                 None => part,
@@ -567,14 +568,7 @@ pub(crate) fn clip_global_norm(grads: &mut GradientsParams, ids: &[(ParamId, usi
     if norm > max_norm && norm.is_finite() {
         let f = max_norm / norm;
         for &(id, rank) in ids {
-            match rank {
-                1 => scale::<1>(grads, id, f),
-                2 => scale::<2>(grads, id, f),
-                3 => scale::<3>(grads, id, f),
-                4 => scale::<4>(grads, id, f),
-                5 => scale::<5>(grads, id, f),
-                _ => {}
-            }
+            by_rank!(rank, scale(grads, id, f), ());
         }
     }
     Ok(())
