@@ -868,10 +868,12 @@ fn image_flows_fit_sample_plot_and_refuse_bad_input() {
     }
     // A resumed image model keeps its family's defaults (not --flow's): validation in bits/dim.
     let resumed = p(d, "resumed.dfo");
-    let out = diffeo(&["fit", "--data", &images, "--resume", &p(d, "glow.dfo"), "--steps", "4", "--out", &resumed]);
+    // `--average-decay 0` turns the family's averaging off (1 is no decay).
+    let out = diffeo(&["fit", "--data", &images, "--resume", &p(d, "glow.dfo"), "--steps", "4", "--average-decay", "0", "--out", &resumed]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("val bits/dim"), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("bits/dim"), "{}", text(&out.stdout));
+    bad(&["fit", "--data", &images, "--resume", &p(d, "glow.dfo"), "--average-decay", "1", "--out", &p(d, "no.dfo")], "[0, 1)");
     // Learned dequantization noise, plain 1×1 convolutions: the bound with 16 draws per image.
     let vd = p(d, "vd.dfo");
     let mut args = vec!["fit", "--data", &images, "--flow", "glow", "--variational-dequantization", "--plain-conv1x1", "--out", &vd];

@@ -223,7 +223,7 @@ impl Flow {
     /// command line: 2000 steps (with `time_budget` alone: until it is spent), batch 256 (image
     /// families 64), Adam at 1e-3 with a cosine schedule (`schedule="cosine"`, `"constant"` or
     /// `"cooldown"`: the full rate for 80 % of the run, then a cosine to 0). `average_decay`
-    /// (e.g. 0.999) validates and keeps the Polyak average of the weights. Image families default
+    /// (e.g. 0.999) validates and keeps the Polyak average of the weights (0: off). Image families default
     /// to the cooldown, averaging at 0.999 and validation every 1,000 steps. Ctrl-C stops after the current step, keeps
     /// the best model so far and raises `KeyboardInterrupt`.
     #[pyo3(signature = (x, *, context=None, val=None, val_context=None, steps=None, epochs=None, batch=None, lr=None,

@@ -131,8 +131,8 @@ pub struct TrainConfig {
     /// Polyak averaging of the weights: `w̄` starts at the weights after the first step, then
     /// after step `t + 1` becomes `d·w̄ + (1 − d)·w` with `d = min(decay, (1 + t)/(10 + t))`
     /// (early averages do not cling to the first steps); validation, the best model and the
-    /// returned model use `w̄` (as Glow's code evaluates with its Polyak average). `None`: the
-    /// last weights.
+    /// returned model use `w̄` (as Glow's code evaluates with its Polyak average). `None` or
+    /// `Some(0.0)` (`w̄ = w`): the last weights.
     #[config(default = "None")]
     pub average_decay: Option<f64>,
 }
@@ -644,7 +644,7 @@ pub fn train(
     let mut steps_done = 0;
     let mut paused = 0.0;
     let mut shards = None;
-    let mut average = config.average_decay.map(|decay| WeightAverage { decay, updates: 0, weights: Vec::new() });
+    let mut average = config.average_decay.filter(|d| *d > 0.0).map(|decay| WeightAverage { decay, updates: 0, weights: Vec::new() });
 
     let mut step = 0;
     while total.is_none_or(|t| step < t) {

@@ -292,9 +292,10 @@ fn forward<T: Real>(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, relu: bool) 
     let (p, depth, taps) = (s.pixels(), s.depth(), s.k * s.k);
     let output_side = unfolds_output(s);
     let w_out = if output_side { rearranged(&wv, s, true) } else { Vec::new() };
-    let mut y = vec![T::ZERO; s.n * s.c_out * p];
+    let mut y = Vec::with_capacity(s.n * s.c_out * p);
     let per = chunk(s.n);
-    y.par_chunks_mut(per * s.c_out * p).zip(xv.par_chunks(per * s.c_in * p)).for_each(|(y, x)| {
+    y.spare_capacity_mut()[..s.n * s.c_out * p].par_chunks_mut(per * s.c_out * p).zip(xv.par_chunks(per * s.c_in * p)).for_each(|(y, x)| {
+        let y = zeroed(y);
         let mut buffer = if s.k == 1 { Vec::new() } else { vec![T::ZERO; depth.max(s.c_out * taps) * p] };
         for (y, x) in y.chunks_mut(s.c_out * p).zip(x.chunks(s.c_in * p)) {
             if s.k == 1 {
@@ -327,7 +328,20 @@ fn forward<T: Real>(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, relu: bool) 
             }
         }
     });
+    // SAFETY: the tasks above initialized all `n·C_out·H·W` elements (`zeroed`): `y` and `x`
+    // split into the same `⌈n/per⌉` chunks, so every chunk of `y` had a task.
+    unsafe { y.set_len(s.n * s.c_out * p) };
     tensor(y, vec![s.n, s.c_out, s.h, s.w])
+}
+
+/// A chunk of a new buffer, zeroed by the task that fills it (not by the thread that allocated
+/// the whole buffer).
+fn zeroed<T: Real>(chunk: &mut [std::mem::MaybeUninit<T>]) -> &mut [T] {
+    for v in chunk.iter_mut() {
+        v.write(T::ZERO);
+    }
+    // SAFETY: every element was initialized just above, and `MaybeUninit<T>` has `T`'s layout.
+    unsafe { &mut *(chunk as *mut [std::mem::MaybeUninit<T>] as *mut [T]) }
 }
 
 fn backward<T: Real>(
@@ -342,22 +356,32 @@ fn backward<T: Real>(
     let (xv, wv, yv, gv) = (values::<T>(x), values::<T>(w), values::<T>(y), values::<T>(g));
     let (p, depth, taps) = (s.pixels(), s.depth(), s.k * s.k);
     let output_side = unfolds_output(s);
-    // g' = g ⊙ act′(y)
-    let gp: std::borrow::Cow<'_, [T]> =
-        if relu { gv.iter().zip(yv.iter()).map(|(&g, &y)| if y > T::ZERO { g } else { T::ZERO }).collect::<Vec<T>>().into() } else { gv };
     let w_in = if output_side && want_x { rearranged(&wv, s, false) } else { Vec::new() };
     let per = chunk(s.n);
     let image_in = s.c_in * p;
-    let mut gx = if want_x { vec![T::ZERO; s.n * image_in] } else { Vec::new() };
-    let gx_parts: Vec<Option<&mut [T]>> =
-        if want_x { gx.chunks_mut(per * image_in).map(Some).collect() } else { (0..s.n.div_ceil(per)).map(|_| None).collect() };
-    // Per task: its images' ∂x, and its sums of ∂W (output side: in the [C_out·k², C_in] layout)
-    // and ∂b.
-    let sums: Vec<(Vec<T>, Vec<T>)> = gp
+    let gx_len = if want_x { s.n * image_in } else { 0 };
+    let mut gx = Vec::with_capacity(gx_len);
+    let gx_parts: Vec<Option<&mut [std::mem::MaybeUninit<T>]>> = if want_x {
+        gx.spare_capacity_mut()[..gx_len].chunks_mut(per * image_in).map(Some).collect()
+    } else {
+        (0..s.n.div_ceil(per)).map(|_| None).collect()
+    };
+    // Per task: g' = g ⊙ act′(y) for its images, their ∂x, and its sums of ∂W (output side: in
+    // the [C_out·k², C_in] layout) and ∂b.
+    let sums: Vec<(Vec<T>, Vec<T>)> = gv
         .par_chunks(per * s.c_out * p)
+        .zip(yv.par_chunks(per * s.c_out * p))
         .zip(xv.par_chunks(per * image_in))
         .zip(gx_parts.into_par_iter())
-        .map(|((g, x), mut gx)| {
+        .map(|(((g, y), x), gx)| {
+            let masked: Vec<T>;
+            let g = if relu {
+                masked = g.iter().zip(y).map(|(&g, &y)| if y > T::ZERO { g } else { T::ZERO }).collect();
+                &masked[..]
+            } else {
+                g
+            };
+            let mut gx = gx.map(zeroed);
             let mut gw = vec![T::ZERO; s.c_out * depth];
             let mut gb = vec![T::ZERO; s.c_out];
             let rows = if output_side { s.c_out * taps } else { depth };
@@ -411,6 +435,9 @@ fn backward<T: Real>(
         }
         gw = back;
     }
+    // SAFETY: with `want_x` the tasks initialized all `n·C_in·H·W` elements (`zeroed`; `g`, `y`,
+    // `x` and `∂x` split into the same `⌈n/per⌉` chunks); else the length is 0.
+    unsafe { gx.set_len(gx_len) };
     let gx = want_x.then(|| tensor(gx, vec![s.n, s.c_in, s.h, s.w]));
     (gx, tensor(gw, vec![s.c_out, s.c_in, s.k, s.k]), tensor(gb, vec![s.c_out]))
 }
