@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Glow beside normflows' Glow on MNIST-sized images, one interleaved run: training steps/s at the same
-# architecture (L levels × K steps, hidden channels, batch), Adam at a constant rate on both sides,
+# architecture (L levels × K steps, hidden channels, batch), Adam at a constant rate and no weight
+# averaging on both sides,
 # then log_prob images/s on the test images and sampling images/s. Writes one JSON line per run to
 # bench/results/images-speed-TIME.jsonl and prints the rows (bench/images/summary.py).
 # diffeo's training rate is over `diffeo fit` with a 64-image validation set (its final validation
@@ -42,7 +43,7 @@ PY
 sizes=(--levels "$levels" --steps-per-level "$k" --hidden-channels "$hidden")
 for r in $(seq "$repeats"); do
   "$bin" fit --data "$train" --val "$out/val.npy" --flow glow "${sizes[@]}" --dequantize --steps "$steps" --batch "$batch" \
-    --schedule constant --eval-every "$steps" --out "$out/m.dfo" > "$out/fit.log" 2>&1
+    --schedule constant --average-decay 0 --eval-every "$steps" --out "$out/m.dfo" > "$out/fit.log" 2>&1
   t=$(tr '\r' '\n' < "$out/fit.log" | grep -o '([0-9]* steps, [0-9.]* s)' | tail -1 | sed 's/.*steps, \([0-9.]*\) s)/\1/')
   s=$(date +%s.%N); ev=$("$bin" eval --model "$out/m.dfo" --data "$out/test.npy" --bits-per-dim --json); e=$(echo "$(date +%s.%N) - $s" | bc)
   s=$(date +%s.%N); "$bin" sample --model "$out/m.dfo" -n 2000 --out "$out/s.npy"; sm=$(echo "$(date +%s.%N) - $s" | bc)
