@@ -40,6 +40,11 @@ pub enum Transformer {
     Affine,
     /// `y = x + μ` (NICE). Parameters per dimension: (μ). Volume preserving.
     Additive,
+    /// FlowJAX's affine parameterization: data → base `x = σ·y + μ` with
+    /// `σ = softplus(a + c) + 0.01`, `c = softplus⁻¹(0.99)` (so `a = 0` is exactly scale 1),
+    /// base → data `y = (x − μ)/σ`. The density direction's scale grows linearly in `a` and
+    /// never falls below 0.01. Parameters per dimension: (μ, a). log|dy/dx| = −log σ.
+    SoftplusAffine,
     /// Glow's affine coupling scale (Kingma & Dhariwal 2018), a sigmoid: data → base
     /// `x = (y − μ)·s` with `s = σ(a + 2)/σ(2) ∈ (0, 1.135)` — the density direction can shrink
     /// freely but stretch by at most 13.5% per layer, which keeps deep image flows stable
@@ -119,6 +124,18 @@ impl SplineTails {
     }
 }
 
+/// The floor of [`Transformer::SoftplusAffine`]'s scale (FlowJAX's `min_scale`).
+const SOFTPLUS_MIN_SCALE: f64 = 0.01;
+
+/// `σ = softplus(a + c) + 0.01` of [`Transformer::SoftplusAffine`], `c = ln(e^0.99 − 1)` so that
+/// `σ(0) = 1`; returns `(σ, log σ)`.
+fn softplus_scale(a: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    let offset = ((1.0 - SOFTPLUS_MIN_SCALE).exp() - 1.0).ln();
+    let sigma = burn::tensor::activation::softplus(a.add_scalar(offset), 1.0).add_scalar(SOFTPLUS_MIN_SCALE);
+    let log_sigma = sigma.clone().log();
+    (sigma, log_sigma)
+}
+
 /// `log s` of [`Transformer::SigmoidScale`]: `log σ(a + 2) − log σ(2)`, with
 /// `log σ(z) = −softplus(−z)` computed stably.
 fn sigmoid_log_scale(a: Tensor<2>) -> Tensor<2> {
@@ -134,7 +151,7 @@ impl Transformer {
     /// Number of parameters per dimension.
     pub fn params_per_dim(&self) -> usize {
         match self {
-            Transformer::Affine | Transformer::SigmoidScale => 2,
+            Transformer::Affine | Transformer::SoftplusAffine | Transformer::SigmoidScale => 2,
             Transformer::Additive => 1,
             Transformer::RationalQuadratic { bins, tails, .. } => spline::params_per_dim(*bins) + tails.params_per_dim(),
             Transformer::Sigmoidal { components, .. } => 3 * components,
@@ -214,6 +231,7 @@ impl Transformer {
         match self {
             Transformer::Affine => "affine",
             Transformer::Additive => "additive",
+            Transformer::SoftplusAffine => "softplus-affine",
             Transformer::SigmoidScale => "sigmoid-scale",
             Transformer::RationalQuadratic { .. } => "spline",
             Transformer::Sigmoidal { .. } => "sigmoidal",
@@ -255,6 +273,11 @@ impl Transformer {
                 let ld = x.zeros_like();
                 (x.add(shift), ld)
             }
+            Transformer::SoftplusAffine => {
+                let shift = block(params, 0, d);
+                let (sigma, log_sigma) = softplus_scale(block(params, 1, d));
+                (x.sub(shift).div(sigma), log_sigma.neg())
+            }
             Transformer::SigmoidScale => {
                 let shift = block(params, 0, d);
                 let log_scale = sigmoid_log_scale(block(params, 1, d));
@@ -293,6 +316,11 @@ impl Transformer {
                 let shift = block(params, 0, d);
                 let ld = y.zeros_like();
                 (y.sub(shift), ld)
+            }
+            Transformer::SoftplusAffine => {
+                let shift = block(params, 0, d);
+                let (sigma, log_sigma) = softplus_scale(block(params, 1, d));
+                (y.mul(sigma).add(shift), log_sigma)
             }
             Transformer::SigmoidScale => {
                 let shift = block(params, 0, d);

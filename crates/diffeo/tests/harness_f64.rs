@@ -166,7 +166,7 @@ fn made_layer(dim: usize, context_dim: usize, transformer: Transformer, order: V
 #[test]
 fn masked_autoregressive_maf_and_iaf() {
     for (dim, ctx) in [(1, 0), (1, 2), (2, 0), (3, 2), (5, 0), (6, 3)] {
-        for transformer in [Transformer::Affine, Transformer::Additive] {
+        for transformer in [Transformer::Affine, Transformer::SoftplusAffine, Transformer::Additive] {
             let order: Vec<usize> = (1..=dim).rev().collect();
             let maf = chain(dim, vec![made_layer(dim, ctx, transformer.clone(), order.clone())], dim as u64);
             check(&maf, &HarnessConfig::default());
@@ -254,10 +254,39 @@ fn identity_initialisation_is_exact() {
     assert_eq!(diffeo::tensor::to_vec(ld).unwrap(), vec![0.0]);
 }
 
+/// FlowJAX's affine scale: data → base `x = σ·y + μ`, `σ = softplus(a + c) + 0.01` — scale 1 at
+/// `a = 0`, the 0.01 floor far below, linear growth far above; base → data inverts it.
+#[test]
+fn softplus_affine_follows_its_formula() {
+    let d = device();
+    let a = [0.0, -40.0, 30.0, 1.5];
+    let mu = [0.3, -0.2, 0.0, 1.0];
+    let y = [0.7, 2.0, -1.0, 0.25];
+    // params [1, 2·D]: μ block then a block.
+    let params = diffeo::tensor::matrix(mu.iter().chain(&a).copied().collect(), 1, 8, &d);
+    let (x, ld) = Transformer::SoftplusAffine.inverse(diffeo::tensor::matrix(y.to_vec(), 1, 4, &d), &params);
+    let (x, ld) = (diffeo::tensor::to_vec(x).unwrap(), diffeo::tensor::to_vec(ld).unwrap());
+    let c = (0.99f64.exp() - 1.0).ln();
+    for k in 0..4 {
+        let sigma = (1.0 + (a[k] + c).exp()).ln() + 0.01;
+        assert!((x[k] - (sigma * y[k] + mu[k])).abs() < 1e-12, "x[{k}] = {}", x[k]);
+        assert!((ld[k] - sigma.ln()).abs() < 1e-12, "log σ[{k}] = {}", ld[k]);
+    }
+    assert!((ld[0]).abs() < 1e-12, "a = 0 is scale 1");
+    assert!((ld[1] - 0.01f64.ln()).abs() < 1e-9, "the floor: {}", ld[1]);
+    let (back, ld_back) = Transformer::SoftplusAffine.forward(diffeo::tensor::matrix(x.clone(), 1, 4, &d), &params, &Tolerance::default()).unwrap();
+    let (back, ld_back) = (diffeo::tensor::to_vec(back).unwrap(), diffeo::tensor::to_vec(ld_back).unwrap());
+    for k in 0..4 {
+        assert!((back[k] - y[k]).abs() < 1e-12 && (ld_back[k] + ld[k]).abs() < 1e-12);
+    }
+    assert_eq!(Transformer::SoftplusAffine.name(), "softplus-affine");
+    assert_eq!(Transformer::SoftplusAffine.params_per_dim(), 2);
+}
+
 #[test]
 fn coupling_layers() {
     for (dim, ctx) in [(2, 0), (2, 3), (4, 0), (5, 2)] {
-        for transformer in [Transformer::Affine, Transformer::Additive] {
+        for transformer in [Transformer::Affine, Transformer::SoftplusAffine, Transformer::Additive] {
             for flip in [false, true] {
                 let cfg = CouplingConfig::half(dim, vec![16, 16], flip)
                     .with_context_dim(ctx)
@@ -575,6 +604,7 @@ fn made_sweep_matches_full_passes() {
     for (dim, ctx, hidden) in [(2, 0, vec![8]), (3, 2, vec![16, 16]), (5, 0, vec![3, 2]), (6, 3, vec![]), (7, 1, vec![20, 9, 12]), (4, 0, vec![1])] {
         for transformer in [
             Transformer::Affine,
+            Transformer::SoftplusAffine,
             Transformer::RationalQuadratic { bins: 5, tail_bound: 3.0, tails: SplineTails::Identity },
             Transformer::RationalQuadratic { bins: 5, tail_bound: 3.0, tails: SplineTails::Affine },
         ] {
