@@ -29,6 +29,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
+[ "$interleaved" = 0 ] || [ "$peer" = 1 ] || { echo "--interleaved needs the peer (drop --skip-peer)" >&2; exit 2; }
 source bench/common.sh
 train="$dir/train-images-idx3-ubyte.gz"; test="$dir/t10k-images-idx3-ubyte.gz"
 raw="bench/results/images-$budget-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
@@ -49,7 +50,6 @@ s=$(date +%s.%N)
 "$bin" fit --data "$train" --flow "$flow" --dequantize --time-budget "$wall_budget" --seed "$seed" $flags --out "$model" > "$log" 2>&1 &
 ours=$!
 if [ "$interleaved" = 1 ]; then
-  [ "$peer" = 1 ] || { echo "--interleaved needs the peer" >&2; kill $ours; exit 2; }
   (peer_run) & theirs=$!
   kill -STOP $theirs
   trap 'kill -CONT $ours $theirs 2>/dev/null' EXIT
