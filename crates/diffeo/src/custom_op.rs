@@ -56,7 +56,7 @@ pub(crate) fn from_autodiff_primitive(t: FloatTensor<Autodiff<Flex>>, context: D
 }
 
 /// The CPU primitive of a tensor without autodiff.
-pub(crate) fn flex_of(t: Tensor<2>) -> Option<FlexTensor> {
+pub(crate) fn flex_of<const D: usize>(t: Tensor<D>) -> Option<FlexTensor> {
     match t.inner().into_dispatch().kind {
         DispatchTensorKind::Flex(BackendTensor::Float(f)) => Some(f),
         _ => None,

@@ -134,3 +134,49 @@ fn sharded_gradients_match_one_pass() {
         }
     }
 }
+
+/// MADE (and a plain MLP) evaluated without autodiff — the whole network per block of rows, the
+/// MADE masks' zero blocks skipped (`fused::dense_stack`) — against the same networks on the
+/// autodiff device, which compose one layer at a time: with and without a context, for one, two,
+/// five and sixteen inputs, on fewer rows than one block and on several blocks with a partial one.
+#[test]
+fn inference_stack_matches_the_layer_by_layer_network() {
+    use burn::module::Param;
+    use diffeo::nn::{MlpConfig, NetworkConfig};
+    let plain = device();
+    let tracked = plain.clone().autodiff();
+    let mut rng = StdRng::seed_from_u64(11);
+    for (d, hidden, context) in [(1, vec![8], 0), (2, vec![40, 40], 0), (5, vec![64, 48], 3), (16, vec![100, 100], 0), (16, vec![70], 2)] {
+        let order: Vec<usize> = (1..=d).rev().collect();
+        let network = NetworkConfig::new(hidden.clone());
+        let config = network.made(&order, context, 2, 7);
+        let (mut a, mut b) = (config.init(&plain).unwrap(), config.init(&tracked).unwrap());
+        // A random last layer (MADE starts with a zero one).
+        let last = a.layers.len() - 1;
+        let [i, o] = a.layers[last].weight.dims();
+        let w = normal(i * o, 0.3, &mut rng);
+        let bias = normal(o, 0.3, &mut rng);
+        a.layers[last].weight = Param::from_tensor(matrix(w.clone(), i, o, &plain));
+        a.layers[last].bias = Param::from_tensor(vector(bias.clone(), &plain));
+        b.layers[last].weight = Param::from_tensor(matrix(w, i, o, &tracked));
+        b.layers[last].bias = Param::from_tensor(vector(bias, &tracked));
+        for n in [3, 700] {
+            let x = normal(n * d, 1.0, &mut rng);
+            let c = normal(n * context.max(1), 1.0, &mut rng);
+            let ctx = |dev: &Device| (context > 0).then(|| matrix(c.clone(), n, context, dev));
+            let got = to_vec(a.forward(matrix(x.clone(), n, d, &plain), ctx(&plain).as_ref())).unwrap();
+            let want = to_vec(b.forward(matrix(x.clone(), n, d, &tracked), ctx(&tracked).as_ref())).unwrap();
+            assert_close(&got, &want, &format!("MADE D={d} hidden={hidden:?} context={context} n={n}"));
+        }
+    }
+    let config = MlpConfig::new(3, NetworkConfig::new(vec![33, 17]), 5).with_zero_last(false).with_seed(2);
+    let (a, b) = (config.init(&plain).unwrap(), config.init(&tracked).unwrap());
+    let x = normal(600 * 3, 1.0, &mut rng);
+    let got = to_vec(a.forward(matrix(x.clone(), 600, 3, &plain))).unwrap();
+    let want = to_vec(b.forward(matrix(x.clone(), 600, 3, &tracked))).unwrap();
+    assert_close(&got, &want, "MLP");
+    // The plain device is served by the stack (the comparisons above test it, not a fallback).
+    let (w, bias) = (matrix(normal(12, 1.0, &mut rng), 3, 4, &plain), vector(normal(4, 1.0, &mut rng), &plain));
+    assert!(fused::dense_stack(&matrix(x[..30].to_vec(), 10, 3, &plain), &[(w.clone(), bias.clone(), None)], None, None).is_some());
+    assert!(fused::dense_stack(&matrix(x[..30].to_vec(), 10, 3, &tracked), &[(w, bias, None)], None, None).is_none());
+}

@@ -364,6 +364,241 @@ fn forward<T: Real>(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, activation: 
     tensor(y, vec![n, o])
 }
 
+/// Rows each task of [`stack`] carries through every layer (its activations stay in cache).
+const STACK_ROWS: usize = 256;
+
+/// Columns of one GEMM of a [`Staircase`] layer.
+const STAIRCASE_COLUMNS: usize = 32;
+
+/// The degrees of MADE's units, layer by layer (inputs, each hidden layer, outputs): a weight
+/// `i → j` can be non-zero only when `deg_in[i] ≤ deg_out[j]` (`<` into the outputs). With the
+/// units sorted by degree, each layer's weight matrix is a staircase: the units of degree `m`
+/// read only the first `upto(m)` inputs, and the network costs about half the multiply-adds of a
+/// dense one for large D (`(D − 1) / 2` of `D − 1` degree blocks on average).
+pub struct Staircase<'a> {
+    /// `degrees[l]`: the degrees of layer `l`'s units (`l = 0`: the inputs; last: the outputs).
+    pub degrees: &'a [Vec<usize>],
+}
+
+/// An inference network `act_L(… act_1(x·W₁ + b₁ [+ e]) … ·W_L + b_L)` with every layer run on one
+/// block of rows at a time: each task takes [`STACK_ROWS`] rows through the whole stack, so the
+/// hidden activations stay in the core's cache and are never allocated at full height. `extra`
+/// `[N, O₁]` is added to the first layer's pre-activation (a context term); `staircase` skips the
+/// weights a MADE mask holds at zero. Only for tensors without autodiff on the CPU in f32 or f64
+/// (`None` otherwise: the caller composes the layers).
+pub fn dense_stack(
+    x: &Tensor<2>,
+    layers: &[(Tensor<2>, Tensor<1>, Option<Activation>)],
+    extra: Option<&Tensor<2>>,
+    staircase: Option<&Staircase<'_>>,
+) -> Option<Tensor<2>> {
+    if !supported(x) || x.is_autodiff() || layers.is_empty() {
+        return None;
+    }
+    let xf = crate::custom_op::flex_of(x.clone())?;
+    let extra = match extra {
+        Some(e) => Some(crate::custom_op::flex_of(e.clone())?),
+        None => None,
+    };
+    let mut flex = Vec::with_capacity(layers.len());
+    for (w, b, a) in layers {
+        flex.push((crate::custom_op::flex_of(w.clone())?, crate::custom_op::flex_of(b.clone().unsqueeze::<2>())?, *a));
+    }
+    let y = match xf.dtype() {
+        DType::F64 => stack::<f64>(&xf, &flex, extra.as_ref(), staircase)?,
+        DType::F32 => stack::<f32>(&xf, &flex, extra.as_ref(), staircase)?,
+        _ => return None,
+    };
+    Some(crate::custom_op::plain(y))
+}
+
+/// A layer's weights, bias and activation as slices.
+type LayerValues<'a, T> = (std::borrow::Cow<'a, [T]>, std::borrow::Cow<'a, [T]>, Option<Activation>);
+
+/// One layer of [`stack`] ready to run: weights `[i, o]` and bias with the units in the order
+/// computed, and the GEMMs that cover its columns: `(first column, end column, inputs read)`.
+struct StackLayer<'a, T: Clone> {
+    weight: std::borrow::Cow<'a, [T]>,
+    bias: std::borrow::Cow<'a, [T]>,
+    activation: Option<Activation>,
+    groups: Vec<(usize, usize, usize)>,
+}
+
+/// Sorts each layer's units by degree (inputs stay in their order) and splits the columns into
+/// GEMMs of [`STAIRCASE_COLUMNS`] columns, each reading the inputs its last column needs.
+/// Returns the layers and the sorted order of the outputs.
+fn staircase_layers<'a, T: Real>(
+    weights: Vec<LayerValues<'a, T>>,
+    widths: &[usize],
+    degrees: &[Vec<usize>],
+) -> Option<(Vec<StackLayer<'a, T>>, Vec<usize>)> {
+    if degrees.len() != widths.len() || degrees.iter().zip(widths).any(|(d, &w)| d.len() != w) {
+        return None;
+    }
+    let last = weights.len() - 1;
+    let sorted = |deg: &[usize]| {
+        let mut perm: Vec<usize> = (0..deg.len()).collect();
+        perm.sort_by_key(|&u| (deg[u], u));
+        perm
+    };
+    let mut rows: Vec<usize> = (0..widths[0]).collect();
+    let mut out = Vec::with_capacity(weights.len());
+    for (l, (w, b, activation)) in weights.into_iter().enumerate() {
+        let (i, o) = (widths[l], widths[l + 1]);
+        let cols = sorted(&degrees[l + 1]);
+        let weight: Vec<T> = rows.iter().flat_map(|&r| cols.iter().map(move |&c| (r, c))).map(|(r, c)| w[r * o + c]).collect();
+        let bias: Vec<T> = cols.iter().map(|&c| b[c]).collect();
+        // Inputs (in the order they are computed) a unit of degree m reads.
+        let reads = |m: usize| rows.iter().rposition(|&r| if l == last { degrees[l][r] < m } else { degrees[l][r] <= m }).map_or(0, |p| p + 1);
+        // Cuts every STAIRCASE_COLUMNS columns (a multiple of the GEMM kernels' 16 rows of the
+        // transposed product), merged while the inputs read stay the same.
+        let mut groups: Vec<(usize, usize, usize)> = Vec::new();
+        for c0 in (0..o).step_by(STAIRCASE_COLUMNS) {
+            let c1 = (c0 + STAIRCASE_COLUMNS).min(o);
+            let k = if l == 0 { i } else { reads(degrees[l + 1][cols[c1 - 1]]) };
+            match groups.last_mut() {
+                Some(g) if g.2 == k => g.1 = c1,
+                _ => groups.push((c0, c1, k)),
+            }
+        }
+        out.push(StackLayer { weight: weight.into(), bias: bias.into(), activation, groups });
+        rows = cols;
+    }
+    Some((out, rows))
+}
+
+fn stack<T: Real>(
+    x: &FlexTensor,
+    layers: &[(FlexTensor, FlexTensor, Option<Activation>)],
+    extra: Option<&FlexTensor>,
+    staircase: Option<&Staircase<'_>>,
+) -> Option<FlexTensor> {
+    let (n, d_in) = shape2(x);
+    let mut widths = vec![d_in];
+    for (w, b, _) in layers {
+        let (i, o) = shape2(w);
+        if i != *widths.last()? || b.layout().shape().iter().product::<usize>() != o || w.dtype() != x.dtype() || b.dtype() != x.dtype() {
+            return None;
+        }
+        widths.push(o);
+    }
+    if extra.is_some_and(|e| shape2(e) != (n, widths[1]) || e.dtype() != x.dtype()) {
+        return None;
+    }
+    let out = *widths.last()?;
+    let xv = values::<T>(x);
+    let weights: Vec<_> = layers.iter().map(|(w, b, a)| (values::<T>(w), values::<T>(b), *a)).collect();
+    let (layers, out_order) = match staircase {
+        Some(s) => {
+            let (layers, order) = staircase_layers(weights, &widths, s.degrees)?;
+            (layers, Some(order))
+        }
+        None => {
+            let layers = weights.into_iter().enumerate().map(|(l, (weight, bias, activation))| StackLayer { weight, bias, activation, groups: vec![(0, widths[l + 1], widths[l])] });
+            (layers.collect(), None)
+        }
+    };
+    // The context term follows the first layer's units into their computed order.
+    let first_order: Option<Vec<usize>> = staircase.map(|s| {
+        let mut perm: Vec<usize> = (0..widths[1]).collect();
+        perm.sort_by_key(|&u| (s.degrees[1][u], u));
+        perm
+    });
+    let ev = extra.map(values::<T>);
+    let widest = widths[1..].iter().copied().max().unwrap_or(0);
+    let mut y = vec![T::ZERO; n * out];
+    if n == 0 || out == 0 {
+        return Some(tensor(y, vec![n, out]));
+    }
+    let block = |(chunk, y): (usize, &mut [T]), scratch: &mut (Vec<T>, Vec<T>)| {
+        let rows = y.len() / out;
+        let r0 = chunk * STACK_ROWS;
+        let (a, b) = scratch;
+        a.resize(rows * widest, T::ZERO);
+        b.resize(rows * widest, T::ZERO);
+        let last = layers.len() - 1;
+        for (l, layer) in layers.iter().enumerate() {
+            let (i, o) = (widths[l], widths[l + 1]);
+            let input: &[T] = if l == 0 { &xv[r0 * i..(r0 + rows) * i] } else { &a[..rows * i] };
+            let direct = l == last && out_order.is_none();
+            let dst: &mut [T] = if direct { &mut *y } else { &mut b[..rows * o] };
+            for &(c0, c1, k) in &layer.groups {
+                gemm_strided((rows, c1 - c0, k), &mut dst[c0..], o, input, i, &layer.weight[c0..], o);
+            }
+            if l == 0 {
+                if let Some(e) = &ev {
+                    let e = &e[r0 * o..(r0 + rows) * o];
+                    for (row, erow) in dst.chunks_exact_mut(o).zip(e.chunks_exact(o)) {
+                        match &first_order {
+                            Some(p) => row.iter_mut().zip(p).for_each(|(v, &c)| *v = *v + erow[c]),
+                            None => row.iter_mut().zip(erow).for_each(|(v, &t)| *v = *v + t),
+                        }
+                    }
+                }
+            }
+            bias_activation(dst, &layer.bias, layer.activation);
+            if l == last {
+                if let Some(order) = &out_order {
+                    for (yrow, row) in y.chunks_exact_mut(o).zip(b.chunks_exact(o)) {
+                        for (&c, &v) in order.iter().zip(row) {
+                            yrow[c] = v;
+                        }
+                    }
+                }
+            } else {
+                std::mem::swap(a, b);
+            }
+        }
+    };
+    if n > STACK_ROWS && rayon::current_num_threads() > 1 {
+        y.par_chunks_mut(STACK_ROWS * out).enumerate().for_each_init(|| (Vec::new(), Vec::new()), |s, c| block(c, s));
+    } else {
+        let mut scratch = (Vec::new(), Vec::new());
+        y.chunks_mut(STACK_ROWS * out).enumerate().for_each(|c| block(c, &mut scratch));
+    }
+    Some(tensor(y, vec![n, out]))
+}
+
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]` on this thread, all row-major with row strides
+/// `dst_rs`, `lhs_rs`, `rhs_rs` (`k = 0`: zeros).
+fn gemm_strided<T: Real>((m, n, k): (usize, usize, usize), dst: &mut [T], dst_rs: usize, lhs: &[T], lhs_rs: usize, rhs: &[T], rhs_rs: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= (m - 1) * dst_rs + n && n <= dst_rs);
+    if k == 0 {
+        dst.chunks_mut(dst_rs).take(m).for_each(|row| row[..n].fill(T::ZERO));
+        return;
+    }
+    assert!(lhs.len() >= (m - 1) * lhs_rs + k && k <= lhs_rs);
+    assert!(rhs.len() >= (k - 1) * rhs_rs + n && n <= rhs_rs);
+    // SAFETY: the asserts above bound every element the strides reach; dst is not read
+    // (read_dst = false) and does not alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            1,
+            rhs_rs as isize,
+            T::ZERO,
+            T::ONE,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 fn backward<T: Real>(
     x: &FlexTensor,
     w: &FlexTensor,

@@ -347,6 +347,15 @@ impl MlpConfig {
 impl Mlp {
     /// Applies the network.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        if self.residual.is_none() && !self.layers.is_empty() && !x.is_autodiff() && fused::supported(&x) {
+            // Inference on the CPU: the whole network per block of rows ([`fused::dense_stack`]).
+            let last = self.layers.len() - 1;
+            let layers: Vec<_> =
+                self.layers.iter().enumerate().map(|(i, l)| (l.weight.val(), l.bias.val(), (i < last).then_some(self.activation))).collect();
+            if let Some(y) = fused::dense_stack(&x, &layers, None, None) {
+                return y;
+            }
+        }
         let residual = self.residual.as_ref().map(|r| move |h| r.forward(h));
         let after_first = residual.as_ref().map(|f| f as &dyn Fn(Tensor<2>) -> Tensor<2>);
         layer_stack(&self.layers, x, self.activation, Dense::forward_activated, after_first)
@@ -433,6 +442,10 @@ pub struct Made {
     /// Nonlinearity.
     #[module(skip)]
     pub activation: Activation,
+    /// The degrees of the inputs, of each hidden layer's units and of the outputs (they define
+    /// the masks; rebuilt from the configuration, not stored in files).
+    #[module(skip)]
+    pub degrees: Vec<Vec<usize>>,
 }
 
 /// Configuration of [`Made`].
@@ -529,7 +542,8 @@ impl MadeConfig {
             let mask: Vec<f64> = (0..h * h).map(|k| if deg[k / h] <= deg[k % h] { 1.0 } else { 0.0 }).collect();
             ResidualBlocks::new(blocks, &mask, h, dropout, activation, rng, device)
         });
-        Ok(Made { layers, context, residual, activation })
+        degrees.push(out_deg);
+        Ok(Made { layers, context, residual, activation, degrees })
     }
 }
 
@@ -641,6 +655,21 @@ impl Made {
     /// Conditioner outputs `[N, params_per_dim · D]` for inputs `[N, D]` and optional context.
     pub fn forward(&self, x: Tensor<2>, context: Option<&Tensor<2>>) -> Tensor<2> {
         let ctx = self.context.as_ref().zip(context);
+        if self.residual.is_none() && !self.layers.is_empty() && !x.is_autodiff() && fused::supported(&x) {
+            // Inference on the CPU: the whole network per block of rows ([`fused::dense_stack`]).
+            let last = self.layers.len() - 1;
+            let layers: Vec<_> = self
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.weight.val().mul(l.mask.clone()), l.bias.val(), (i < last).then_some(self.activation)))
+                .collect();
+            let extra = ctx.map(|(c, rows)| rows.clone().matmul(c.val()));
+            let staircase = fused::Staircase { degrees: &self.degrees };
+            if let Some(y) = fused::dense_stack(&x, &layers, extra.as_ref(), Some(&staircase)) {
+                return y;
+            }
+        }
         let extra = |mut h: Tensor<2>| {
             if let Some((c, rows)) = ctx {
                 h = h.add(rows.clone().matmul(c.val()));
