@@ -143,11 +143,82 @@ fn sigmoid_log_scale(a: Tensor<2>) -> Tensor<2> {
     burn::tensor::activation::softplus(a.add_scalar(2.0).neg(), 1.0).neg().sub_scalar(log_sigmoid_2)
 }
 
+/// How an affine transformer's raw scale parameter `a` becomes its density-direction log-scale
+/// (see [`affine_inverse_plain`]).
+#[derive(Clone, Copy)]
+enum ScaleMap {
+    /// [`Transformer::Affine`]: `x = (y − μ)·e^{−s}`, `s = a / (1 + |a|/B)`.
+    SoftClippedExp,
+    /// [`Transformer::SoftplusAffine`]: `x = y·σ + μ`, `σ = softplus(a + c) + 0.01`.
+    Softplus,
+}
+
+/// The affine inverse for tensors without autodiff on the CPU as one pass over the rows instead
+/// of a dozen tensor operations: `(x, log|dx/dy|)`, both `[N, D]`, from `y` `[N, D]` and the
+/// parameters `[N, 2D]` (`μ` then `a`). `None` when it does not serve (autodiff, another
+/// device or float type): the caller composes the operations.
+fn affine_inverse_plain(y: &Tensor<2>, params: &Tensor<2>, map: ScaleMap) -> Option<(Tensor<2>, Tensor<2>)> {
+    use burn::tensor::DType;
+    if y.is_autodiff() || params.is_autodiff() || !crate::on_cpu(&y.device()) || !matches!(y.dtype(), DType::F32 | DType::F64) {
+        return None;
+    }
+    let ((n, d), (pn, pw)) = (dims2(y), dims2(params));
+    if pn != n || pw != 2 * d || params.dtype() != y.dtype() || n * d == 0 {
+        return None;
+    }
+    let (yf, pf) = (crate::custom_op::flex_of(y.clone())?, crate::custom_op::flex_of(params.clone())?);
+    macro_rules! run {
+        ($t:ty) => {{
+            let (yv, pv) = (crate::nn::fused::values::<$t>(&yf), crate::nn::fused::values::<$t>(&pf));
+            let (mut x, mut ld) = (vec![0.0 as $t; n * d], vec![0.0 as $t; n * d]);
+            let bound = AFFINE_LOG_SCALE_BOUND as $t;
+            let offset = ((1.0 - SOFTPLUS_MIN_SCALE).exp() - 1.0).ln() as $t;
+            let floor = SOFTPLUS_MIN_SCALE as $t;
+            for r in 0..n {
+                let (yr, pr) = (&yv[r * d..(r + 1) * d], &pv[r * 2 * d..(r + 1) * 2 * d]);
+                let (xr, lr) = (&mut x[r * d..(r + 1) * d], &mut ld[r * d..(r + 1) * d]);
+                for j in 0..d {
+                    let (mu, a) = (pr[j], pr[d + j]);
+                    match map {
+                        ScaleMap::SoftClippedExp => {
+                            let s = a / (1.0 + a.abs() / bound);
+                            xr[j] = (yr[j] - mu) * (-s).exp();
+                            lr[j] = -s;
+                        }
+                        ScaleMap::Softplus => {
+                            // softplus(z) = max(z, 0) + ln(1 + e^{−|z|}), as burn computes it.
+                            let z = a + offset;
+                            let sigma = z.max(0.0) + (-z.abs()).exp().ln_1p() + floor;
+                            xr[j] = yr[j] * sigma + mu;
+                            lr[j] = sigma.ln();
+                        }
+                    }
+                }
+            }
+            (crate::nn::fused::tensor(x, vec![n, d]), crate::nn::fused::tensor(ld, vec![n, d]))
+        }};
+    }
+    let (x, ld) = match y.dtype() {
+        DType::F64 => run!(f64),
+        _ => run!(f32),
+    };
+    Some((crate::custom_op::plain(x), crate::custom_op::plain(ld)))
+}
+
 fn block(params: &Tensor<2>, p: usize, d: usize) -> Tensor<2> {
     params.clone().narrow(1, p * d, d)
 }
 
 impl Transformer {
+    /// The scale map of the affine transformers that [`affine_inverse_plain`] serves.
+    fn elementwise_scale(&self) -> Option<ScaleMap> {
+        match self {
+            Transformer::Affine => Some(ScaleMap::SoftClippedExp),
+            Transformer::SoftplusAffine => Some(ScaleMap::Softplus),
+            _ => None,
+        }
+    }
+
     /// Number of parameters per dimension.
     pub fn params_per_dim(&self) -> usize {
         match self {
@@ -305,6 +376,11 @@ impl Transformer {
     /// (for numerical transformers, their closed-form map).
     pub fn inverse(&self, y: Tensor<2>, params: &Tensor<2>) -> (Tensor<2>, Tensor<2>) {
         let (_, d) = dims2(&y);
+        if let Some(scale) = self.elementwise_scale() {
+            if let Some(result) = affine_inverse_plain(&y, params, scale) {
+                return result;
+            }
+        }
         match self {
             Transformer::Affine => {
                 let shift = block(params, 0, d);

@@ -180,3 +180,27 @@ fn inference_stack_matches_the_layer_by_layer_network() {
     assert!(fused::dense_stack(&matrix(x[..30].to_vec(), 10, 3, &plain), &[(w.clone(), bias.clone(), None)], None, None).is_some());
     assert!(fused::dense_stack(&matrix(x[..30].to_vec(), 10, 3, &tracked), &[(w, bias, None)], None, None).is_none());
 }
+
+/// The affine transformers' inverse without autodiff (one pass over the rows) against the
+/// composed tensor operations on the autodiff device, including large raw scales (the soft clip
+/// and softplus tails).
+#[test]
+fn affine_inverse_without_autodiff_matches_the_composed_operations() {
+    let plain = device();
+    let tracked = plain.clone().autodiff();
+    let mut rng = StdRng::seed_from_u64(12);
+    let (n, d) = (37, 3);
+    let y = normal(n * d, 2.0, &mut rng);
+    let mut p = normal(n * 2 * d, 3.0, &mut rng);
+    p[d] = 60.0;
+    p[d + 1] = -60.0;
+    for t in [Transformer::Affine, Transformer::SoftplusAffine] {
+        let run = |dev: &Device| {
+            let (x, ld) = t.inverse(matrix(y.clone(), n, d, dev), &matrix(p.clone(), n, 2 * d, dev));
+            (to_vec(x).unwrap(), to_vec(ld).unwrap())
+        };
+        let ((x, ld), (xr, ldr)) = (run(&plain), run(&tracked));
+        assert_close(&x, &xr, &format!("{t:?} x"));
+        assert_close(&ld, &ldr, &format!("{t:?} log-det"));
+    }
+}
