@@ -18,10 +18,14 @@ fn numbers(v: &Value) -> Vec<f64> {
     v.as_array().expect("an array").iter().map(|x| x.as_f64().expect("a number")).collect()
 }
 
+/// Equal up to f32 rounding: kernels may sum in another order than when the file was saved (the
+/// inference stack skips MADE's masked zeros and blocks its GEMMs differently; in f64 the two
+/// orders agree to 1e−10, `tests/dense_f64.rs`), which moves a log-density through five spline
+/// layers by up to 1.4e−6 relative (the context term keeps the layer-by-layer order of additions).
 fn assert_close(what: &str, actual: &[f64], expected: &[f64]) {
     assert_eq!(actual.len(), expected.len(), "{what}: lengths");
     for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-        assert!((a - e).abs() <= 1e-6 * e.abs().max(1.0), "{what}[{i}]: {a} now, {e} when saved");
+        assert!((a - e).abs() <= 3e-6 * e.abs().max(1.0), "{what}[{i}]: {a} now, {e} when saved");
     }
 }
 

@@ -506,6 +506,7 @@ fn stack<T: Real>(
     });
     let ev = extra.map(values::<T>);
     let widest = widths[1..].iter().copied().max().unwrap_or(0);
+    let zeros = vec![T::ZERO; widths[1]];
     let mut y = vec![T::ZERO; n * out];
     if n == 0 || out == 0 {
         return Some(tensor(y, vec![n, out]));
@@ -525,8 +526,10 @@ fn stack<T: Real>(
             for &(c0, c1, k) in &layer.groups {
                 gemm_strided((rows, c1 - c0, k), &mut dst[c0..], o, input, i, &layer.weight[c0..], o);
             }
-            if l == 0 {
-                if let Some(e) = &ev {
+            match (l, &ev) {
+                (0, Some(e)) => {
+                    // (x·W + b) + e, then the activation: the layer-by-layer order of additions.
+                    bias_activation(dst, &layer.bias, None);
                     let e = &e[r0 * o..(r0 + rows) * o];
                     for (row, erow) in dst.chunks_exact_mut(o).zip(e.chunks_exact(o)) {
                         match &first_order {
@@ -534,9 +537,12 @@ fn stack<T: Real>(
                             None => row.iter_mut().zip(erow).for_each(|(v, &t)| *v = *v + t),
                         }
                     }
+                    if layer.activation.is_some() {
+                        bias_activation(dst, &zeros[..o], layer.activation);
+                    }
                 }
+                _ => bias_activation(dst, &layer.bias, layer.activation),
             }
-            bias_activation(dst, &layer.bias, layer.activation);
             if l == last {
                 if let Some(order) = &out_order {
                     for (yrow, row) in y.chunks_exact_mut(o).zip(b.chunks_exact(o)) {
