@@ -214,18 +214,21 @@ pub(crate) fn tensor<T: Real>(v: Vec<T>, shape: Vec<usize>) -> FlexTensor {
 /// [`gemm_with`] on every thread when the product is large, else on this one.
 fn gemm<T: Real>(mnk: (usize, usize, usize), dst: &mut [T], lhs: &[T], ls: (usize, usize), rhs: &[T], rs: (usize, usize)) {
     let parallel = mnk.0 * mnk.1 * mnk.2 >= PARALLEL_GEMM;
-    gemm_with(mnk, dst, lhs, ls, rhs, rs, parallel);
+    gemm_with(mnk, dst, mnk.1, lhs, ls, rhs, rs, parallel);
 }
 
 /// [`gemm_with`] on this thread.
 pub(crate) fn gemm_serial<T: Real>(mnk: (usize, usize, usize), dst: &mut [T], lhs: &[T], ls: (usize, usize), rhs: &[T], rs: (usize, usize)) {
-    gemm_with(mnk, dst, lhs, ls, rhs, rs, false);
+    gemm_with(mnk, dst, mnk.1, lhs, ls, rhs, rs, false);
 }
 
-/// `dst[m×n] = lhs[m×k] · rhs[k×n]` with explicit (column, row) strides for each operand.
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]` with explicit (column, row) strides for each input and the
+/// row stride `dst_rs` of the output (`k = 0`: zeros).
+#[allow(clippy::too_many_arguments)]
 fn gemm_with<T: Real>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
+    dst_rs: usize,
     lhs: &[T],
     (lhs_cs, lhs_rs): (usize, usize),
     rhs: &[T],
@@ -235,11 +238,11 @@ fn gemm_with<T: Real>(
     if m == 0 || n == 0 {
         return;
     }
+    assert!(dst.len() >= (m - 1) * dst_rs + n && n <= dst_rs);
     if k == 0 {
-        dst[..m * n].fill(T::ZERO);
+        dst.chunks_mut(dst_rs).take(m).for_each(|row| row[..n].fill(T::ZERO));
         return;
     }
-    assert!(dst.len() >= m * n);
     assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
     assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
     let parallelism = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
@@ -252,7 +255,7 @@ fn gemm_with<T: Real>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             false,
             lhs.as_ptr(),
             lhs_cs as isize,
@@ -416,22 +419,23 @@ pub fn dense_stack(
 type LayerValues<'a, T> = (std::borrow::Cow<'a, [T]>, std::borrow::Cow<'a, [T]>, Option<Activation>);
 
 /// One layer of [`stack`] ready to run: weights `[i, o]` and bias with the units in the order
-/// computed, and the GEMMs that cover its columns: `(first column, end column, inputs read)`.
+/// computed, the GEMMs that cover its columns: `(first column, end column, inputs read)`, and
+/// which unit each computed column is (`None`: the units' own order).
 struct StackLayer<'a, T: Clone> {
     weight: std::borrow::Cow<'a, [T]>,
     bias: std::borrow::Cow<'a, [T]>,
     activation: Option<Activation>,
     groups: Vec<(usize, usize, usize)>,
+    order: Option<Vec<usize>>,
 }
 
 /// Sorts each layer's units by degree (inputs stay in their order) and splits the columns into
 /// GEMMs of [`STAIRCASE_COLUMNS`] columns, each reading the inputs its last column needs.
-/// Returns the layers and the sorted order of the outputs.
 fn staircase_layers<'a, T: Real>(
     weights: Vec<LayerValues<'a, T>>,
     widths: &[usize],
     degrees: &[Vec<usize>],
-) -> Option<(Vec<StackLayer<'a, T>>, Vec<usize>)> {
+) -> Option<Vec<StackLayer<'a, T>>> {
     if degrees.len() != widths.len() || degrees.iter().zip(widths).any(|(d, &w)| d.len() != w) {
         return None;
     }
@@ -461,10 +465,10 @@ fn staircase_layers<'a, T: Real>(
                 _ => groups.push((c0, c1, k)),
             }
         }
-        out.push(StackLayer { weight: weight.into(), bias: bias.into(), activation, groups });
+        out.push(StackLayer { weight: weight.into(), bias: bias.into(), activation, groups, order: Some(cols.clone()) });
         rows = cols;
     }
-    Some((out, rows))
+    Some(out)
 }
 
 fn stack<T: Real>(
@@ -488,22 +492,17 @@ fn stack<T: Real>(
     let out = *widths.last()?;
     let xv = values::<T>(x);
     let weights: Vec<_> = layers.iter().map(|(w, b, a)| (values::<T>(w), values::<T>(b), *a)).collect();
-    let (layers, out_order) = match staircase {
-        Some(s) => {
-            let (layers, order) = staircase_layers(weights, &widths, s.degrees)?;
-            (layers, Some(order))
-        }
-        None => {
-            let layers = weights.into_iter().enumerate().map(|(l, (weight, bias, activation))| StackLayer { weight, bias, activation, groups: vec![(0, widths[l + 1], widths[l])] });
-            (layers.collect(), None)
-        }
+    let layers: Vec<StackLayer<'_, T>> = match staircase {
+        Some(s) => staircase_layers(weights, &widths, s.degrees)?,
+        None => weights
+            .into_iter()
+            .enumerate()
+            .map(|(l, (weight, bias, activation))| StackLayer { weight, bias, activation, groups: vec![(0, widths[l + 1], widths[l])], order: None })
+            .collect(),
     };
-    // The context term follows the first layer's units into their computed order.
-    let first_order: Option<Vec<usize>> = staircase.map(|s| {
-        let mut perm: Vec<usize> = (0..widths[1]).collect();
-        perm.sort_by_key(|&u| (s.degrees[1][u], u));
-        perm
-    });
+    // The context term follows the first layer's units into their computed order; the outputs
+    // go back to theirs.
+    let (first_order, out_order) = (&layers[0].order, &layers[layers.len() - 1].order);
     let ev = extra.map(values::<T>);
     let widest = widths[1..].iter().copied().max().unwrap_or(0);
     let zeros = vec![T::ZERO; widths[1]];
@@ -524,7 +523,8 @@ fn stack<T: Real>(
             let direct = l == last && out_order.is_none();
             let dst: &mut [T] = if direct { &mut *y } else { &mut b[..rows * o] };
             for &(c0, c1, k) in &layer.groups {
-                gemm_strided((rows, c1 - c0, k), &mut dst[c0..], o, input, i, &layer.weight[c0..], o);
+                assert!(k <= i && c1 <= o);
+                gemm_with((rows, c1 - c0, k), &mut dst[c0..], o, input, (1, i), &layer.weight[c0..], (1, o), false);
             }
             match (l, &ev) {
                 (0, Some(e)) => {
@@ -532,7 +532,7 @@ fn stack<T: Real>(
                     bias_activation(dst, &layer.bias, None);
                     let e = &e[r0 * o..(r0 + rows) * o];
                     for (row, erow) in dst.chunks_exact_mut(o).zip(e.chunks_exact(o)) {
-                        match &first_order {
+                        match first_order {
                             Some(p) => row.iter_mut().zip(p).for_each(|(v, &c)| *v = *v + erow[c]),
                             None => row.iter_mut().zip(erow).for_each(|(v, &t)| *v = *v + t),
                         }
@@ -544,7 +544,7 @@ fn stack<T: Real>(
                 _ => bias_activation(dst, &layer.bias, layer.activation),
             }
             if l == last {
-                if let Some(order) = &out_order {
+                if let Some(order) = out_order {
                     for (yrow, row) in y.chunks_exact_mut(o).zip(b.chunks_exact(o)) {
                         for (&c, &v) in order.iter().zip(row) {
                             yrow[c] = v;
@@ -563,46 +563,6 @@ fn stack<T: Real>(
         y.chunks_mut(STACK_ROWS * out).enumerate().for_each(|c| block(c, &mut scratch));
     }
     Some(tensor(y, vec![n, out]))
-}
-
-/// `dst[m×n] = lhs[m×k] · rhs[k×n]` on this thread, all row-major with row strides
-/// `dst_rs`, `lhs_rs`, `rhs_rs` (`k = 0`: zeros).
-fn gemm_strided<T: Real>((m, n, k): (usize, usize, usize), dst: &mut [T], dst_rs: usize, lhs: &[T], lhs_rs: usize, rhs: &[T], rhs_rs: usize) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst.len() >= (m - 1) * dst_rs + n && n <= dst_rs);
-    if k == 0 {
-        dst.chunks_mut(dst_rs).take(m).for_each(|row| row[..n].fill(T::ZERO));
-        return;
-    }
-    assert!(lhs.len() >= (m - 1) * lhs_rs + k && k <= lhs_rs);
-    assert!(rhs.len() >= (k - 1) * rhs_rs + n && n <= rhs_rs);
-    // SAFETY: the asserts above bound every element the strides reach; dst is not read
-    // (read_dst = false) and does not alias the inputs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            false,
-            lhs.as_ptr(),
-            1,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            1,
-            rhs_rs as isize,
-            T::ZERO,
-            T::ONE,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 fn backward<T: Real>(
