@@ -65,5 +65,10 @@ pub(crate) fn flex_of<const D: usize>(t: Tensor<D>) -> Option<FlexTensor> {
 
 /// A tensor without autodiff from a CPU primitive.
 pub(crate) fn plain(f: FlexTensor) -> Tensor<2> {
+    plain_rank(f)
+}
+
+/// [`plain`] for any rank `D` (the primitive's shape must have `D` dimensions).
+pub(crate) fn plain_rank<const D: usize>(f: FlexTensor) -> Tensor<D> {
     Tensor::from_dispatch(DispatchTensor { kind: DispatchTensorKind::Flex(BackendTensor::Float(f)), autodiff: DispatchAutodiffContext::Disabled })
 }

@@ -10,12 +10,14 @@
 //! the flow's own seed. A non-finite loss stops training with [`FlowError::NonFiniteLoss`]; no NaN
 //! model is ever returned.
 
+mod adam;
+
 use std::cell::Cell;
 use std::time::Instant;
 
 use burn::config::Config;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::optim::{decay::WeightDecayConfig, AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -225,7 +227,7 @@ impl Batch {
 }
 
 /// Loss value, metrics and gradients of a batch.
-type BatchGradients = (f64, Vec<(&'static str, f64)>, GradientsParams);
+type BatchGradients = (f64, Vec<(&'static str, f64)>, Vec<GradientsParams>);
 
 /// The loss of (part of) a batch.
 pub struct StepLoss {
@@ -460,12 +462,11 @@ fn batch_gradients(
     batch: &Batch,
     step: usize,
     shards: usize,
-    ids: &[(ParamId, usize)],
     rng: &mut StdRng,
 ) -> Result<BatchGradients> {
     if shards <= 1 {
         let l = objective.loss(model, batch, batch.len(), step, rng)?;
-        return Ok((l.value, l.metrics, GradientsParams::from_grads(backward(l.loss)?, model)));
+        return Ok((l.value, l.metrics, vec![GradientsParams::from_grads(backward(l.loss)?, model)]));
     }
     use rayon::prelude::*;
     let _ = rng; // shards draw nothing from the loop's generator, so the data order stays the same
@@ -480,25 +481,19 @@ fn batch_gradients(
             let mut part_rng = StdRng::seed_from_u64((step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64);
             let l = objective.loss(&copy, part, whole, step, &mut part_rng)?;
             let grads = GradientsParams::from_grads(backward(l.loss)?, &copy);
-            Ok((l.value, l.metrics, grads))
+            Ok((l.value, l.metrics, vec![grads]))
         })
         .collect();
     let mut total = 0.0;
     let mut metrics: Vec<(&'static str, f64)> = Vec::new();
-    let mut sum: Option<GradientsParams> = None;
+    let mut parts = Vec::with_capacity(shards);
     for part in results {
         let (value, part_metrics, grads) = part?;
         total += value;
         add_metrics(&mut metrics, part_metrics);
-        sum = Some(match sum {
-            None => grads,
-            Some(mut acc) => {
-                add_gradients(&mut acc, grads, ids);
-                acc
-            }
-        });
+        parts.extend(grads);
     }
-    Ok((total, metrics, sum.unwrap_or_default()))
+    Ok((total, metrics, parts))
 }
 
 /// Adds metrics to running sums, by name.
@@ -528,6 +523,16 @@ macro_rules! by_rank {
 }
 
 /// `acc += other`, parameter by parameter.
+/// The sum of gradient parts, matched by parameter id (in order: `((g₀ + g₁) + g₂) …`).
+fn sum_gradients(parts: Vec<GradientsParams>, ids: &[(ParamId, usize)]) -> GradientsParams {
+    let mut parts = parts.into_iter();
+    let mut acc = parts.next().unwrap_or_default();
+    for part in parts {
+        add_gradients(&mut acc, part, ids);
+    }
+    acc
+}
+
 fn add_gradients(acc: &mut GradientsParams, mut other: GradientsParams, ids: &[(ParamId, usize)]) {
     fn add<const D: usize>(acc: &mut GradientsParams, other: &mut GradientsParams, id: ParamId) {
         if let Some(g) = other.remove::<D>(id) {
@@ -622,11 +627,7 @@ pub fn train(
     let total_reported = total.unwrap_or(usize::MAX);
     observer(&FitEvent::Begin { dim: model.dim() });
 
-    let mut adam = AdamConfig::new().with_epsilon(1e-8);
-    if config.weight_decay > 0.0 {
-        adam = adam.with_weight_decay(Some(WeightDecayConfig::new(config.weight_decay as f32)));
-    }
-    let mut optim = adam.init();
+    let mut optim = adam::Adam::new(1e-8, config.weight_decay as f32, &ad_device);
     let mut ids = ParamIds(Vec::new());
     model.visit(&mut ids);
     let mut rng = StdRng::seed_from_u64(config.seed);
@@ -651,15 +652,17 @@ pub fn train(
         step += 1;
         let batch = objective.next_batch(batch_size, &mut rng);
         let shard_n = *shards.get_or_insert_with(|| shard_count(config.shards, &model, batch.len(), objective.shardable()));
-        let (loss_value, metrics, mut grads) = batch_gradients(&*objective, &model, &batch, step - 1, shard_n, &ids.0, &mut rng)?;
+        let (loss_value, metrics, mut grads) = batch_gradients(&*objective, &model, &batch, step - 1, shard_n, &mut rng)?;
         if !loss_value.is_finite() {
             return Err(FlowError::NonFiniteLoss { step, loss: loss_value });
         }
         if let Some(max_norm) = config.grad_clip_norm {
-            clip_global_norm(&mut grads, &ids.0, max_norm)?;
+            let mut summed = sum_gradients(grads, &ids.0);
+            clip_global_norm(&mut summed, &ids.0, max_norm)?;
+            grads = vec![summed];
         }
         let lr = config.lr_decay_factor.powi(decays as i32) * config.lr_at(step - 1, total, start.elapsed().as_secs_f64() - paused);
-        model = optim.step(lr, model, grads);
+        model = optim.step(lr, model, grads, &ids.0)?;
         if let Some(avg) = average.as_mut() {
             avg.update(&model);
         }

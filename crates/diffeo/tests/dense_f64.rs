@@ -26,9 +26,15 @@ struct Run {
     gb: Vec<f64>,
 }
 
-/// `act(x·(W ⊙ M) + b)` fused or composed, with gradients of `Σ c ⊙ y` (fixed random `c`).
+/// How many leading inputs each column of `mask` `[i, o]` reads (`fused::Reach`).
+fn reach_of(mask: &[f64], i: usize, o: usize) -> fused::Reach {
+    (0..o).map(|j| (0..i).rposition(|r| mask[r * o + j] > 0.0).map_or(0, |r| r + 1)).collect::<Vec<_>>().into()
+}
+
+/// `act(x·(W ⊙ M) + b)` fused (skipping the mask's zero blocks with `reach`) or composed, with
+/// gradients of `Σ c ⊙ y` (fixed random `c`).
 #[allow(clippy::too_many_arguments)]
-fn run(fused_layer: bool, x: &[f64], w: &[f64], mask: &[f64], b: &[f64], c: &[f64], (n, i, o): (usize, usize, usize), act: Option<Activation>, x_grad: bool) -> Run {
+fn run(fused_layer: bool, reach: bool, x: &[f64], w: &[f64], mask: &[f64], b: &[f64], c: &[f64], (n, i, o): (usize, usize, usize), act: Option<Activation>, x_grad: bool) -> Run {
     let dev = device().autodiff();
     let mut xt = matrix(x.to_vec(), n, i, &dev);
     if x_grad {
@@ -39,7 +45,7 @@ fn run(fused_layer: bool, x: &[f64], w: &[f64], mask: &[f64], b: &[f64], c: &[f6
     let masked = wt.clone().mul(matrix(mask.to_vec(), i, o, &dev));
     let y = if fused_layer {
         assert!(fused::supported(&xt));
-        fused::dense(xt.clone(), masked, bt.clone(), act)
+        fused::dense(xt.clone(), masked, bt.clone(), act, reach.then(|| reach_of(mask, i, o)))
     } else {
         let h = xt.clone().matmul(masked).add(bt.clone().unsqueeze());
         match act {
@@ -75,12 +81,22 @@ fn fused_dense_matches_composed_values_and_gradients() {
         let b = normal(o, 0.5, &mut rng);
         let c = normal(n * o, 1.0, &mut rng);
         let triangular: Vec<f64> = (0..i * o).map(|k| if k / o <= k % o { 1.0 } else { 0.0 }).collect();
-        for mask in [vec![1.0; i * o], triangular] {
+        // MADE's hidden → hidden masks for 6 inputs (degrees 1..=5): units numbered in order of
+        // degree (a staircase) and cyclically.
+        let degrees = |u: usize, width: usize, sorted: bool| if sorted { 1 + u * 5 / width } else { 1 + u % 5 };
+        let made = |sorted: bool| -> Vec<f64> {
+            (0..i * o).map(|k| if degrees(k / o, i, sorted) <= degrees(k % o, o, sorted) { 1.0 } else { 0.0 }).collect()
+        };
+        for (mask, reach) in [(vec![1.0; i * o], false), (triangular, false), (made(true), false)]
+            .into_iter()
+            .flat_map(|(m, _)| [(m.clone(), false), (m, true)])
+            .chain([(made(false), true)])
+        {
             for act in [None, Some(Activation::Relu), Some(Activation::Tanh), Some(Activation::Elu)] {
                 for x_grad in [true, false] {
-                    let f = run(true, &x, &w, &mask, &b, &c, (n, i, o), act, x_grad);
-                    let r = run(false, &x, &w, &mask, &b, &c, (n, i, o), act, x_grad);
-                    let what = format!("{n}×{i}→{o} {act:?} x_grad={x_grad}");
+                    let f = run(true, reach, &x, &w, &mask, &b, &c, (n, i, o), act, x_grad);
+                    let r = run(false, false, &x, &w, &mask, &b, &c, (n, i, o), act, x_grad);
+                    let what = format!("{n}×{i}→{o} {act:?} x_grad={x_grad} reach={reach}");
                     assert_close(&f.y, &r.y, &format!("{what} y"));
                     assert_close(&f.gx, &r.gx, &format!("{what} ∂x"));
                     assert_close(&f.gw, &r.gw, &format!("{what} ∂W"));
@@ -102,7 +118,7 @@ fn fused_dense_without_grad_is_the_plain_layer() {
     let mut rng = StdRng::seed_from_u64(4);
     let (n, i, o) = (9, 4, 6);
     let (x, w, b) = (normal(n * i, 1.0, &mut rng), normal(i * o, 1.0, &mut rng), normal(o, 1.0, &mut rng));
-    let y = to_vec(fused::dense(matrix(x.clone(), n, i, &dev), matrix(w.clone(), i, o, &dev), vector(b.clone(), &dev), Some(Activation::Relu))).unwrap();
+    let y = to_vec(fused::dense(matrix(x.clone(), n, i, &dev), matrix(w.clone(), i, o, &dev), vector(b.clone(), &dev), Some(Activation::Relu), None)).unwrap();
     for r in 0..n {
         for j in 0..o {
             let v: f64 = (0..i).map(|k| x[r * i + k] * w[k * o + j]).sum::<f64>() + b[j];

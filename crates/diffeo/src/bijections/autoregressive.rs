@@ -36,6 +36,11 @@ pub struct MaskedAutoregressiveConfig {
     /// The elementwise transformer.
     #[serde(default)]
     pub transformer: Transformer,
+    /// MADE's hidden units numbered in order of degree (new layers; files without the field keep
+    /// the cyclic numbering they were trained with). The same masks up to a relabeling of the
+    /// units, but each weight matrix is then a staircase whose zero blocks the CPU kernels skip.
+    #[serde(default)]
+    pub sorted_units: bool,
     /// Seed of the weights (set by the chain; not stored).
     #[serde(skip)]
     pub seed: u64,
@@ -50,6 +55,7 @@ impl MaskedAutoregressiveConfig {
             conditioner: ConditionerConfig::new(hidden),
             order: (1..=dim).collect(),
             transformer: Transformer::Affine,
+            sorted_units: true,
             seed: 0,
         }
     }
@@ -65,7 +71,11 @@ impl MaskedAutoregressiveConfig {
     /// Builds the layer (last conditioner layer zero: identity start).
     pub fn init(&self, device: &Device) -> Result<MaskedAutoregressive> {
         self.validate()?;
-        let made = self.conditioner.made(&self.order, self.context_dim, self.transformer.params_per_dim(), self.seed).init(device)?;
+        let made = self
+            .conditioner
+            .made(&self.order, self.context_dim, self.transformer.params_per_dim(), self.seed)
+            .with_sorted_units(self.sorted_units)
+            .init(device)?;
         Ok(MaskedAutoregressive {
             made,
             transformer: self.transformer.clone(),

@@ -29,23 +29,38 @@ use super::Activation;
 /// Multiply-adds above which a GEMM uses every thread.
 const PARALLEL_GEMM: usize = 8 << 20;
 
+/// How many leading inputs each output unit of a masked layer reads: `reach[j]` = 1 + the last
+/// input row whose weight into unit `j` the mask keeps (0: none). The kernels skip the zero
+/// blocks beyond it (a staircase when units are numbered in order of degree).
+pub type Reach = std::sync::Arc<[usize]>;
+
 /// `act(x·w + b)` as one backend operation: `x` `[N, I]`, `w` `[I, O]`, `b` `[O]` → `[N, O]`.
 #[backend_extension(Flex, Autodiff)]
 pub trait DenseBackend: Backend {
-    /// The layer; `activation` `None` is the affine map alone.
-    fn dense(x: FloatTensor<Self>, w: FloatTensor<Self>, b: FloatTensor<Self>, activation: Option<Activation>) -> FloatTensor<Self>;
+    /// The layer; `activation` `None` is the affine map alone; with `reach`, `w` must be zero
+    /// beyond it (a masked weight), and those blocks are skipped.
+    fn dense(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        activation: Option<Activation>,
+        reach: Option<Reach>,
+    ) -> FloatTensor<Self>;
 }
 
 /// The backward kernel of [`DenseBackend::dense`].
 pub trait DenseGrad: Backend {
     /// `(∂x, ∂w, ∂b)` of `⟨g, y⟩` for `y = act(x·w + b)`, from the saved `x`, `w` and `y`;
     /// `∂x` only when `want_x`.
+    /// With `reach`, `∂w` is zero beyond it (the mask's product zeroes it there anyway).
+    #[allow(clippy::too_many_arguments)]
     fn dense_backward(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         y: FloatTensor<Self>,
         g: FloatTensor<Self>,
         activation: Option<Activation>,
+        reach: Option<&[usize]>,
         want_x: bool,
     ) -> (Option<FloatTensor<Self>>, FloatTensor<Self>, FloatTensor<Self>);
 }
@@ -82,16 +97,17 @@ pub(crate) fn register_input_weight_bias<B: Backend>(
     }
 }
 
-/// The fused layer on a supported device.
-pub fn dense(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>, activation: Option<Activation>) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as DenseBackend>::dense(x.into_dispatch(), w.into_dispatch(), b.into_dispatch(), activation))
+/// The fused layer on a supported device (`reach`: see [`Reach`]).
+pub fn dense(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>, activation: Option<Activation>, reach: Option<Reach>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as DenseBackend>::dense(x.into_dispatch(), w.into_dispatch(), b.into_dispatch(), activation, reach))
 }
 
 impl DenseBackend for Flex {
-    fn dense(x: FlexTensor, w: FlexTensor, b: FlexTensor, activation: Option<Activation>) -> FlexTensor {
+    fn dense(x: FlexTensor, w: FlexTensor, b: FlexTensor, activation: Option<Activation>, reach: Option<Reach>) -> FlexTensor {
+        let reach = reach.as_deref();
         match x.dtype() {
-            DType::F64 => forward::<f64>(&x, &w, &b, activation),
-            _ => forward::<f32>(&x, &w, &b, activation),
+            DType::F64 => forward::<f64>(&x, &w, &b, activation, reach),
+            _ => forward::<f32>(&x, &w, &b, activation, reach),
         }
     }
 }
@@ -103,28 +119,35 @@ impl DenseGrad for Flex {
         y: FlexTensor,
         g: FlexTensor,
         activation: Option<Activation>,
+        reach: Option<&[usize]>,
         want_x: bool,
     ) -> (Option<FlexTensor>, FlexTensor, FlexTensor) {
         match x.dtype() {
-            DType::F64 => backward::<f64>(&x, &w, &y, &g, activation, want_x),
-            _ => backward::<f32>(&x, &w, &y, &g, activation, want_x),
+            DType::F64 => backward::<f64>(&x, &w, &y, &g, activation, reach, want_x),
+            _ => backward::<f32>(&x, &w, &y, &g, activation, reach, want_x),
         }
     }
 }
 
 impl<B: Backend + DenseBackend + DenseGrad, C: CheckpointStrategy> DenseBackend for Autodiff<B, C> {
-    fn dense(x: FloatTensor<Self>, w: FloatTensor<Self>, b: FloatTensor<Self>, activation: Option<Activation>) -> FloatTensor<Self> {
+    fn dense(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        activation: Option<Activation>,
+        reach: Option<Reach>,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct DenseStep;
 
         impl<B: Backend + DenseGrad> Backward<B, 3> for DenseStep {
-            type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, Option<Activation>);
+            type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, Option<Activation>, Option<Reach>);
 
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let ids = ops.parents.map(|p| p.map(|node| node.id));
                 let g = grads.consume::<B>(&ops.node);
-                let (x, w, y, activation) = ops.state;
-                register_input_weight_bias::<B>(grads, ids, B::dense_backward(x, w, y, g, activation, ids[0].is_some()));
+                let (x, w, y, activation, reach) = ops.state;
+                register_input_weight_bias::<B>(grads, ids, B::dense_backward(x, w, y, g, activation, reach.as_deref(), ids[0].is_some()));
             }
         }
 
@@ -132,10 +155,10 @@ impl<B: Backend + DenseBackend + DenseGrad, C: CheckpointStrategy> DenseBackend 
         let (x, w, b) = (x.into_primitive(), w.into_primitive(), b.into_primitive());
         match DenseStep.prepare::<C>(guards).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let y = B::dense(x.clone(), w.clone(), b, activation);
-                prep.finish((x, w, y.clone(), activation), y)
+                let y = B::dense(x.clone(), w.clone(), b, activation, reach.clone());
+                prep.finish((x, w, y.clone(), activation, reach), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::dense(x, w, b, activation)),
+            OpsKind::UnTracked(prep) => prep.finish(B::dense(x, w, b, activation, reach)),
         }
     }
 }
@@ -151,17 +174,32 @@ pub(crate) trait Real:
     + std::ops::Add<Output = Self>
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
     + PartialOrd
 {
     const ZERO: Self;
     const ONE: Self;
     fn tanh(self) -> Self;
     fn exp_m1(self) -> Self;
+    fn sqrt(self) -> Self;
+    /// The value in f64 (exact).
+    fn to_f64(self) -> f64;
+    /// `v` rounded to this type.
+    fn from_f64(v: f64) -> Self;
 }
 
 impl Real for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
     fn tanh(self) -> Self {
         f32::tanh(self)
     }
@@ -186,6 +224,15 @@ impl Real for f32 {
 impl Real for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
     fn tanh(self) -> Self {
         f64::tanh(self)
     }
@@ -215,11 +262,6 @@ pub(crate) fn tensor<T: Real>(v: Vec<T>, shape: Vec<usize>) -> FlexTensor {
 fn gemm<T: Real>(mnk: (usize, usize, usize), dst: &mut [T], lhs: &[T], ls: (usize, usize), rhs: &[T], rs: (usize, usize)) {
     let parallel = mnk.0 * mnk.1 * mnk.2 >= PARALLEL_GEMM;
     gemm_with(mnk, dst, mnk.1, lhs, ls, rhs, rs, parallel);
-}
-
-/// [`gemm_with`] on this thread.
-pub(crate) fn gemm_serial<T: Real>(mnk: (usize, usize, usize), dst: &mut [T], lhs: &[T], ls: (usize, usize), rhs: &[T], rs: (usize, usize)) {
-    gemm_with(mnk, dst, mnk.1, lhs, ls, rhs, rs, false);
 }
 
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]` with explicit (column, row) strides for each input and the
@@ -344,28 +386,56 @@ fn bias_activation<T: Real>(y: &mut [T], b: &[T], activation: Option<Activation>
     }
 }
 
-fn forward<T: Real>(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, activation: Option<Activation>) -> FlexTensor {
+/// The GEMMs of a masked layer with `reach` ([`Reach`]): columns cut every
+/// [`STAIRCASE_COLUMNS`], each group `(first column, end column, inputs read)` reading the
+/// inputs its columns reach, merged while that stays the same. Without `reach`: one GEMM.
+pub(crate) fn column_groups(reach: Option<&[usize]>, inputs: usize, outputs: usize) -> Vec<(usize, usize, usize)> {
+    let Some(reach) = reach.filter(|r| r.len() == outputs) else {
+        return vec![(0, outputs, inputs)];
+    };
+    let mut groups: Vec<(usize, usize, usize)> = Vec::new();
+    for c0 in (0..outputs).step_by(STAIRCASE_COLUMNS) {
+        let c1 = (c0 + STAIRCASE_COLUMNS).min(outputs);
+        let k = reach[c0..c1].iter().copied().max().unwrap_or(0).min(inputs);
+        match groups.last_mut() {
+            Some(g) if g.2 == k => g.1 = c1,
+            _ => groups.push((c0, c1, k)),
+        }
+    }
+    groups
+}
+
+/// `dst[m×o] = x[m×i] · w[i×o]` by column groups ([`column_groups`]).
+fn grouped_gemm<T: Real>((m, i, o): (usize, usize, usize), dst: &mut [T], x: &[T], w: &[T], groups: &[(usize, usize, usize)], parallel: bool) {
+    for &(c0, c1, k) in groups {
+        gemm_with((m, c1 - c0, k), &mut dst[c0..], o, x, (1, i), &w[c0..], (1, o), parallel);
+    }
+}
+
+fn forward<T: Real>(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, activation: Option<Activation>, reach: Option<&[usize]>) -> FlexTensor {
     let ((n, i), (_, o)) = (shape2(x), shape2(w));
     let (xv, wv, bv) = (values::<T>(x), values::<T>(w), values::<T>(b));
     let mut y = vec![T::ZERO; n * o];
-    if o == 0 {
+    if o == 0 || n == 0 {
         return tensor(y, vec![n, o]);
     }
+    let groups = column_groups(reach, i, o);
     let threads = rayon::current_num_threads();
     if n * o * i >= PARALLEL_GEMM && threads > 1 && n >= 2 * threads {
         // Rows split across threads: each chunk's GEMM, bias and activation stay on one core.
         let rows = n.div_ceil(threads);
         y.par_chunks_mut(rows * o).zip(xv.par_chunks(rows * i)).for_each(|(y, x)| {
             let m = y.len() / o;
-            gemm_serial((m, o, i), y, x, (1, i), &wv, (1, o));
+            grouped_gemm((m, i, o), y, x, &wv, &groups, false);
             bias_activation(y, &bv, activation);
         });
     } else {
-        gemm((n, o, i), &mut y, &xv, (1, i), &wv, (1, o));
+        grouped_gemm((n, i, o), &mut y, &xv, &wv, &groups, n * o * i >= PARALLEL_GEMM);
         bias_activation(&mut y, &bv, activation);
     }
     tensor(y, vec![n, o])
 }
+
 
 /// Rows each task of [`stack`] carries through every layer (its activations stay in cache).
 const STACK_ROWS: usize = 256;
@@ -450,8 +520,15 @@ fn staircase_layers<'a, T: Real>(
     for (l, (w, b, activation)) in weights.into_iter().enumerate() {
         let (i, o) = (widths[l], widths[l + 1]);
         let cols = sorted(&degrees[l + 1]);
-        let weight: Vec<T> = rows.iter().flat_map(|&r| cols.iter().map(move |&c| (r, c))).map(|(r, c)| w[r * o + c]).collect();
-        let bias: Vec<T> = cols.iter().map(|&c| b[c]).collect();
+        // Units already in order of degree (MADE with sorted units) keep their weights in place.
+        let identity = |p: &[usize]| p.iter().enumerate().all(|(i, &u)| i == u);
+        let in_place = identity(&cols);
+        let (weight, bias) = if in_place && identity(&rows) {
+            (w, b)
+        } else {
+            let weight: Vec<T> = rows.iter().flat_map(|&r| cols.iter().map(move |&c| (r, c))).map(|(r, c)| w[r * o + c]).collect();
+            (weight.into(), cols.iter().map(|&c| b[c]).collect::<Vec<T>>().into())
+        };
         // Inputs (in the order they are computed) a unit of degree m reads.
         let reads = |m: usize| rows.iter().rposition(|&r| if l == last { degrees[l][r] < m } else { degrees[l][r] <= m }).map_or(0, |p| p + 1);
         // Cuts every STAIRCASE_COLUMNS columns (a multiple of the GEMM kernels' 16 rows of the
@@ -465,7 +542,7 @@ fn staircase_layers<'a, T: Real>(
                 _ => groups.push((c0, c1, k)),
             }
         }
-        out.push(StackLayer { weight: weight.into(), bias: bias.into(), activation, groups, order: Some(cols.clone()) });
+        out.push(StackLayer { weight, bias, activation, groups, order: (!in_place).then(|| cols.clone()) });
         rows = cols;
     }
     Some(out)
@@ -556,8 +633,18 @@ fn stack<T: Real>(
             }
         }
     };
-    if n > STACK_ROWS && rayon::current_num_threads() > 1 {
-        y.par_chunks_mut(STACK_ROWS * out).enumerate().for_each_init(|| (Vec::new(), Vec::new()), |s, c| block(c, s));
+    let threads = rayon::current_num_threads();
+    if n > STACK_ROWS && threads > 1 {
+        // A few tasks per thread, each with its scratch made once for its run of blocks
+        // (`for_each_init` makes one per split of the job: zeroing it cost 5 % of the stack).
+        let blocks = n.div_ceil(STACK_ROWS);
+        let per_task = blocks.div_ceil(4 * threads);
+        y.par_chunks_mut(per_task * STACK_ROWS * out).enumerate().for_each(|(t, run)| {
+            let mut scratch = (Vec::new(), Vec::new());
+            for (j, c) in run.chunks_mut(STACK_ROWS * out).enumerate() {
+                block((t * per_task + j, c), &mut scratch);
+            }
+        });
     } else {
         let mut scratch = (Vec::new(), Vec::new());
         y.chunks_mut(STACK_ROWS * out).enumerate().for_each(|c| block(c, &mut scratch));
@@ -571,9 +658,12 @@ fn backward<T: Real>(
     y: &FlexTensor,
     g: &FlexTensor,
     activation: Option<Activation>,
+    reach: Option<&[usize]>,
     want_x: bool,
 ) -> (Option<FlexTensor>, FlexTensor, FlexTensor) {
     let ((n, i), (_, o)) = (shape2(x), shape2(w));
+    let parallel = n * i * o >= PARALLEL_GEMM;
+    let reach = reach.filter(|r| r.len() == o);
     let (xv, wv, yv, gv) = (values::<T>(x), values::<T>(w), values::<T>(y), values::<T>(g));
     // g' = g ⊙ act′(y)
     let gp: std::borrow::Cow<'_, [T]> = match activation {
@@ -583,15 +673,32 @@ fn backward<T: Real>(
         }
         Some(_) => gv.iter().zip(yv.iter()).map(|(&g, &y)| g * derivative(y, activation)).collect::<Vec<T>>().into(),
     };
-    // ∂x = g'·Wᵀ: Wᵀ[k, j] = w[j·o + k], column stride o, row stride 1.
+    // ∂x = g'·Wᵀ: Wᵀ[k, j] = w[j·o + k], column stride o, row stride 1. With `reach`, inputs
+    // r0..r1 take only the columns from the first one that reads r0 (the others' weights on
+    // them are zero).
     let gx = want_x.then(|| {
         let mut gx = vec![T::ZERO; n * i];
-        gemm((n, i, o), &mut gx, &gp, (1, o), &wv, (o, 1));
+        match reach {
+            None => gemm((n, i, o), &mut gx, &gp, (1, o), &wv, (o, 1)),
+            Some(reach) if n > 0 => {
+                for r0 in (0..i).step_by(STAIRCASE_COLUMNS) {
+                    let r1 = (r0 + STAIRCASE_COLUMNS).min(i);
+                    let first = reach.iter().position(|&k| k > r0).unwrap_or(o);
+                    gemm_with((n, r1 - r0, o - first), &mut gx[r0..], i, &gp[first..], (1, o), &wv[r0 * o + first..], (o, 1), parallel);
+                }
+            }
+            Some(_) => {}
+        }
         tensor(gx, vec![n, i])
     });
-    // ∂W = xᵀ·g': xᵀ[r, k] = x[k·i + r], column stride i, row stride 1.
+    // ∂W = xᵀ·g': xᵀ[r, k] = x[k·i + r], column stride i, row stride 1; with `reach`, only the
+    // blocks the columns read (zero beyond).
     let mut gw = vec![T::ZERO; i * o];
-    gemm((i, o, n), &mut gw, &xv, (i, 1), &gp, (1, o));
+    if n > 0 {
+        for (c0, c1, k) in column_groups(reach, i, o) {
+            gemm_with((k, c1 - c0, n), &mut gw[c0..], o, &xv, (i, 1), &gp[c0..], (1, o), parallel);
+        }
+    }
     let mut gb = vec![T::ZERO; o];
     for row in gp.chunks(o.max(1)) {
         for (s, &v) in gb.iter_mut().zip(row) {

@@ -120,8 +120,14 @@ fn layer_stack<L>(
 
 /// `act(x W + b)`, fused on the CPU, composed elsewhere.
 pub fn affine(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>, activation: Option<Activation>) -> Tensor<2> {
+    masked_affine(x, w, b, activation, None)
+}
+
+/// [`affine`] for a masked weight `w` that is zero beyond `reach` ([`fused::Reach`]): the fused
+/// kernel skips those blocks.
+pub fn masked_affine(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>, activation: Option<Activation>, reach: Option<fused::Reach>) -> Tensor<2> {
     if fused::supported(&x) {
-        return fused::dense(x, w, b, activation);
+        return fused::dense(x, w, b, activation, reach);
     }
     let h = x.matmul(w).add(b.unsqueeze());
     match activation {
@@ -371,6 +377,10 @@ pub struct MaskedDense {
     pub bias: Param<Tensor<1>>,
     /// Fixed 0/1 mask `[in, out]` (rebuilt from the configuration, not stored in files).
     pub mask: Tensor<2>,
+    /// Inputs each unit reads (see [`fused::Reach`]), from the mask; `None` when skipping the
+    /// zero blocks would save little.
+    #[module(skip)]
+    pub reach: Option<fused::Reach>,
 }
 
 impl MaskedDense {
@@ -386,10 +396,14 @@ impl MaskedDense {
             *wi *= mi;
         }
         let b = init_values(1, d_out, fan_in, init, rng);
+        let reach: Vec<usize> = (0..d_out).map(|j| (0..d_in).rposition(|i| mask[i * d_out + j] > 0.0).map_or(0, |i| i + 1)).collect();
+        // Worth it when the column groups read at most ~90 % of the dense products.
+        let read: usize = fused::column_groups(Some(&reach), d_in, d_out).iter().map(|&(c0, c1, k)| (c1 - c0) * k).sum();
         Self {
             weight: Param::from_tensor(matrix(w, d_in, d_out, device)),
             bias: Param::from_tensor(vector(b, device)),
             mask: matrix(mask, d_in, d_out, device),
+            reach: (10 * read <= 9 * d_in * d_out).then(|| reach.into()),
         }
     }
 
@@ -400,13 +414,18 @@ impl MaskedDense {
 
     /// `act(x (W ⊙ M) + b)`: one fused operation on the CPU ([`fused`]).
     pub fn forward_activated(&self, x: Tensor<2>, activation: Option<Activation>) -> Tensor<2> {
-        affine(x, self.weight.val().mul(self.mask.clone()), self.bias.val(), activation)
+        masked_affine(x, self.weight.val().mul(self.mask.clone()), self.bias.val(), activation, self.reach.clone())
     }
 }
 
-/// Degrees of `width` hidden units for `d` inputs: cycling through 1..=D−1 (all 0 when D = 1).
-fn hidden_degrees(width: usize, d: usize) -> Vec<usize> {
-    (0..width).map(|k| if d <= 1 { 0 } else { k % (d - 1) + 1 }).collect()
+/// Degrees of `width` hidden units for `d` inputs: cycling through 1..=D−1 (all 0 when D = 1),
+/// or with `sorted` the same degrees in increasing order.
+fn hidden_degrees(width: usize, d: usize, sorted: bool) -> Vec<usize> {
+    let mut degrees: Vec<usize> = (0..width).map(|k| if d <= 1 { 0 } else { k % (d - 1) + 1 }).collect();
+    if sorted {
+        degrees.sort_unstable();
+    }
+    degrees
 }
 
 /// One layer of MADE with its units sorted by degree (see [`Made::sweep`]).
@@ -461,13 +480,22 @@ pub struct MadeConfig {
     pub context_dim: usize,
     /// Seed of the weights.
     pub seed: u64,
+    /// Hidden units numbered in order of degree (see
+    /// [`MaskedAutoregressiveConfig::sorted_units`](crate::bijections::MaskedAutoregressiveConfig)).
+    pub sorted_units: bool,
 }
 
 impl MadeConfig {
     /// MADE of the given shape for inputs of degrees `order` with `params_per_dim` outputs each,
     /// unconditional.
     pub fn new(order: Vec<usize>, network: NetworkConfig, params_per_dim: usize) -> Self {
-        Self { order, network, params_per_dim, context_dim: 0, seed: 0 }
+        Self { order, network, params_per_dim, context_dim: 0, seed: 0, sorted_units: false }
+    }
+
+    /// Numbers the hidden units in order of degree (`true`) or cyclically.
+    pub fn with_sorted_units(mut self, sorted: bool) -> Self {
+        self.sorted_units = sorted;
+        self
     }
 
     /// Conditions on a context of width `context_dim`.
@@ -509,7 +537,7 @@ impl MadeConfig {
         let d = order.len();
         let mut degrees: Vec<Vec<usize>> = vec![order.to_vec()];
         for &h in hidden {
-            degrees.push(hidden_degrees(h, d));
+            degrees.push(hidden_degrees(h, d, self.sorted_units));
         }
         let out_deg: Vec<usize> = (0..params_per_dim).flat_map(|_| order.iter().copied()).collect();
         let mut layers = Vec::new();
@@ -586,8 +614,7 @@ impl Made {
         let mut hidden = Vec::new();
         let ctx = self.context.as_ref().zip(context);
         for (l, layer) in self.layers[..self.layers.len() - 1].iter().enumerate() {
-            let width = layer.weight.dims()[1];
-            let (perm, upto) = sorted_by(&hidden_degrees(width, d));
+            let (perm, upto) = sorted_by(&self.degrees[l + 1]);
             let cols = crate::tensor::indices(&perm, &device);
             let weight = layer.weight.val().mul(layer.mask.clone()).select(0, crate::tensor::indices(&prev_perm, &device)).select(1, cols.clone());
             let context = if l == 0 { ctx.map(|(w, _)| w.val().select(1, cols.clone())) } else { None };

@@ -6,7 +6,8 @@
 //! log-det with respect to the input and the 3K − 1 parameters), and the backward step is a
 //! product with it. Registered as a burn backend extension (`Flex`, and `Autodiff` with a
 //! hand-written backward), so a spline layer is one graph node instead of ~100. Arithmetic is in
-//! f64 whatever the tensor's dtype.
+//! f64 whatever the tensor's dtype (f32 tensors are read and written
+//! in place, converted per element).
 //!
 //! The composed-op version ([`rational_quadratic`](super::rational_quadratic)) is the reference the
 //! tests compare against; it also runs on every other backend.
@@ -23,10 +24,11 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::{MIN_BIN_HEIGHT, MIN_BIN_WIDTH, MIN_DERIVATIVE};
+use crate::nn::fused::{tensor, values, Real};
 
 /// The spline as one backend operation: `v` `[N, D]`, `params` `[N, (3K−1)·D]` (parameter-major:
 /// parameter `p` of feature `j` in column `p·D + j`) → `[N, 2D]`, the output then the log-det.
@@ -86,12 +88,18 @@ pub fn rational_quadratic(
 
 impl RqSplineBackend for Flex {
     fn rq_spline(v: FlexTensor, params: FlexTensor, bins: usize, bound: f64, inverse: bool) -> FlexTensor {
-        let dtype = v.dtype();
-        let (n, d) = dims(&v);
-        let (v, params) = (host(v), host(params));
-        let mut out = vec![0.0; n * 2 * d];
-        Kernel::new(bins, bound, inverse, d).run(&v, &params, &mut out, None);
-        device(out, [n, 2 * d], dtype)
+        fn typed<T: Real>(v: &FlexTensor, params: &FlexTensor, kernel: Kernel) -> FlexTensor {
+            let (n, d) = dims(v);
+            let mut out = vec![T::ZERO; n * 2 * d];
+            kernel.run(&values::<T>(v), &values::<T>(params), &mut out, None);
+            tensor(out, vec![n, 2 * d])
+        }
+        let kernel = Kernel::new(bins, bound, inverse, dims(&v).1);
+        match v.dtype() {
+            DType::F32 => typed::<f32>(&v, &as_dtype(params, DType::F32), kernel),
+            DType::F64 => typed::<f64>(&v, &as_dtype(params, DType::F64), kernel),
+            other => as_dtype(typed::<f64>(&as_dtype(v, DType::F64), &as_dtype(params, DType::F64), kernel), other),
+        }
     }
 }
 
@@ -103,36 +111,54 @@ impl RqSplineGrad for Flex {
         bound: f64,
         inverse: bool,
     ) -> (FlexTensor, FlexTensor) {
-        let dtype = v.dtype();
-        let (n, d) = dims(&v);
-        let (v, params) = (host(v), host(params));
-        let width = 2 * 3 * bins;
-        let mut out = vec![0.0; n * 2 * d];
-        let mut jac = vec![0.0; n * d * width];
-        Kernel::new(bins, bound, inverse, d).run(&v, &params, &mut out, Some(&mut jac));
-        (device(out, [n, 2 * d], dtype), device(jac, [n * d, width], dtype))
+        fn typed<T: Real>(v: &FlexTensor, params: &FlexTensor, kernel: Kernel) -> (FlexTensor, FlexTensor) {
+            let (n, d) = dims(v);
+            let width = 2 * 3 * kernel.bins;
+            let mut out = vec![T::ZERO; n * 2 * d];
+            let mut jac = vec![T::ZERO; n * d * width];
+            kernel.run(&values::<T>(v), &values::<T>(params), &mut out, Some(&mut jac));
+            (tensor(out, vec![n, 2 * d]), tensor(jac, vec![n * d, width]))
+        }
+        let kernel = Kernel::new(bins, bound, inverse, dims(&v).1);
+        match v.dtype() {
+            DType::F32 => typed::<f32>(&v, &as_dtype(params, DType::F32), kernel),
+            DType::F64 => typed::<f64>(&v, &as_dtype(params, DType::F64), kernel),
+            other => {
+                let (out, jac) = typed::<f64>(&as_dtype(v, DType::F64), &as_dtype(params, DType::F64), kernel);
+                (as_dtype(out, other), as_dtype(jac, other))
+            }
+        }
     }
 
     fn rq_spline_vjp(jac: FlexTensor, grad: FlexTensor, bins: usize) -> (FlexTensor, FlexTensor) {
-        let dtype = grad.dtype();
-        let (n, d2) = dims(&grad);
-        let d = d2 / 2;
-        let p = super::params_per_dim(bins);
-        let (jac, grad) = (host(jac), host(grad));
-        let mut gv = vec![0.0; n * d];
-        let mut gp = vec![0.0; n * p * d];
-        gv.par_chunks_mut(d.max(1)).zip(gp.par_chunks_mut((p * d).max(1))).enumerate().for_each(|(row, (gv, gp))| {
-            for j in 0..d {
-                let (g_out, g_ld) = (grad[row * 2 * d + j], grad[row * 2 * d + d + j]);
-                let e = &jac[(row * d + j) * 2 * (p + 1)..(row * d + j + 1) * 2 * (p + 1)];
-                let (r_out, r_ld) = e.split_at(p + 1);
-                gv[j] = g_out * r_out[0] + g_ld * r_ld[0];
-                for q in 0..p {
-                    gp[q * d + j] = g_out * r_out[q + 1] + g_ld * r_ld[q + 1];
+        fn typed<T: Real>(jac: &FlexTensor, grad: &FlexTensor, bins: usize) -> (FlexTensor, FlexTensor) {
+            let (n, d2) = dims(grad);
+            let d = d2 / 2;
+            let p = super::params_per_dim(bins);
+            let (jac, grad) = (values::<T>(jac), values::<T>(grad));
+            let mut gv = vec![T::ZERO; n * d];
+            let mut gp = vec![T::ZERO; n * p * d];
+            gv.par_chunks_mut(d.max(1)).zip(gp.par_chunks_mut((p * d).max(1))).enumerate().for_each(|(row, (gv, gp))| {
+                for j in 0..d {
+                    let (g_out, g_ld) = (grad[row * 2 * d + j].to_f64(), grad[row * 2 * d + d + j].to_f64());
+                    let e = &jac[(row * d + j) * 2 * (p + 1)..(row * d + j + 1) * 2 * (p + 1)];
+                    let (r_out, r_ld) = e.split_at(p + 1);
+                    gv[j] = T::from_f64(g_out * r_out[0].to_f64() + g_ld * r_ld[0].to_f64());
+                    for q in 0..p {
+                        gp[q * d + j] = T::from_f64(g_out * r_out[q + 1].to_f64() + g_ld * r_ld[q + 1].to_f64());
+                    }
                 }
+            });
+            (tensor(gv, vec![n, d]), tensor(gp, vec![n, p * d]))
+        }
+        match grad.dtype() {
+            DType::F32 => typed::<f32>(&as_dtype(jac, DType::F32), &grad, bins),
+            DType::F64 => typed::<f64>(&as_dtype(jac, DType::F64), &grad, bins),
+            other => {
+                let (gv, gp) = typed::<f64>(&as_dtype(jac, DType::F64), &as_dtype(grad, DType::F64), bins);
+                (as_dtype(gv, other), as_dtype(gp, other))
             }
-        });
-        (device(gv, [n, d], dtype), device(gp, [n, p * d], dtype))
+        }
     }
 }
 
@@ -176,42 +202,30 @@ impl<B: Backend + RqSplineBackend + RqSplineGrad, C: CheckpointStrategy> RqSplin
     }
 }
 
+/// `t` in `dtype` (itself when it already is).
+fn as_dtype(t: FlexTensor, dtype: DType) -> FlexTensor {
+    if t.dtype() == dtype {
+        t
+    } else {
+        FlexTensor::from_data(t.into_data().convert_dtype(dtype))
+    }
+}
+
 fn dims(t: &FlexTensor) -> (usize, usize) {
     let shape = t.layout().shape();
     (shape[0], shape[1])
 }
 
-/// Row-major host values as f64.
-fn host(t: FlexTensor) -> Vec<f64> {
-    let data = t.into_data();
-    match data.dtype() {
-        DType::F64 => data.try_into_vec::<f64>().unwrap_or_default(),
-        DType::F32 => data.as_slice::<f32>().map(|s| s.iter().map(|&x| x as f64).collect()).unwrap_or_default(),
-        _ => data.iter::<f64>().collect(),
-    }
-}
-
-fn device(values: Vec<f64>, shape: [usize; 2], dtype: DType) -> FlexTensor {
-    let data = match dtype {
-        DType::F64 => TensorData::new(values, shape),
-        DType::F32 => TensorData::new(values.into_iter().map(|x| x as f32).collect::<Vec<f32>>(), shape),
-        other => TensorData::new(values, shape).convert_dtype(other),
+/// `(ln(1 + eᶻ), σ(z))`, stable, from one exponential `e^{−|z|}`; the sigmoid only when asked.
+fn softplus_sigmoid(z: f64, with_sigmoid: bool) -> (f64, f64) {
+    let e = (-z.abs()).exp();
+    let softplus = z.max(0.0) + e.ln_1p();
+    let sigmoid = match (with_sigmoid, z >= 0.0) {
+        (false, _) => 0.0,
+        (true, true) => 1.0 / (1.0 + e),
+        (true, false) => e / (1.0 + e),
     };
-    FlexTensor::from_data(data)
-}
-
-/// `ln(1 + eᶻ)`, stable.
-fn softplus(z: f64) -> f64 {
-    z.max(0.0) + (-z.abs()).exp().ln_1p()
-}
-
-fn sigmoid(z: f64) -> f64 {
-    if z >= 0.0 {
-        1.0 / (1.0 + (-z).exp())
-    } else {
-        let e = z.exp();
-        e / (1.0 + e)
-    }
+    (softplus, sigmoid)
 }
 
 /// Knots `[K+1]` from `K` logits: softmax, floor `min`, cumulative sum scaled to `[−B, B]`, ends
@@ -300,7 +314,7 @@ impl Kernel {
     /// Every element of the batch: outputs into `out` `[N, 2D]`; with `jac`, also each element's
     /// Jacobian rows `[N, D, 2, P + 1]` (see [`element`](Self::element)). Blocks of rows run in
     /// parallel.
-    fn run(&self, v: &[f64], params: &[f64], out: &mut [f64], jac: Option<&mut [f64]>) {
+    fn run<T: Real>(&self, v: &[T], params: &[T], out: &mut [T], jac: Option<&mut [T]>) {
         const ROWS: usize = 64;
         let d = self.dim.max(1);
         let p = super::params_per_dim(self.bins);
@@ -317,7 +331,7 @@ impl Kernel {
     }
 
     /// Rows `first ..` of the batch, as many as `out` holds.
-    fn rows(&self, first: usize, v: &[f64], params: &[f64], out: &mut [f64], mut jac: Option<&mut [f64]>) {
+    fn rows<T: Real>(&self, first: usize, v: &[T], params: &[T], out: &mut [T], mut jac: Option<&mut [T]>) {
         let d = self.dim;
         let p = super::params_per_dim(self.bins);
         let block = 2 * (p + 1);
@@ -327,26 +341,28 @@ impl Kernel {
             let prow = &params[row * p * d..(row + 1) * p * d];
             for j in 0..d {
                 for (q, t) in s.theta.iter_mut().enumerate() {
-                    *t = prow[q * d + j];
+                    *t = prow[q * d + j].to_f64();
                 }
-                let (o, ld) = self.element(v[row * d + j], jac.is_some(), &mut s);
-                out[local * 2 * d + j] = o;
-                out[local * 2 * d + d + j] = ld;
+                let (o, ld) = self.element(v[row * d + j].to_f64(), jac.is_some(), &mut s);
+                out[local * 2 * d + j] = T::from_f64(o);
+                out[local * 2 * d + d + j] = T::from_f64(ld);
                 if let Some(jac) = jac.as_mut() {
-                    jac[(local * d + j) * block..(local * d + j + 1) * block].copy_from_slice(&s.jac);
+                    let dst = &mut jac[(local * d + j) * block..(local * d + j + 1) * block];
+                    dst.iter_mut().zip(&s.jac).for_each(|(t, &v)| *t = T::from_f64(v));
                 }
             }
         }
     }
 
-    /// Derivative at knot `j` and its derivative with respect to its logit.
-    fn derivative(&self, theta: &[f64], j: usize) -> (f64, f64) {
+    /// Derivative at knot `j` and (with `jacobian`; 0 otherwise) its derivative with respect to
+    /// its logit.
+    fn derivative(&self, theta: &[f64], j: usize, jacobian: bool) -> (f64, f64) {
         let k = self.bins;
         if j == 0 || j == k {
             (1.0, 0.0)
         } else {
-            let z = theta[2 * k + j - 1] + self.shift;
-            (MIN_DERIVATIVE + softplus(z), sigmoid(z))
+            let (softplus, sigmoid) = softplus_sigmoid(theta[2 * k + j - 1] + self.shift, jacobian);
+            (MIN_DERIVATIVE + softplus, sigmoid)
         }
     }
 
@@ -368,8 +384,8 @@ impl Kernel {
         let idx = search[1..k].partition_point(|&z| z <= v);
         let (x0, w) = (s.xk[idx], s.xk[idx + 1] - s.xk[idx]);
         let (y0, h) = (s.yk[idx], s.yk[idx + 1] - s.yk[idx]);
-        let (d0, dd0) = self.derivative(&s.theta, idx);
-        let (d1, dd1) = self.derivative(&s.theta, idx + 1);
+        let (d0, dd0) = self.derivative(&s.theta, idx, jacobian);
+        let (d1, dd1) = self.derivative(&s.theta, idx + 1, jacobian);
         let sl = h / w;
         let sd = d0 + d1 - 2.0 * sl;
 
