@@ -251,6 +251,7 @@ pub fn run(a: &BenchConfig) -> Result<serde_json::Value> {
         "steps": a.steps, "batch": batch, "seed": a.seed, "lr": 1e-3,
         "transforms": if model == "cnf" { 1 } else { transforms },
         "hidden": if model == "cnf" { cnf.hidden[0] } else { hidden }, "layers": layers, "variant": null,
+        "transformer": if model == "cnf" { json!(null) } else { json!(config.transformer.name()) },
         "bins": if model == "nsf" { json!(bins) } else { json!(null) },
         "tail": if model == "nsf" { json!(tail) } else { json!(null) },
         "versions": { "diffeo": env!("CARGO_PKG_VERSION"), "burn": "0.22.1" },

@@ -41,8 +41,9 @@ pub enum Transformer {
     /// `y = x + μ` (NICE). Parameters per dimension: (μ). Volume preserving.
     Additive,
     /// FlowJAX's affine parameterization: data → base `x = σ·y + μ` with
-    /// `σ = softplus(a + c) + 0.01`, `c = softplus⁻¹(0.99)` (so `a = 0` is exactly scale 1),
-    /// base → data `y = (x − μ)/σ`. The density direction's scale grows linearly in `a` and
+    /// `σ = softplus(a + c) + 0.01`, `c = softplus⁻¹(0.99)`, evaluated as
+    /// `σ = 1 + ln(1 + (eᵃ − 1)·s)`, `s = 1 − e^{−0.99}` (the same function, and `a = 0` is
+    /// exactly scale 1 in floating point), base → data `y = (x − μ)/σ`. The density direction's scale grows linearly in `a` and
     /// never falls below 0.01. Parameters per dimension: (μ, a). log|dy/dx| = −log σ.
     SoftplusAffine,
     /// Glow's affine coupling scale (Kingma & Dhariwal 2018), a sigmoid: data → base
@@ -127,11 +128,23 @@ impl SplineTails {
 /// The floor of [`Transformer::SoftplusAffine`]'s scale (FlowJAX's `min_scale`).
 const SOFTPLUS_MIN_SCALE: f64 = 0.01;
 
-/// `σ = softplus(a + c) + 0.01` of [`Transformer::SoftplusAffine`], `c = ln(e^0.99 − 1)` so that
-/// `σ(0) = 1`; returns `(σ, log σ)`.
+/// Where [`softplus_scale`] switches to its linear tail.
+const SOFTPLUS_LINEAR_FROM: f64 = 30.0;
+
+/// `s = σ(c) = 1 − e^{−0.99}` of [`softplus_scale`].
+fn softplus_slope() -> f64 {
+    1.0 - (-(1.0 - SOFTPLUS_MIN_SCALE)).exp()
+}
+
+/// `σ = softplus(a + c) + 0.01` of [`Transformer::SoftplusAffine`], `c = ln(e^0.99 − 1)`, as
+/// `σ = 1 + ln(1 + (eᶻ − 1)·s) + (a − z)`, `z = min(a, 30)`, `s = σ(c)`: the same function
+/// (`softplus(a + c) − softplus(c) = ln(1 + (eᵃ − 1)·s)`; beyond 30 it is linear to 10⁻¹³),
+/// and exactly 1 at `a = 0` (`e⁰ − 1 = 0`), so that the zero-initialized conditioner starts at
+/// the identity. Returns `(σ, log σ)`.
 fn softplus_scale(a: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
-    let offset = ((1.0 - SOFTPLUS_MIN_SCALE).exp() - 1.0).ln();
-    let sigma = burn::tensor::activation::softplus(a.add_scalar(offset), 1.0).add_scalar(SOFTPLUS_MIN_SCALE);
+    let z = a.clone().clamp_max(SOFTPLUS_LINEAR_FROM);
+    let tail = a.sub_scalar(SOFTPLUS_LINEAR_FROM).clamp_min(0.0);
+    let sigma = z.exp().sub_scalar(1.0).mul_scalar(softplus_slope()).log1p().add(tail).add_scalar(1.0);
     let log_sigma = sigma.clone().log();
     (sigma, log_sigma)
 }
@@ -172,8 +185,7 @@ fn affine_inverse_plain(y: &Tensor<2>, params: &Tensor<2>, map: ScaleMap) -> Opt
             let (yv, pv) = (crate::nn::fused::values::<$t>(&yf), crate::nn::fused::values::<$t>(&pf));
             let (mut x, mut ld) = (vec![0.0 as $t; n * d], vec![0.0 as $t; n * d]);
             let bound = AFFINE_LOG_SCALE_BOUND as $t;
-            let offset = ((1.0 - SOFTPLUS_MIN_SCALE).exp() - 1.0).ln() as $t;
-            let floor = SOFTPLUS_MIN_SCALE as $t;
+            let (slope, linear_from) = (softplus_slope() as $t, SOFTPLUS_LINEAR_FROM as $t);
             for r in 0..n {
                 let (yr, pr) = (&yv[r * d..(r + 1) * d], &pv[r * 2 * d..(r + 1) * 2 * d]);
                 let (xr, lr) = (&mut x[r * d..(r + 1) * d], &mut ld[r * d..(r + 1) * d]);
@@ -186,9 +198,9 @@ fn affine_inverse_plain(y: &Tensor<2>, params: &Tensor<2>, map: ScaleMap) -> Opt
                             lr[j] = -s;
                         }
                         ScaleMap::Softplus => {
-                            // softplus(z) = max(z, 0) + ln(1 + e^{−|z|}), as burn computes it.
-                            let z = a + offset;
-                            let sigma = z.max(0.0) + (-z.abs()).exp().ln_1p() + floor;
+                            // As `softplus_scale` (with eᶻ − 1 as one accurate call).
+                            let z = a.min(linear_from);
+                            let sigma = 1.0 + (z.exp_m1() * slope).ln_1p() + (a - linear_from).max(0.0);
                             xr[j] = yr[j] * sigma + mu;
                             lr[j] = sigma.ln();
                         }

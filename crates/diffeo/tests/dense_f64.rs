@@ -220,3 +220,27 @@ fn affine_inverse_without_autodiff_matches_the_composed_operations() {
         assert_close(&ld, &ldr, &format!("{t:?} log-det"));
     }
 }
+
+/// The softplus scale, evaluated as `1 + ln(1 + (eᵃ − 1)·s)` with a linear tail beyond 30, is
+/// FlowJAX's `softplus(a + c) + 0.01` (c = softplus⁻¹(0.99)) on both paths, tails included, and
+/// exactly 1 at `a = 0`.
+#[test]
+fn softplus_scale_is_flowjax_function() {
+    let plain = device();
+    let a = [-80.0, -20.0, -3.0, -1e-9, 0.0, 1e-9, 0.7, 5.0, 29.9, 30.0, 30.1, 45.0, 1e4];
+    let c = (0.99f64.exp() - 1.0).ln();
+    let softplus = |z: f64| z.max(0.0) + (-z.abs()).exp().ln_1p();
+    for dev in [plain.clone(), plain.autodiff()] {
+        let n = a.len();
+        let params: Vec<f64> = a.iter().flat_map(|&a| [0.0, a]).collect();
+        // x = y·σ + μ with y = 1, μ = 0 (one feature, the rows are the values of a).
+        let (x, ld) = Transformer::SoftplusAffine.inverse(matrix(vec![1.0; n], n, 1, &dev), &matrix(params, n, 2, &dev));
+        let (x, ld) = (to_vec(x).unwrap(), to_vec(ld).unwrap());
+        for (k, &a) in a.iter().enumerate() {
+            let sigma = softplus(a + c) + 0.01;
+            assert!((x[k] - sigma).abs() <= 1e-12 * sigma, "a = {a}: σ {} vs {sigma}", x[k]);
+            assert!((ld[k] - sigma.ln()).abs() <= 1e-12 * (1.0 + sigma.ln().abs()), "a = {a}: log σ");
+        }
+        assert_eq!((x[4], ld[4]), (1.0, 0.0), "exactly the identity at a = 0");
+    }
+}

@@ -361,6 +361,27 @@ fn derivative<T: Real>(y: T, activation: Option<Activation>) -> T {
 /// `y += b` then `y = act(y)` over rows of width `b.len()`, one loop per activation so that each
 /// vectorizes.
 fn bias_activation<T: Real>(y: &mut [T], b: &[T], activation: Option<Activation>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        unsafe { bias_activation_avx2(y, b, activation) };
+        return;
+    }
+    bias_activation_portable(y, b, activation);
+}
+
+/// [`bias_activation_portable`] compiled for AVX2 and FMA (eight f32 lanes instead of SSE2's four;
+/// the build targets baseline x86-64, so only code marked like this uses them). LLVM does not
+/// contract `a·b + c` into an FMA on its own, so the results are the same.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bias_activation_avx2<T: Real>(y: &mut [T], b: &[T], activation: Option<Activation>) {
+    bias_activation_portable(y, b, activation)
+}
+
+/// `y ← act(y + b)` row by row.
+#[inline(always)]
+fn bias_activation_portable<T: Real>(y: &mut [T], b: &[T], activation: Option<Activation>) {
     macro_rules! each {
         ($f:expr) => {
             for row in y.chunks_exact_mut(b.len()) {
