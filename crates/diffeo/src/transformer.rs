@@ -20,6 +20,7 @@ use crate::event::Tolerance;
 use crate::spline;
 use crate::tensor::{dims2, soft_clip};
 
+mod affine;
 pub mod monotone;
 
 /// Default tail bound of the monotone transformers (standardized data).
@@ -157,7 +158,7 @@ fn sigmoid_log_scale(a: Tensor<2>) -> Tensor<2> {
 }
 
 /// How an affine transformer's raw scale parameter `a` becomes its density-direction log-scale
-/// (see [`affine_inverse_plain`]).
+/// (see [`affine::inverse`]).
 #[derive(Clone, Copy)]
 enum ScaleMap {
     /// [`Transformer::Affine`]: `x = (y − μ)·e^{−s}`, `s = a / (1 + |a|/B)`.
@@ -166,63 +167,12 @@ enum ScaleMap {
     Softplus,
 }
 
-/// The affine inverse for tensors without autodiff on the CPU as one pass over the rows instead
-/// of a dozen tensor operations: `(x, log|dx/dy|)`, both `[N, D]`, from `y` `[N, D]` and the
-/// parameters `[N, 2D]` (`μ` then `a`). `None` when it does not serve (autodiff, another
-/// device or float type): the caller composes the operations.
-fn affine_inverse_plain(y: &Tensor<2>, params: &Tensor<2>, map: ScaleMap) -> Option<(Tensor<2>, Tensor<2>)> {
-    use burn::tensor::DType;
-    if y.is_autodiff() || params.is_autodiff() || !crate::on_cpu(&y.device()) || !matches!(y.dtype(), DType::F32 | DType::F64) {
-        return None;
-    }
-    let ((n, d), (pn, pw)) = (dims2(y), dims2(params));
-    if pn != n || pw != 2 * d || params.dtype() != y.dtype() || n * d == 0 {
-        return None;
-    }
-    let (yf, pf) = (crate::custom_op::flex_of(y.clone())?, crate::custom_op::flex_of(params.clone())?);
-    macro_rules! run {
-        ($t:ty) => {{
-            let (yv, pv) = (crate::nn::fused::values::<$t>(&yf), crate::nn::fused::values::<$t>(&pf));
-            let (mut x, mut ld) = (vec![0.0 as $t; n * d], vec![0.0 as $t; n * d]);
-            let bound = AFFINE_LOG_SCALE_BOUND as $t;
-            let (slope, linear_from) = (softplus_slope() as $t, SOFTPLUS_LINEAR_FROM as $t);
-            for r in 0..n {
-                let (yr, pr) = (&yv[r * d..(r + 1) * d], &pv[r * 2 * d..(r + 1) * 2 * d]);
-                let (xr, lr) = (&mut x[r * d..(r + 1) * d], &mut ld[r * d..(r + 1) * d]);
-                for j in 0..d {
-                    let (mu, a) = (pr[j], pr[d + j]);
-                    match map {
-                        ScaleMap::SoftClippedExp => {
-                            let s = a / (1.0 + a.abs() / bound);
-                            xr[j] = (yr[j] - mu) * (-s).exp();
-                            lr[j] = -s;
-                        }
-                        ScaleMap::Softplus => {
-                            // As `softplus_scale` (with eᶻ − 1 as one accurate call).
-                            let z = a.min(linear_from);
-                            let sigma = 1.0 + (z.exp_m1() * slope).ln_1p() + (a - linear_from).max(0.0);
-                            xr[j] = yr[j] * sigma + mu;
-                            lr[j] = sigma.ln();
-                        }
-                    }
-                }
-            }
-            (crate::nn::fused::tensor(x, vec![n, d]), crate::nn::fused::tensor(ld, vec![n, d]))
-        }};
-    }
-    let (x, ld) = match y.dtype() {
-        DType::F64 => run!(f64),
-        _ => run!(f32),
-    };
-    Some((crate::custom_op::plain(x), crate::custom_op::plain(ld)))
-}
-
 fn block(params: &Tensor<2>, p: usize, d: usize) -> Tensor<2> {
     params.clone().narrow(1, p * d, d)
 }
 
 impl Transformer {
-    /// The scale map of the affine transformers that [`affine_inverse_plain`] serves.
+    /// The scale map of the affine transformers that [`affine::inverse`] serves.
     fn elementwise_scale(&self) -> Option<ScaleMap> {
         match self {
             Transformer::Affine => Some(ScaleMap::SoftClippedExp),
@@ -389,7 +339,7 @@ impl Transformer {
     pub fn inverse(&self, y: Tensor<2>, params: &Tensor<2>) -> (Tensor<2>, Tensor<2>) {
         let (_, d) = dims2(&y);
         if let Some(scale) = self.elementwise_scale() {
-            if let Some(result) = affine_inverse_plain(&y, params, scale) {
+            if let Some(result) = affine::inverse(&y, params, scale) {
                 return result;
             }
         }

@@ -1,0 +1,230 @@
+//! The affine transformers' density direction (data → base) as one CPU operation with a
+//! hand-written backward, instead of a dozen tensor operations and their backward steps per
+//! layer (most of a MAF layer's graph nodes besides MADE; on small batches each costs more in
+//! bookkeeping than in arithmetic). Registered as a burn backend extension (`Flex`, and
+//! `Autodiff` with the backward step below); the per-element formulas are those of
+//! [`Transformer::inverse`](super::Transformer::inverse)'s composed operations, which stay the
+//! reference (tests compare values and gradients in f64) and run on every other backend.
+//!
+//! For parameters `(μ, a)` per feature:
+//! - soft-clipped exp: `s = a/q`, `q = 1 + |a|/B`; `x = (y − μ)·e^{−s}`, `log|dx/dy| = −s`;
+//!   `∂x/∂a = −(y − μ)·e^{−s}/q²`, `∂ld/∂a = −1/q²`.
+//! - softplus: `σ = 1 + ln(1 + (eᶻ − 1)·s) + (a − z)`, `z = min(a, L)`; `x = y·σ + μ`,
+//!   `log|dx/dy| = ln σ`; `σ′ = eᶻ·s/(1 + (eᶻ − 1)·s)` below `L`, 1 beyond.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
+use burn::tensor::{DType, Tensor};
+use rayon::prelude::*;
+
+use super::{ScaleMap, AFFINE_LOG_SCALE_BOUND, SOFTPLUS_LINEAR_FROM};
+use crate::nn::fused::{tensor, values};
+use crate::tensor::dims2;
+
+/// How [`AffineBackend::affine_inverse`] maps the raw scale parameter (a plain code, so that the
+/// operation's arguments stay simple): 0 soft-clipped exp, 1 softplus.
+fn code(map: ScaleMap) -> u8 {
+    match map {
+        ScaleMap::SoftClippedExp => 0,
+        ScaleMap::Softplus => 1,
+    }
+}
+
+/// The density direction of an affine transformer: `y` `[N, D]`, `params` `[N, 2D]` (`μ` then
+/// `a`) → `[N, 2D]`, `x` then the elementwise log-det.
+#[backend_extension(Flex, Autodiff)]
+pub trait AffineBackend: Backend {
+    /// `map`: 0 soft-clipped exp, 1 softplus scale.
+    fn affine_inverse(y: FloatTensor<Self>, params: FloatTensor<Self>, map: u8) -> FloatTensor<Self>;
+}
+
+/// The backward kernel of [`AffineBackend::affine_inverse`].
+pub trait AffineGrad: Backend {
+    /// `(∂y, ∂params)` of `⟨g, affine_inverse(y, params)⟩`.
+    fn affine_inverse_backward(y: FloatTensor<Self>, params: FloatTensor<Self>, g: FloatTensor<Self>, map: u8) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// `(x, log|dx/dy|)` by the fused operation, or `None` where it does not serve (another device,
+/// another float type, shapes that do not match): the caller composes the operations.
+pub(super) fn inverse(y: &Tensor<2>, params: &Tensor<2>, map: ScaleMap) -> Option<(Tensor<2>, Tensor<2>)> {
+    if !crate::on_cpu(&y.device()) || !matches!(y.dtype(), DType::F32 | DType::F64) || params.dtype() != y.dtype() {
+        return None;
+    }
+    let ((n, d), (pn, pw)) = (dims2(y), dims2(params));
+    if pn != n || pw != 2 * d || n * d == 0 {
+        return None;
+    }
+    let out = <Dispatch as AffineBackend>::affine_inverse(y.clone().into_dispatch(), params.clone().into_dispatch(), code(map));
+    let out = Tensor::<2>::from_dispatch(out);
+    Some((out.clone().narrow(1, 0, d), out.narrow(1, d, d)))
+}
+
+/// What the kernels need of the float types, beyond [`crate::nn::fused::Real`].
+trait Float: crate::nn::fused::Real + std::ops::Neg<Output = Self> {
+    fn exp(self) -> Self;
+    fn exp_m1_exact(self) -> Self;
+    fn ln(self) -> Self;
+    fn ln_1p(self) -> Self;
+    fn abs(self) -> Self;
+    fn min(self, other: Self) -> Self;
+    fn max(self, other: Self) -> Self;
+}
+
+macro_rules! float {
+    ($t:ty) => {
+        impl Float for $t {
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            fn exp_m1_exact(self) -> Self {
+                <$t>::exp_m1(self)
+            }
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            fn ln_1p(self) -> Self {
+                <$t>::ln_1p(self)
+            }
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            fn min(self, other: Self) -> Self {
+                <$t>::min(self, other)
+            }
+            fn max(self, other: Self) -> Self {
+                <$t>::max(self, other)
+            }
+        }
+    };
+}
+float!(f32);
+float!(f64);
+
+/// Rows per parallel task.
+const ROWS: usize = 512;
+
+/// One element: `(x, log-det, ∂x/∂y, ∂x/∂μ, ∂x/∂a, ∂ld/∂a)`.
+#[inline(always)]
+fn element<T: Float>(y: T, mu: T, a: T, map: u8, consts: (T, T, T)) -> (T, T, T, T, T, T) {
+    let (bound, slope, linear_from) = consts;
+    if map == 0 {
+        let q = T::ONE + a.abs() / bound;
+        let s = a / q;
+        let e = (-s).exp();
+        let ds = T::ONE / (q * q);
+        ((y - mu) * e, -s, e, -e, -((y - mu) * e) * ds, -ds)
+    } else {
+        let z = a.min(linear_from);
+        let em = z.exp_m1_exact();
+        let w = em * slope;
+        let sigma = T::ONE + w.ln_1p() + (a - linear_from).max(T::ZERO);
+        let dsigma = if a < linear_from { (em + T::ONE) * slope / (T::ONE + w) } else { T::ONE };
+        (y * sigma + mu, sigma.ln(), sigma, T::ONE, y * dsigma, dsigma / sigma)
+    }
+}
+
+fn constants<T: Float>() -> (T, T, T) {
+    (T::from_f64(AFFINE_LOG_SCALE_BOUND), T::from_f64(super::softplus_slope()), T::from_f64(SOFTPLUS_LINEAR_FROM))
+}
+
+fn forward<T: Float>(y: &FlexTensor, params: &FlexTensor, map: u8) -> FlexTensor {
+    let (n, d) = shape(y);
+    let (yv, pv) = (values::<T>(y), values::<T>(params));
+    let consts = constants::<T>();
+    let mut out = vec![T::ZERO; n * 2 * d];
+    out.par_chunks_mut(ROWS * 2 * d).enumerate().for_each(|(c, o)| {
+        for (local, orow) in o.chunks_exact_mut(2 * d).enumerate() {
+            let r = c * ROWS + local;
+            let (yr, pr) = (&yv[r * d..(r + 1) * d], &pv[r * 2 * d..(r + 1) * 2 * d]);
+            for j in 0..d {
+                let (x, ld, ..) = element(yr[j], pr[j], pr[d + j], map, consts);
+                orow[j] = x;
+                orow[d + j] = ld;
+            }
+        }
+    });
+    tensor(out, vec![n, 2 * d])
+}
+
+fn backward<T: Float>(y: &FlexTensor, params: &FlexTensor, g: &FlexTensor, map: u8) -> (FlexTensor, FlexTensor) {
+    let (n, d) = shape(y);
+    let (yv, pv, gv) = (values::<T>(y), values::<T>(params), values::<T>(g));
+    let consts = constants::<T>();
+    let (mut gy, mut gp) = (vec![T::ZERO; n * d], vec![T::ZERO; n * 2 * d]);
+    gy.par_chunks_mut(ROWS * d).zip(gp.par_chunks_mut(ROWS * 2 * d)).enumerate().for_each(|(c, (gy, gp))| {
+        for (local, (gyr, gpr)) in gy.chunks_exact_mut(d).zip(gp.chunks_exact_mut(2 * d)).enumerate() {
+            let r = c * ROWS + local;
+            let (yr, pr, gr) = (&yv[r * d..(r + 1) * d], &pv[r * 2 * d..(r + 1) * 2 * d], &gv[r * 2 * d..(r + 1) * 2 * d]);
+            for j in 0..d {
+                let (_, _, dx_dy, dx_dmu, dx_da, dld_da) = element(yr[j], pr[j], pr[d + j], map, consts);
+                let (g_x, g_ld) = (gr[j], gr[d + j]);
+                gyr[j] = g_x * dx_dy;
+                gpr[j] = g_x * dx_dmu;
+                gpr[d + j] = g_x * dx_da + g_ld * dld_da;
+            }
+        }
+    });
+    (tensor(gy, vec![n, d]), tensor(gp, vec![n, 2 * d]))
+}
+
+fn shape(t: &FlexTensor) -> (usize, usize) {
+    let s = t.layout().shape();
+    (s[0], s[1])
+}
+
+impl AffineBackend for Flex {
+    fn affine_inverse(y: FlexTensor, params: FlexTensor, map: u8) -> FlexTensor {
+        match y.dtype() {
+            DType::F64 => forward::<f64>(&y, &params, map),
+            _ => forward::<f32>(&y, &params, map),
+        }
+    }
+}
+
+impl AffineGrad for Flex {
+    fn affine_inverse_backward(y: FlexTensor, params: FlexTensor, g: FlexTensor, map: u8) -> (FlexTensor, FlexTensor) {
+        match y.dtype() {
+            DType::F64 => backward::<f64>(&y, &params, &g, map),
+            _ => backward::<f32>(&y, &params, &g, map),
+        }
+    }
+}
+
+impl<B: Backend + AffineBackend + AffineGrad, C: CheckpointStrategy> AffineBackend for Autodiff<B, C> {
+    fn affine_inverse(y: FloatTensor<Self>, params: FloatTensor<Self>, map: u8) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AffineStep;
+
+        impl<B: Backend + AffineGrad> Backward<B, 2> for AffineStep {
+            type State = (FloatTensor<B>, FloatTensor<B>, u8);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_y, node_params] = ops.parents;
+                let g = grads.consume::<B>(&ops.node);
+                let (y, params, map) = ops.state;
+                let (gy, gp) = B::affine_inverse_backward(y, params, g, map);
+                if let Some(node) = node_y {
+                    grads.register::<B>(node.id, gy);
+                }
+                if let Some(node) = node_params {
+                    grads.register::<B>(node.id, gp);
+                }
+            }
+        }
+
+        let guards = [y.node(), params.node()];
+        let (y, params) = (y.into_primitive(), params.into_primitive());
+        match AffineStep.prepare::<C>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let out = B::affine_inverse(y.clone(), params.clone(), map);
+                prep.finish((y, params, map), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::affine_inverse(y, params, map)),
+        }
+    }
+}
