@@ -157,6 +157,9 @@ const EMBEDDING_SEED: u64 = 0xE3B0_C442;
 /// Seed of a flow's dequantization noise flow, from the flow's seed.
 const DEQUANTIZER_SEED: u64 = 0xDE0A_7152;
 
+/// Fewest rows per part when a density batch is split across threads ([`Flow::log_prob_with`]).
+const SHARD_ROWS: usize = 1024;
+
 impl FlowConfig {
     /// The data event shape.
     pub fn event_shape(&self) -> EventShape {
@@ -449,8 +452,45 @@ impl Flow {
     pub fn log_prob_with(&self, x: Tensor<2>, call: Call) -> Result<Tensor<1>> {
         self.require(Direction::Inverse)?;
         let call = self.inner_call(call);
-        let (u, ld) = self.transform.inverse_unchecked(x, &call)?;
-        Ok(self.base.log_prob_with(u, &call).add(ld))
+        let shards = self.density_shards(&x, &call);
+        if shards > 1 {
+            use rayon::prelude::*;
+            let n = dims2(&x).0;
+            let per = n.div_ceil(shards);
+            let work: Vec<(Tensor<2>, Call)> = (0..shards)
+                .map(|s| {
+                    let (r0, rows) = (s * per, per.min(n - s * per));
+                    let context = call.context().map(|c| c.clone().narrow(0, r0, rows));
+                    (x.clone().narrow(0, r0, rows), call.clone().with_optional_context(context))
+                })
+                .collect();
+            let parts: Vec<Result<Tensor<1>>> = work.into_par_iter().map(|(x, call)| self.log_prob_rows(x, &call)).collect();
+            return Ok(Tensor::cat(parts.into_iter().collect::<Result<Vec<_>>>()?, 0));
+        }
+        self.log_prob_rows(x, &call)
+    }
+
+    /// `log p(x | c)` of rows under an inner call (context embedded).
+    fn log_prob_rows(&self, x: Tensor<2>, call: &Call) -> Result<Tensor<1>> {
+        let (u, ld) = self.transform.inverse_unchecked(x, call)?;
+        Ok(self.base.log_prob_with(u, call).add(ld))
+    }
+
+    /// Parts of a batch whose densities are computed in parallel, one chain of layers per thread
+    /// (each layer's own kernels are parallel too, but the small operations between them are
+    /// not): on the CPU without autodiff, for batches of at least [`SHARD_ROWS`] rows per part,
+    /// when every layer's density direction is closed-form and exact and the base draws nothing
+    /// (the parts then compute the same rows with the same arithmetic). 1: no split.
+    fn density_shards(&self, x: &Tensor<2>, call: &Call) -> usize {
+        let threads = rayon::current_num_threads();
+        let n = dims2(x).0;
+        if threads < 2 || n < 2 * SHARD_ROWS || x.is_autodiff() || !crate::on_cpu(&x.device()) {
+            return 1;
+        }
+        let plain = self.directions().cost(Direction::Inverse) == Cost::ClosedForm
+            && self.transform.log_det(call.mode) == LogDet::Exact
+            && !matches!(self.base, Base::Resampled(_));
+        if plain { threads.min(n / SHARD_ROWS) } else { 1 }
     }
 
     /// The variational-dequantization bound of discrete rows `quantized` (`k/L`, see

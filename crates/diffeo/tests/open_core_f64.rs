@@ -253,3 +253,30 @@ fn parameter_counts_come_from_the_configuration() {
     let spline = Transformer::spline();
     assert_eq!(spline.params_per_dim(), 25);
 }
+
+/// A large density batch is split across threads (one chain of layers per part): the densities
+/// are those of the same rows evaluated in small batches, with and without context.
+#[test]
+fn split_density_batches_match_small_batches() {
+    let d = device();
+    let n = 2500;
+    let x: Vec<f64> = (0..n * 3).map(|i| ((i * 7919) % 1000) as f64 / 250.0 - 2.0).collect();
+    let ctx: Vec<f64> = (0..n * 2).map(|i| ((i * 104_729) % 997) as f64 / 500.0 - 1.0).collect();
+    for (config, context) in [
+        (MafConfig::new(3).with_hidden(vec![16]), None),
+        (nsf(3, 2, vec![16]).with_context_dim(2), Some(ctx)),
+    ] {
+        let flow = randomize_parameters(config.init(&d).unwrap(), 7, 0.3);
+        let c = context.as_ref().map(|c| matrix(c.clone(), n, 2, &d));
+        let whole = to_vec(flow.log_prob(matrix(x.clone(), n, 3, &d), c.as_ref()).unwrap()).unwrap();
+        let mut pieces = Vec::new();
+        for r0 in (0..n).step_by(500) {
+            let c = context.as_ref().map(|c| matrix(c[r0 * 2..(r0 + 500) * 2].to_vec(), 500, 2, &d));
+            pieces.extend(to_vec(flow.log_prob(matrix(x[r0 * 3..(r0 + 500) * 3].to_vec(), 500, 3, &d), c.as_ref()).unwrap()).unwrap());
+        }
+        assert_eq!(whole.len(), n);
+        for (k, (a, b)) in whole.iter().zip(&pieces).enumerate() {
+            assert!(a.is_finite() && (a - b).abs() <= 1e-12 * (1.0 + b.abs()), "row {k}: {a} vs {b}");
+        }
+    }
+}
