@@ -294,6 +294,11 @@ impl Transformer {
     /// Numerical transformers solve to `tolerance` and fail with `NotConverged` otherwise.
     pub fn forward(&self, x: Tensor<2>, params: &Tensor<2>, tolerance: &Tolerance) -> Result<(Tensor<2>, Tensor<2>)> {
         let (_, d) = dims2(&x);
+        if let Some(scale) = self.elementwise_scale() {
+            if let Some(result) = affine::forward(&x, params, scale) {
+                return Ok(result);
+            }
+        }
         Ok(match self {
             Transformer::Affine => {
                 let shift = block(params, 0, d);

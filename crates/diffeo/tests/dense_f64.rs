@@ -245,9 +245,9 @@ fn softplus_scale_is_flowjax_function() {
     }
 }
 
-/// The affine transformers' density direction (one fused operation on the CPU, with and without
-/// autodiff) against their formulas composed of tensor operations here: values, log-dets and the
-/// gradients of a weighted sum for the data and the parameters, saturated scales included.
+/// The affine transformers in both directions (one fused operation on the CPU) against their
+/// formulas composed of tensor operations here: values, log-dets and the gradients of a weighted
+/// sum for the input and the parameters, saturated scales included.
 #[test]
 fn fused_affine_inverse_matches_composed_values_and_gradients() {
     use diffeo::transformer::AFFINE_LOG_SCALE_BOUND;
@@ -259,21 +259,29 @@ fn fused_affine_inverse_matches_composed_values_and_gradients() {
     (p[d], p[d + 1], p[2 * d + d], p[4 * d + d]) = (60.0, -60.0, 0.0, 31.0);
     let (cx, cl) = (normal(n * d, 1.0, &mut rng), normal(n * d, 1.0, &mut rng));
     let c = (0.99f64.exp() - 1.0).ln();
-    for t in [Transformer::Affine, Transformer::SoftplusAffine] {
+    for (t, inverse) in [Transformer::Affine, Transformer::SoftplusAffine].into_iter().flat_map(|t| [(t.clone(), true), (t, false)]) {
         let run = |fused_op: bool| {
             let (yt, pt) = (matrix(y.clone(), n, d, &dev).require_grad(), matrix(p.clone(), n, 2 * d, &dev).require_grad());
             let (x, ld) = if fused_op {
-                t.inverse(yt.clone(), &pt)
+                if inverse { t.inverse(yt.clone(), &pt) } else { t.forward(yt.clone(), &pt, &Default::default()).unwrap() }
             } else {
                 let (mu, a) = (pt.clone().narrow(1, 0, d), pt.clone().narrow(1, d, d));
-                match t {
-                    Transformer::Affine => {
+                match (&t, inverse) {
+                    (Transformer::Affine, true) => {
                         let s = diffeo::tensor::soft_clip(a, AFFINE_LOG_SCALE_BOUND);
                         (yt.clone().sub(mu).mul(s.clone().neg().exp()), s.neg())
                     }
-                    _ => {
+                    (Transformer::Affine, false) => {
+                        let s = diffeo::tensor::soft_clip(a, AFFINE_LOG_SCALE_BOUND);
+                        (yt.clone().mul(s.clone().exp()).add(mu), s)
+                    }
+                    (_, true) => {
                         let sigma = diffeo::tensor::softplus(a.add_scalar(c)).add_scalar(0.01);
                         (yt.clone().mul(sigma.clone()).add(mu), sigma.log())
+                    }
+                    (_, false) => {
+                        let sigma = diffeo::tensor::softplus(a.add_scalar(c)).add_scalar(0.01);
+                        (yt.clone().sub(mu).div(sigma.clone()), sigma.log().neg())
                     }
                 }
             };
@@ -291,7 +299,7 @@ fn fused_affine_inverse_matches_composed_values_and_gradients() {
             let tolerance = if k < 2 { 1e-10 } else { 1e-6 };
             let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs()));
             for (i, (u, v)) in a.iter().zip(b.iter()).enumerate() {
-                assert!((u - v).abs() <= tolerance * scale.max(v.abs()), "{t:?} {what}[{i}]: fused {u} vs composed {v}");
+                assert!((u - v).abs() <= tolerance * scale.max(v.abs()), "{t:?} inverse={inverse} {what}[{i}]: fused {u} vs composed {v}");
             }
         }
     }

@@ -1,16 +1,18 @@
-//! The affine transformers' density direction (data → base) as one CPU operation with a
-//! hand-written backward, instead of a dozen tensor operations and their backward steps per
+//! The affine transformers (both directions) as one CPU operation with a hand-written backward, instead of a dozen tensor operations and their backward steps per
 //! layer (most of a MAF layer's graph nodes besides MADE; on small batches each costs more in
 //! bookkeeping than in arithmetic). Registered as a burn backend extension (`Flex`, and
 //! `Autodiff` with the backward step below); the per-element formulas are those of
-//! [`Transformer::inverse`](super::Transformer::inverse)'s composed operations, which stay the
+//! [`Transformer::inverse`](super::Transformer::inverse)'s and
+//! [`Transformer::forward`](super::Transformer::forward)'s composed operations, which stay the
 //! reference (tests compare values and gradients in f64) and run on every other backend.
 //!
-//! For parameters `(μ, a)` per feature:
-//! - soft-clipped exp: `s = a/q`, `q = 1 + |a|/B`; `x = (y − μ)·e^{−s}`, `log|dx/dy| = −s`;
-//!   `∂x/∂a = −(y − μ)·e^{−s}/q²`, `∂ld/∂a = −1/q²`.
-//! - softplus: `σ = 1 + ln(1 + (eᶻ − 1)·s) + (a − z)`, `z = min(a, L)`; `x = y·σ + μ`,
-//!   `log|dx/dy| = ln σ`; `σ′ = eᶻ·s/(1 + (eᶻ − 1)·s)` below `L`, 1 beyond.
+//! For parameters `(μ, a)` per feature, `s = a/q`, `q = 1 + |a|/B` (`s′ = 1/q²`) and
+//! `σ = 1 + ln(1 + (eᶻ − 1)·s) + (a − z)`, `z = min(a, L)` (`σ′ = eᶻ·s/(1 + (eᶻ − 1)·s)` below
+//! `L`, 1 beyond):
+//! - soft-clipped exp, density direction `x = (y − μ)·e^{−s}`, `log|dx/dy| = −s`; sampling
+//!   direction `y = x·eˢ + μ`, `log|dy/dx| = s`.
+//! - softplus, density direction `x = y·σ + μ`, `log|dx/dy| = ln σ`; sampling direction
+//!   `y = (x − μ)/σ`, `log|dy/dx| = −ln σ`.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -26,7 +28,7 @@ use super::{ScaleMap, AFFINE_LOG_SCALE_BOUND, SOFTPLUS_LINEAR_FROM};
 use crate::nn::fused::{tensor, values};
 use crate::tensor::dims2;
 
-/// How [`AffineBackend::affine_inverse`] maps the raw scale parameter (a plain code, so that the
+/// How [`AffineBackend::affine_transform`] maps the raw scale parameter (a plain code, so that the
 /// operation's arguments stay simple): 0 soft-clipped exp, 1 softplus.
 fn code(map: ScaleMap) -> u8 {
     match map {
@@ -35,23 +37,38 @@ fn code(map: ScaleMap) -> u8 {
     }
 }
 
-/// The density direction of an affine transformer: `y` `[N, D]`, `params` `[N, 2D]` (`μ` then
-/// `a`) → `[N, 2D]`, `x` then the elementwise log-det.
+/// An affine transformer in one direction: `v` `[N, D]`, `params` `[N, 2D]` (`μ` then `a`) →
+/// `[N, 2D]`, the output then the elementwise log-det.
 #[backend_extension(Flex, Autodiff)]
 pub trait AffineBackend: Backend {
-    /// `map`: 0 soft-clipped exp, 1 softplus scale.
-    fn affine_inverse(y: FloatTensor<Self>, params: FloatTensor<Self>, map: u8) -> FloatTensor<Self>;
+    /// `map`: 0 soft-clipped exp, 1 softplus scale; `inverse`: the density direction.
+    fn affine_transform(v: FloatTensor<Self>, params: FloatTensor<Self>, map: u8, inverse: bool) -> FloatTensor<Self>;
 }
 
-/// The backward kernel of [`AffineBackend::affine_inverse`].
+/// The backward kernel of [`AffineBackend::affine_transform`].
 pub trait AffineGrad: Backend {
-    /// `(∂y, ∂params)` of `⟨g, affine_inverse(y, params)⟩`.
-    fn affine_inverse_backward(y: FloatTensor<Self>, params: FloatTensor<Self>, g: FloatTensor<Self>, map: u8) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// `(∂v, ∂params)` of `⟨g, affine_transform(v, params)⟩`.
+    fn affine_transform_backward(
+        v: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        map: u8,
+        inverse: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// `(x, log|dx/dy|)` by the fused operation, or `None` where it does not serve (another device,
 /// another float type, shapes that do not match): the caller composes the operations.
 pub(super) fn inverse(y: &Tensor<2>, params: &Tensor<2>, map: ScaleMap) -> Option<(Tensor<2>, Tensor<2>)> {
+    transform(y, params, map, true)
+}
+
+/// `(y, log|dy/dx|)` of the sampling direction, as [`inverse`].
+pub(super) fn forward(x: &Tensor<2>, params: &Tensor<2>, map: ScaleMap) -> Option<(Tensor<2>, Tensor<2>)> {
+    transform(x, params, map, false)
+}
+
+fn transform(y: &Tensor<2>, params: &Tensor<2>, map: ScaleMap, inverse: bool) -> Option<(Tensor<2>, Tensor<2>)> {
     if !crate::on_cpu(&y.device()) || !matches!(y.dtype(), DType::F32 | DType::F64) || params.dtype() != y.dtype() {
         return None;
     }
@@ -59,7 +76,7 @@ pub(super) fn inverse(y: &Tensor<2>, params: &Tensor<2>, map: ScaleMap) -> Optio
     if pn != n || pw != 2 * d || n * d == 0 {
         return None;
     }
-    let out = <Dispatch as AffineBackend>::affine_inverse(y.clone().into_dispatch(), params.clone().into_dispatch(), code(map));
+    let out = <Dispatch as AffineBackend>::affine_transform(y.clone().into_dispatch(), params.clone().into_dispatch(), code(map), inverse);
     let out = Tensor::<2>::from_dispatch(out);
     Some((out.clone().narrow(1, 0, d), out.narrow(1, d, d)))
 }
@@ -108,23 +125,34 @@ float!(f64);
 /// Rows per parallel task.
 const ROWS: usize = 512;
 
-/// One element: `(x, log-det, ∂x/∂y, ∂x/∂μ, ∂x/∂a, ∂ld/∂a)`.
+/// One element of the density direction (`inverse`) or the sampling direction: `(output,
+/// log-det, ∂out/∂v, ∂out/∂μ, ∂out/∂a, ∂ld/∂a)` for the input `v`.
 #[inline(always)]
-fn element<T: Float>(y: T, mu: T, a: T, map: u8, consts: (T, T, T)) -> (T, T, T, T, T, T) {
+fn element<T: Float>(v: T, mu: T, a: T, map: u8, inverse: bool, consts: (T, T, T)) -> (T, T, T, T, T, T) {
     let (bound, slope, linear_from) = consts;
     if map == 0 {
         let q = T::ONE + a.abs() / bound;
         let s = a / q;
-        let e = (-s).exp();
         let ds = T::ONE / (q * q);
-        ((y - mu) * e, -s, e, -e, -((y - mu) * e) * ds, -ds)
+        if inverse {
+            let e = (-s).exp();
+            ((v - mu) * e, -s, e, -e, -((v - mu) * e) * ds, -ds)
+        } else {
+            let e = s.exp();
+            (v * e + mu, s, e, T::ONE, v * e * ds, ds)
+        }
     } else {
         let z = a.min(linear_from);
         let em = z.exp_m1_exact();
         let w = em * slope;
         let sigma = T::ONE + w.ln_1p() + (a - linear_from).max(T::ZERO);
         let dsigma = if a < linear_from { (em + T::ONE) * slope / (T::ONE + w) } else { T::ONE };
-        (y * sigma + mu, sigma.ln(), sigma, T::ONE, y * dsigma, dsigma / sigma)
+        if inverse {
+            (v * sigma + mu, sigma.ln(), sigma, T::ONE, v * dsigma, dsigma / sigma)
+        } else {
+            let r = T::ONE / sigma;
+            ((v - mu) / sigma, -sigma.ln(), r, -r, -((v - mu) / sigma) * (dsigma / sigma), -(dsigma / sigma))
+        }
     }
 }
 
@@ -132,7 +160,7 @@ fn constants<T: Float>() -> (T, T, T) {
     (T::from_f64(AFFINE_LOG_SCALE_BOUND), T::from_f64(super::softplus_slope()), T::from_f64(SOFTPLUS_LINEAR_FROM))
 }
 
-fn forward<T: Float>(y: &FlexTensor, params: &FlexTensor, map: u8) -> FlexTensor {
+fn kernel<T: Float>(y: &FlexTensor, params: &FlexTensor, map: u8, inverse: bool) -> FlexTensor {
     let (n, d) = shape(y);
     let (yv, pv) = (values::<T>(y), values::<T>(params));
     let consts = constants::<T>();
@@ -142,7 +170,7 @@ fn forward<T: Float>(y: &FlexTensor, params: &FlexTensor, map: u8) -> FlexTensor
             let r = c * ROWS + local;
             let (yr, pr) = (&yv[r * d..(r + 1) * d], &pv[r * 2 * d..(r + 1) * 2 * d]);
             for j in 0..d {
-                let (x, ld, ..) = element(yr[j], pr[j], pr[d + j], map, consts);
+                let (x, ld, ..) = element(yr[j], pr[j], pr[d + j], map, inverse, consts);
                 orow[j] = x;
                 orow[d + j] = ld;
             }
@@ -151,7 +179,7 @@ fn forward<T: Float>(y: &FlexTensor, params: &FlexTensor, map: u8) -> FlexTensor
     tensor(out, vec![n, 2 * d])
 }
 
-fn backward<T: Float>(y: &FlexTensor, params: &FlexTensor, g: &FlexTensor, map: u8) -> (FlexTensor, FlexTensor) {
+fn kernel_backward<T: Float>(y: &FlexTensor, params: &FlexTensor, g: &FlexTensor, map: u8, inverse: bool) -> (FlexTensor, FlexTensor) {
     let (n, d) = shape(y);
     let (yv, pv, gv) = (values::<T>(y), values::<T>(params), values::<T>(g));
     let consts = constants::<T>();
@@ -161,7 +189,7 @@ fn backward<T: Float>(y: &FlexTensor, params: &FlexTensor, g: &FlexTensor, map: 
             let r = c * ROWS + local;
             let (yr, pr, gr) = (&yv[r * d..(r + 1) * d], &pv[r * 2 * d..(r + 1) * 2 * d], &gv[r * 2 * d..(r + 1) * 2 * d]);
             for j in 0..d {
-                let (_, _, dx_dy, dx_dmu, dx_da, dld_da) = element(yr[j], pr[j], pr[d + j], map, consts);
+                let (_, _, dx_dy, dx_dmu, dx_da, dld_da) = element(yr[j], pr[j], pr[d + j], map, inverse, consts);
                 let (g_x, g_ld) = (gr[j], gr[d + j]);
                 gyr[j] = g_x * dx_dy;
                 gpr[j] = g_x * dx_dmu;
@@ -178,36 +206,36 @@ fn shape(t: &FlexTensor) -> (usize, usize) {
 }
 
 impl AffineBackend for Flex {
-    fn affine_inverse(y: FlexTensor, params: FlexTensor, map: u8) -> FlexTensor {
+    fn affine_transform(y: FlexTensor, params: FlexTensor, map: u8, inverse: bool) -> FlexTensor {
         match y.dtype() {
-            DType::F64 => forward::<f64>(&y, &params, map),
-            _ => forward::<f32>(&y, &params, map),
+            DType::F64 => kernel::<f64>(&y, &params, map, inverse),
+            _ => kernel::<f32>(&y, &params, map, inverse),
         }
     }
 }
 
 impl AffineGrad for Flex {
-    fn affine_inverse_backward(y: FlexTensor, params: FlexTensor, g: FlexTensor, map: u8) -> (FlexTensor, FlexTensor) {
+    fn affine_transform_backward(y: FlexTensor, params: FlexTensor, g: FlexTensor, map: u8, inverse: bool) -> (FlexTensor, FlexTensor) {
         match y.dtype() {
-            DType::F64 => backward::<f64>(&y, &params, &g, map),
-            _ => backward::<f32>(&y, &params, &g, map),
+            DType::F64 => kernel_backward::<f64>(&y, &params, &g, map, inverse),
+            _ => kernel_backward::<f32>(&y, &params, &g, map, inverse),
         }
     }
 }
 
 impl<B: Backend + AffineBackend + AffineGrad, C: CheckpointStrategy> AffineBackend for Autodiff<B, C> {
-    fn affine_inverse(y: FloatTensor<Self>, params: FloatTensor<Self>, map: u8) -> FloatTensor<Self> {
+    fn affine_transform(y: FloatTensor<Self>, params: FloatTensor<Self>, map: u8, inverse: bool) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct AffineStep;
 
         impl<B: Backend + AffineGrad> Backward<B, 2> for AffineStep {
-            type State = (FloatTensor<B>, FloatTensor<B>, u8);
+            type State = (FloatTensor<B>, FloatTensor<B>, u8, bool);
 
             fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let [node_y, node_params] = ops.parents;
                 let g = grads.consume::<B>(&ops.node);
-                let (y, params, map) = ops.state;
-                let (gy, gp) = B::affine_inverse_backward(y, params, g, map);
+                let (y, params, map, inverse) = ops.state;
+                let (gy, gp) = B::affine_transform_backward(y, params, g, map, inverse);
                 if let Some(node) = node_y {
                     grads.register::<B>(node.id, gy);
                 }
@@ -221,10 +249,10 @@ impl<B: Backend + AffineBackend + AffineGrad, C: CheckpointStrategy> AffineBacke
         let (y, params) = (y.into_primitive(), params.into_primitive());
         match AffineStep.prepare::<C>(guards).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let out = B::affine_inverse(y.clone(), params.clone(), map);
-                prep.finish((y, params, map), out)
+                let out = B::affine_transform(y.clone(), params.clone(), map, inverse);
+                prep.finish((y, params, map, inverse), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::affine_inverse(y, params, map)),
+            OpsKind::UnTracked(prep) => prep.finish(B::affine_transform(y, params, map, inverse)),
         }
     }
 }
