@@ -45,16 +45,16 @@ pub trait AffineBackend: Backend {
     fn affine_transform(v: FloatTensor<Self>, params: FloatTensor<Self>, map: u8, inverse: bool) -> FloatTensor<Self>;
 }
 
-/// The backward kernel of [`AffineBackend::affine_transform`].
+/// The training kernels of [`AffineBackend::affine_transform`]: the forward pass also keeps the
+/// local derivatives, so that the backward pass is products only (no transcendental functions
+/// computed a second time).
 pub trait AffineGrad: Backend {
-    /// `(∂v, ∂params)` of `⟨g, affine_transform(v, params)⟩`.
-    fn affine_transform_backward(
-        v: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        g: FloatTensor<Self>,
-        map: u8,
-        inverse: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// `(out, derivatives)`: `out` as [`AffineBackend::affine_transform`], `derivatives` `[N, 4D]`:
+    /// `∂out/∂v`, `∂out/∂μ`, `∂out/∂a`, `∂ld/∂a`.
+    fn affine_transform_keeping(v: FloatTensor<Self>, params: FloatTensor<Self>, map: u8, inverse: bool) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `(∂v, ∂params)` of `⟨g, affine_transform(v, params)⟩` from the kept derivatives.
+    fn affine_transform_backward(derivatives: FloatTensor<Self>, g: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// `(x, log|dx/dy|)` by the fused operation, or `None` where it does not serve (another device,
@@ -179,21 +179,44 @@ fn kernel<T: Float>(y: &FlexTensor, params: &FlexTensor, map: u8, inverse: bool)
     tensor(out, vec![n, 2 * d])
 }
 
-fn kernel_backward<T: Float>(y: &FlexTensor, params: &FlexTensor, g: &FlexTensor, map: u8, inverse: bool) -> (FlexTensor, FlexTensor) {
+/// [`kernel`] that also keeps each element's four derivatives (`[N, 4D]`, a block of `D` each).
+fn kernel_keeping<T: Float>(y: &FlexTensor, params: &FlexTensor, map: u8, inverse: bool) -> (FlexTensor, FlexTensor) {
     let (n, d) = shape(y);
-    let (yv, pv, gv) = (values::<T>(y), values::<T>(params), values::<T>(g));
+    let (yv, pv) = (values::<T>(y), values::<T>(params));
     let consts = constants::<T>();
+    let (mut out, mut der) = (vec![T::ZERO; n * 2 * d], vec![T::ZERO; n * 4 * d]);
+    out.par_chunks_mut(ROWS * 2 * d).zip(der.par_chunks_mut(ROWS * 4 * d)).enumerate().for_each(|(c, (o, dv))| {
+        for (local, (orow, drow)) in o.chunks_exact_mut(2 * d).zip(dv.chunks_exact_mut(4 * d)).enumerate() {
+            let r = c * ROWS + local;
+            let (yr, pr) = (&yv[r * d..(r + 1) * d], &pv[r * 2 * d..(r + 1) * 2 * d]);
+            for j in 0..d {
+                let (x, ld, dx_dy, dx_dmu, dx_da, dld_da) = element(yr[j], pr[j], pr[d + j], map, inverse, consts);
+                orow[j] = x;
+                orow[d + j] = ld;
+                drow[j] = dx_dy;
+                drow[d + j] = dx_dmu;
+                drow[2 * d + j] = dx_da;
+                drow[3 * d + j] = dld_da;
+            }
+        }
+    });
+    (tensor(out, vec![n, 2 * d]), tensor(der, vec![n, 4 * d]))
+}
+
+fn kernel_backward<T: Float>(der: &FlexTensor, g: &FlexTensor) -> (FlexTensor, FlexTensor) {
+    let (n, d4) = shape(der);
+    let d = d4 / 4;
+    let (dv, gv) = (values::<T>(der), values::<T>(g));
     let (mut gy, mut gp) = (vec![T::ZERO; n * d], vec![T::ZERO; n * 2 * d]);
     gy.par_chunks_mut(ROWS * d).zip(gp.par_chunks_mut(ROWS * 2 * d)).enumerate().for_each(|(c, (gy, gp))| {
         for (local, (gyr, gpr)) in gy.chunks_exact_mut(d).zip(gp.chunks_exact_mut(2 * d)).enumerate() {
             let r = c * ROWS + local;
-            let (yr, pr, gr) = (&yv[r * d..(r + 1) * d], &pv[r * 2 * d..(r + 1) * 2 * d], &gv[r * 2 * d..(r + 1) * 2 * d]);
+            let (dr, gr) = (&dv[r * 4 * d..(r + 1) * 4 * d], &gv[r * 2 * d..(r + 1) * 2 * d]);
             for j in 0..d {
-                let (_, _, dx_dy, dx_dmu, dx_da, dld_da) = element(yr[j], pr[j], pr[d + j], map, inverse, consts);
                 let (g_x, g_ld) = (gr[j], gr[d + j]);
-                gyr[j] = g_x * dx_dy;
-                gpr[j] = g_x * dx_dmu;
-                gpr[d + j] = g_x * dx_da + g_ld * dld_da;
+                gyr[j] = g_x * dr[j];
+                gpr[j] = g_x * dr[d + j];
+                gpr[d + j] = g_x * dr[2 * d + j] + g_ld * dr[3 * d + j];
             }
         }
     });
@@ -215,10 +238,17 @@ impl AffineBackend for Flex {
 }
 
 impl AffineGrad for Flex {
-    fn affine_transform_backward(y: FlexTensor, params: FlexTensor, g: FlexTensor, map: u8, inverse: bool) -> (FlexTensor, FlexTensor) {
+    fn affine_transform_keeping(y: FlexTensor, params: FlexTensor, map: u8, inverse: bool) -> (FlexTensor, FlexTensor) {
         match y.dtype() {
-            DType::F64 => kernel_backward::<f64>(&y, &params, &g, map, inverse),
-            _ => kernel_backward::<f32>(&y, &params, &g, map, inverse),
+            DType::F64 => kernel_keeping::<f64>(&y, &params, map, inverse),
+            _ => kernel_keeping::<f32>(&y, &params, map, inverse),
+        }
+    }
+
+    fn affine_transform_backward(der: FlexTensor, g: FlexTensor) -> (FlexTensor, FlexTensor) {
+        match der.dtype() {
+            DType::F64 => kernel_backward::<f64>(&der, &g),
+            _ => kernel_backward::<f32>(&der, &g),
         }
     }
 }
@@ -229,13 +259,12 @@ impl<B: Backend + AffineBackend + AffineGrad, C: CheckpointStrategy> AffineBacke
         struct AffineStep;
 
         impl<B: Backend + AffineGrad> Backward<B, 2> for AffineStep {
-            type State = (FloatTensor<B>, FloatTensor<B>, u8, bool);
+            type State = FloatTensor<B>;
 
             fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let [node_y, node_params] = ops.parents;
                 let g = grads.consume::<B>(&ops.node);
-                let (y, params, map, inverse) = ops.state;
-                let (gy, gp) = B::affine_transform_backward(y, params, g, map, inverse);
+                let (gy, gp) = B::affine_transform_backward(ops.state, g);
                 if let Some(node) = node_y {
                     grads.register::<B>(node.id, gy);
                 }
@@ -249,8 +278,8 @@ impl<B: Backend + AffineBackend + AffineGrad, C: CheckpointStrategy> AffineBacke
         let (y, params) = (y.into_primitive(), params.into_primitive());
         match AffineStep.prepare::<C>(guards).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let out = B::affine_transform(y.clone(), params.clone(), map, inverse);
-                prep.finish((y, params, map, inverse), out)
+                let (out, derivatives) = B::affine_transform_keeping(y, params, map, inverse);
+                prep.finish(derivatives, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::affine_transform(y, params, map, inverse)),
         }
