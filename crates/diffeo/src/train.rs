@@ -522,7 +522,6 @@ macro_rules! by_rank {
     };
 }
 
-/// `acc += other`, parameter by parameter.
 /// The sum of gradient parts, matched by parameter id (in order: `((g₀ + g₁) + g₂) …`).
 fn sum_gradients(parts: Vec<GradientsParams>, ids: &[(ParamId, usize)]) -> GradientsParams {
     let mut parts = parts.into_iter();
@@ -533,6 +532,7 @@ fn sum_gradients(parts: Vec<GradientsParams>, ids: &[(ParamId, usize)]) -> Gradi
     acc
 }
 
+/// `acc += other`, parameter by parameter.
 fn add_gradients(acc: &mut GradientsParams, mut other: GradientsParams, ids: &[(ParamId, usize)]) {
     fn add<const D: usize>(acc: &mut GradientsParams, other: &mut GradientsParams, id: ParamId) {
         if let Some(g) = other.remove::<D>(id) {

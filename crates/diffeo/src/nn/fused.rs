@@ -249,7 +249,7 @@ pub(crate) fn values<T: Real>(t: &FlexTensor) -> std::borrow::Cow<'_, [T]> {
     }
 }
 
-fn shape2(t: &FlexTensor) -> (usize, usize) {
+pub(crate) fn shape2(t: &FlexTensor) -> (usize, usize) {
     let s = t.layout().shape();
     (s[0], s[1])
 }
@@ -411,13 +411,20 @@ fn bias_activation_portable<T: Real>(y: &mut [T], b: &[T], activation: Option<Ac
 /// [`STAIRCASE_COLUMNS`], each group `(first column, end column, inputs read)` reading the
 /// inputs its columns reach, merged while that stays the same. Without `reach`: one GEMM.
 pub(crate) fn column_groups(reach: Option<&[usize]>, inputs: usize, outputs: usize) -> Vec<(usize, usize, usize)> {
-    let Some(reach) = reach.filter(|r| r.len() == outputs) else {
-        return vec![(0, outputs, inputs)];
-    };
+    match reach.filter(|r| r.len() == outputs) {
+        Some(reach) => staircase_groups(outputs, |c0, c1| reach[c0..c1].iter().copied().max().unwrap_or(0).min(inputs)),
+        None => vec![(0, outputs, inputs)],
+    }
+}
+
+/// Columns `0..outputs` cut every [`STAIRCASE_COLUMNS`] (a multiple of the GEMM kernels' 16 rows
+/// of the transposed product) into groups `(first column, end column, inputs read)`, with
+/// `reads(c0, c1)` the inputs columns `c0..c1` read; neighbours reading the same are merged.
+fn staircase_groups(outputs: usize, reads: impl Fn(usize, usize) -> usize) -> Vec<(usize, usize, usize)> {
     let mut groups: Vec<(usize, usize, usize)> = Vec::new();
     for c0 in (0..outputs).step_by(STAIRCASE_COLUMNS) {
         let c1 = (c0 + STAIRCASE_COLUMNS).min(outputs);
-        let k = reach[c0..c1].iter().copied().max().unwrap_or(0).min(inputs);
+        let k = reads(c0, c1);
         match groups.last_mut() {
             Some(g) if g.2 == k => g.1 = c1,
             _ => groups.push((c0, c1, k)),
@@ -456,7 +463,6 @@ fn forward<T: Real>(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, activation: 
     }
     tensor(y, vec![n, o])
 }
-
 
 /// Rows each task of [`stack`] carries through every layer (its activations stay in cache).
 const STACK_ROWS: usize = 256;
@@ -552,17 +558,8 @@ fn staircase_layers<'a, T: Real>(
         };
         // Inputs (in the order they are computed) a unit of degree m reads.
         let reads = |m: usize| rows.iter().rposition(|&r| if l == last { degrees[l][r] < m } else { degrees[l][r] <= m }).map_or(0, |p| p + 1);
-        // Cuts every STAIRCASE_COLUMNS columns (a multiple of the GEMM kernels' 16 rows of the
-        // transposed product), merged while the inputs read stay the same.
-        let mut groups: Vec<(usize, usize, usize)> = Vec::new();
-        for c0 in (0..o).step_by(STAIRCASE_COLUMNS) {
-            let c1 = (c0 + STAIRCASE_COLUMNS).min(o);
-            let k = if l == 0 { i } else { reads(degrees[l + 1][cols[c1 - 1]]) };
-            match groups.last_mut() {
-                Some(g) if g.2 == k => g.1 = c1,
-                _ => groups.push((c0, c1, k)),
-            }
-        }
+        // Columns in order of degree: a group reads what its last column reads.
+        let groups = staircase_groups(o, |_, c1| if l == 0 { i } else { reads(degrees[l + 1][cols[c1 - 1]]) });
         out.push(StackLayer { weight, bias, activation, groups, order: (!in_place).then(|| cols.clone()) });
         rows = cols;
     }

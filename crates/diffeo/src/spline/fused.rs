@@ -28,7 +28,7 @@ use burn::tensor::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::{MIN_BIN_HEIGHT, MIN_BIN_WIDTH, MIN_DERIVATIVE};
-use crate::nn::fused::{tensor, values, Real};
+use crate::nn::fused::{shape2, tensor, values, Real};
 
 /// The spline as one backend operation: `v` `[N, D]`, `params` `[N, (3K−1)·D]` (parameter-major:
 /// parameter `p` of feature `j` in column `p·D + j`) → `[N, 2D]`, the output then the log-det.
@@ -89,12 +89,12 @@ pub fn rational_quadratic(
 impl RqSplineBackend for Flex {
     fn rq_spline(v: FlexTensor, params: FlexTensor, bins: usize, bound: f64, inverse: bool) -> FlexTensor {
         fn typed<T: Real>(v: &FlexTensor, params: &FlexTensor, kernel: Kernel) -> FlexTensor {
-            let (n, d) = dims(v);
+            let (n, d) = shape2(v);
             let mut out = vec![T::ZERO; n * 2 * d];
             kernel.run(&values::<T>(v), &values::<T>(params), &mut out, None);
             tensor(out, vec![n, 2 * d])
         }
-        let kernel = Kernel::new(bins, bound, inverse, dims(&v).1);
+        let kernel = Kernel::new(bins, bound, inverse, shape2(&v).1);
         match v.dtype() {
             DType::F32 => typed::<f32>(&v, &as_dtype(params, DType::F32), kernel),
             DType::F64 => typed::<f64>(&v, &as_dtype(params, DType::F64), kernel),
@@ -112,14 +112,14 @@ impl RqSplineGrad for Flex {
         inverse: bool,
     ) -> (FlexTensor, FlexTensor) {
         fn typed<T: Real>(v: &FlexTensor, params: &FlexTensor, kernel: Kernel) -> (FlexTensor, FlexTensor) {
-            let (n, d) = dims(v);
+            let (n, d) = shape2(v);
             let width = 2 * 3 * kernel.bins;
             let mut out = vec![T::ZERO; n * 2 * d];
             let mut jac = vec![T::ZERO; n * d * width];
             kernel.run(&values::<T>(v), &values::<T>(params), &mut out, Some(&mut jac));
             (tensor(out, vec![n, 2 * d]), tensor(jac, vec![n * d, width]))
         }
-        let kernel = Kernel::new(bins, bound, inverse, dims(&v).1);
+        let kernel = Kernel::new(bins, bound, inverse, shape2(&v).1);
         match v.dtype() {
             DType::F32 => typed::<f32>(&v, &as_dtype(params, DType::F32), kernel),
             DType::F64 => typed::<f64>(&v, &as_dtype(params, DType::F64), kernel),
@@ -132,7 +132,7 @@ impl RqSplineGrad for Flex {
 
     fn rq_spline_vjp(jac: FlexTensor, grad: FlexTensor, bins: usize) -> (FlexTensor, FlexTensor) {
         fn typed<T: Real>(jac: &FlexTensor, grad: &FlexTensor, bins: usize) -> (FlexTensor, FlexTensor) {
-            let (n, d2) = dims(grad);
+            let (n, d2) = shape2(grad);
             let d = d2 / 2;
             let p = super::params_per_dim(bins);
             let (jac, grad) = (values::<T>(jac), values::<T>(grad));
@@ -209,11 +209,6 @@ fn as_dtype(t: FlexTensor, dtype: DType) -> FlexTensor {
     } else {
         FlexTensor::from_data(t.into_data().convert_dtype(dtype))
     }
-}
-
-fn dims(t: &FlexTensor) -> (usize, usize) {
-    let shape = t.layout().shape();
-    (shape[0], shape[1])
 }
 
 /// `(ln(1 + eᶻ), σ(z))`, stable, from one exponential `e^{−|z|}`; the sigmoid only when asked.

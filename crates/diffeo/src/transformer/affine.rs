@@ -25,7 +25,7 @@ use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::{ScaleMap, AFFINE_LOG_SCALE_BOUND, SOFTPLUS_LINEAR_FROM};
-use crate::nn::fused::{tensor, values};
+use crate::nn::fused::{shape2, tensor, values};
 use crate::tensor::dims2;
 
 /// How [`AffineBackend::affine_transform`] maps the raw scale parameter (a plain code, so that the
@@ -160,51 +160,38 @@ fn constants<T: Float>() -> (T, T, T) {
     (T::from_f64(AFFINE_LOG_SCALE_BOUND), T::from_f64(super::softplus_slope()), T::from_f64(SOFTPLUS_LINEAR_FROM))
 }
 
-fn kernel<T: Float>(y: &FlexTensor, params: &FlexTensor, map: u8, inverse: bool) -> FlexTensor {
-    let (n, d) = shape(y);
+/// Every element: the output and log-det `[N, 2D]`, and with `KEEP` each element's four
+/// derivatives `[N, 4D]` (a block of `D` each: `∂out/∂v`, `∂out/∂μ`, `∂out/∂a`, `∂ld/∂a`;
+/// without, an empty `[0, 4D]`).
+fn kernel<T: Float, const KEEP: bool>(y: &FlexTensor, params: &FlexTensor, map: u8, inverse: bool) -> (FlexTensor, FlexTensor) {
+    let (n, d) = shape2(y);
     let (yv, pv) = (values::<T>(y), values::<T>(params));
     let consts = constants::<T>();
     let mut out = vec![T::ZERO; n * 2 * d];
-    out.par_chunks_mut(ROWS * 2 * d).enumerate().for_each(|(c, o)| {
+    let mut der = vec![T::ZERO; if KEEP { n * 4 * d } else { 0 }];
+    // Each task's block of derivative rows (empty when they are not kept).
+    let mut der_blocks: Vec<&mut [T]> = der.chunks_mut(ROWS * 4 * d).collect();
+    der_blocks.resize_with(n.div_ceil(ROWS), || &mut []);
+    out.par_chunks_mut(ROWS * 2 * d).zip(der_blocks).enumerate().for_each(|(c, (o, dv))| {
         for (local, orow) in o.chunks_exact_mut(2 * d).enumerate() {
             let r = c * ROWS + local;
             let (yr, pr) = (&yv[r * d..(r + 1) * d], &pv[r * 2 * d..(r + 1) * 2 * d]);
-            for j in 0..d {
-                let (x, ld, ..) = element(yr[j], pr[j], pr[d + j], map, inverse, consts);
-                orow[j] = x;
-                orow[d + j] = ld;
-            }
-        }
-    });
-    tensor(out, vec![n, 2 * d])
-}
-
-/// [`kernel`] that also keeps each element's four derivatives (`[N, 4D]`, a block of `D` each).
-fn kernel_keeping<T: Float>(y: &FlexTensor, params: &FlexTensor, map: u8, inverse: bool) -> (FlexTensor, FlexTensor) {
-    let (n, d) = shape(y);
-    let (yv, pv) = (values::<T>(y), values::<T>(params));
-    let consts = constants::<T>();
-    let (mut out, mut der) = (vec![T::ZERO; n * 2 * d], vec![T::ZERO; n * 4 * d]);
-    out.par_chunks_mut(ROWS * 2 * d).zip(der.par_chunks_mut(ROWS * 4 * d)).enumerate().for_each(|(c, (o, dv))| {
-        for (local, (orow, drow)) in o.chunks_exact_mut(2 * d).zip(dv.chunks_exact_mut(4 * d)).enumerate() {
-            let r = c * ROWS + local;
-            let (yr, pr) = (&yv[r * d..(r + 1) * d], &pv[r * 2 * d..(r + 1) * 2 * d]);
+            let drow: &mut [T] = if KEEP { &mut dv[local * 4 * d..(local + 1) * 4 * d] } else { &mut [] };
             for j in 0..d {
                 let (x, ld, dx_dy, dx_dmu, dx_da, dld_da) = element(yr[j], pr[j], pr[d + j], map, inverse, consts);
                 orow[j] = x;
                 orow[d + j] = ld;
-                drow[j] = dx_dy;
-                drow[d + j] = dx_dmu;
-                drow[2 * d + j] = dx_da;
-                drow[3 * d + j] = dld_da;
+                if KEEP {
+                    (drow[j], drow[d + j], drow[2 * d + j], drow[3 * d + j]) = (dx_dy, dx_dmu, dx_da, dld_da);
+                }
             }
         }
     });
-    (tensor(out, vec![n, 2 * d]), tensor(der, vec![n, 4 * d]))
+    (tensor(out, vec![n, 2 * d]), tensor(der, vec![if KEEP { n } else { 0 }, 4 * d]))
 }
 
 fn kernel_backward<T: Float>(der: &FlexTensor, g: &FlexTensor) -> (FlexTensor, FlexTensor) {
-    let (n, d4) = shape(der);
+    let (n, d4) = shape2(der);
     let d = d4 / 4;
     let (dv, gv) = (values::<T>(der), values::<T>(g));
     let (mut gy, mut gp) = (vec![T::ZERO; n * d], vec![T::ZERO; n * 2 * d]);
@@ -223,16 +210,11 @@ fn kernel_backward<T: Float>(der: &FlexTensor, g: &FlexTensor) -> (FlexTensor, F
     (tensor(gy, vec![n, d]), tensor(gp, vec![n, 2 * d]))
 }
 
-fn shape(t: &FlexTensor) -> (usize, usize) {
-    let s = t.layout().shape();
-    (s[0], s[1])
-}
-
 impl AffineBackend for Flex {
     fn affine_transform(y: FlexTensor, params: FlexTensor, map: u8, inverse: bool) -> FlexTensor {
         match y.dtype() {
-            DType::F64 => kernel::<f64>(&y, &params, map, inverse),
-            _ => kernel::<f32>(&y, &params, map, inverse),
+            DType::F64 => kernel::<f64, false>(&y, &params, map, inverse).0,
+            _ => kernel::<f32, false>(&y, &params, map, inverse).0,
         }
     }
 }
@@ -240,8 +222,8 @@ impl AffineBackend for Flex {
 impl AffineGrad for Flex {
     fn affine_transform_keeping(y: FlexTensor, params: FlexTensor, map: u8, inverse: bool) -> (FlexTensor, FlexTensor) {
         match y.dtype() {
-            DType::F64 => kernel_keeping::<f64>(&y, &params, map, inverse),
-            _ => kernel_keeping::<f32>(&y, &params, map, inverse),
+            DType::F64 => kernel::<f64, true>(&y, &params, map, inverse),
+            _ => kernel::<f32, true>(&y, &params, map, inverse),
         }
     }
 
